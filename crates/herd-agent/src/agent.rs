@@ -1,0 +1,694 @@
+//! The agent's main loop.
+//!
+//! Everything that happens to the agent arrives as one [`Event`] on one channel, or
+//! as a timer, and is handled in one place ([`Agent::handle`]) that owns all state:
+//! the membership state machine, the table of connections and the host's load. Tasks
+//! spawned around it (the QUIC accept loop, one reader per connection, the Unix
+//! socket server, connection attempts) only ever send events; they never touch the
+//! state.
+//!
+//! Lifecycle: take the state-directory lock; enroll first if `--join` was given and
+//! the directory holds no cluster; open the QUIC endpoint; announce to the seeds
+//! (`--peer`, the token's addresses, peers seen alive before); then loop until
+//! SIGTERM/SIGINT (or the `shutdown` future), which is a graceful leave: peers show
+//! this node as `left`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herd_membership::{Event as MemberEvent, LoadReport, Membership, NodeId, NodeState};
+use herd_pki::PeerCert;
+use herd_proto::{
+    AgentStatus, LocalRequest, LocalResponse, MemberState, NodeInfo, PeerRequest, PeerResponse,
+    RemoteError, RemoteErrorKind, Role,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::host::{self, Grant};
+use crate::local::{self, LocalCall};
+use crate::state::StateDir;
+use crate::{AgentError, admin, enroll, net};
+
+/// How the agent was asked to run (`herd agent` flags).
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The state directory.
+    pub state: StateDir,
+    /// Node name (first start only; default: the host name).
+    pub name: Option<String>,
+    /// Listen address (default: from `node.toml`, else `0.0.0.0:7420`).
+    pub listen: Option<SocketAddr>,
+    /// Address announced to peers (default: the listen address, or the first
+    /// non-loopback interface address when listening on all of them).
+    pub advertise: Option<SocketAddr>,
+    /// Join token (first start only).
+    pub join: Option<String>,
+    /// Addresses to contact.
+    pub peers: Vec<SocketAddr>,
+    /// Cores granted to herd.
+    pub cpus: Option<f32>,
+    /// Bytes of memory granted to herd.
+    pub memory: Option<u64>,
+}
+
+/// Everything that can happen to the agent.
+enum Event {
+    /// A membership datagram from a connection whose certificate names `name`.
+    Datagram { name: String, data: Bytes },
+    /// A connection to or from `addr` is established.
+    Connected {
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        peer: PeerCert,
+    },
+    /// A connection attempt to `addr` failed.
+    ConnectFailed { addr: SocketAddr },
+    /// A connection ended.
+    Closed { addr: SocketAddr, id: usize },
+}
+
+struct Conn {
+    conn: Option<quinn::Connection>,
+    connecting: bool,
+    last_attempt: Option<Instant>,
+    queue: Vec<Bytes>,
+}
+
+/// Packets held per peer while its connection is being set up.
+const MAX_QUEUED: usize = 32;
+/// Minimum time between connection attempts to one address.
+const RETRY_CONNECT: Duration = Duration::from_millis(1000);
+/// How often the host's load is sampled.
+const LOAD_TICK: Duration = Duration::from_secs(2);
+
+struct Agent {
+    dir: StateDir,
+    cluster: String,
+    me: NodeId,
+    roles: Vec<Role>,
+    membership: Membership,
+    endpoint: quinn::Endpoint,
+    conns: HashMap<SocketAddr, Conn>,
+    cert_roles: HashMap<String, Vec<Role>>,
+    events: mpsc::Sender<Event>,
+    peers_tx: watch::Sender<Vec<SocketAddr>>,
+    started: Instant,
+    origin: Instant,
+    grant: Grant,
+    speed: f32,
+    seq: u64,
+    last_report: Option<(Instant, LoadReport)>,
+    saved_seeds: Vec<SocketAddr>,
+}
+
+/// Runs an agent until `shutdown` resolves or SIGTERM/SIGINT arrives.
+pub async fn run_agent(
+    opts: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let dir = opts.state.clone();
+    if let Some(tok) = &opts.join {
+        let token = enroll::parse_token(tok)?;
+        if dir.has_cluster() {
+            let id = dir.identity()?;
+            if herd_pki::fingerprint(&id.ca_der) != token.ca_fingerprint {
+                return Err(AgentError::Token(format!(
+                    "{} already belongs to another cluster; use another --state to join this one",
+                    dir.root().display()
+                )));
+            }
+            tracing::info!("already enrolled in this cluster; ignoring --join");
+        } else {
+            dir.create()?;
+            let _lock = dir.lock()?;
+            let name = match &opts.name {
+                Some(n) => n.clone(),
+                None => default_name(),
+            };
+            let listen = opts
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], admin::DEFAULT_PORT)));
+            enroll::enroll(&dir, &token, &name, listen, &opts.peers).await?;
+            tracing::info!(cluster = %token.cluster, node = %name, "joined the cluster");
+        }
+    }
+    if !dir.has_cluster() {
+        return Err(AgentError::NoCluster {
+            dir: dir.root().to_path_buf(),
+        });
+    }
+    let _lock = dir.lock()?;
+    let mut nf = dir.node_file()?;
+    if let Some(l) = opts.listen {
+        nf.listen = l;
+    }
+    let identity = dir.identity()?;
+    let info = identity.info()?;
+    if opts.name.as_ref().is_some_and(|n| n != &nf.name) {
+        tracing::warn!(
+            name = %nf.name,
+            "--name ignored: this node is enrolled as {:?}",
+            nf.name
+        );
+    }
+    let endpoint = net::endpoint(&identity, nf.listen)?;
+    let listen = endpoint
+        .local_addr()
+        .map_err(|e| AgentError::Net(e.to_string()))?;
+    let advertise = opts
+        .advertise
+        .unwrap_or_else(|| admin::advertised_addr(listen));
+    let socket = local::bind(&dir, dir.root().starts_with(crate::state::SYSTEM_STATE_DIR))?;
+
+    let grant = Grant::resolve(opts.cpus, opts.memory);
+    let speed = tokio::task::spawn_blocking(|| host::measure_speed(Duration::from_millis(100)))
+        .await
+        .unwrap_or(1.0);
+    let origin = Instant::now();
+    let bump = crate::unix_now() as u32;
+    let me = NodeId {
+        name: nf.name.clone(),
+        addr: advertise,
+        bump,
+    };
+    let seed = u64::from(bump) ^ u64::from(std::process::id()) << 32;
+    let membership = Membership::new(
+        me.clone(),
+        herd_membership::Config::lan(),
+        seed,
+        Duration::ZERO,
+    );
+    let (events, mut rx) = mpsc::channel::<Event>(1024);
+    let (local_tx, mut local_rx) = mpsc::channel::<LocalCall>(64);
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    tokio::spawn(local::serve(socket, local_tx));
+    tokio::spawn(accept_loop(
+        nf.name.clone(),
+        endpoint.clone(),
+        events.clone(),
+        Arc::new(dir.clone()),
+        peers_rx,
+    ));
+
+    let mut agent = Agent {
+        dir: dir.clone(),
+        cluster: nf.cluster.clone(),
+        me,
+        roles: info.roles.clone(),
+        membership,
+        endpoint,
+        conns: HashMap::new(),
+        cert_roles: HashMap::new(),
+        events,
+        peers_tx,
+        started: Instant::now(),
+        origin,
+        grant,
+        speed,
+        seq: 0,
+        last_report: None,
+        saved_seeds: nf.seeds.clone(),
+    };
+    let mut seeds: Vec<SocketAddr> = opts.peers.clone();
+    seeds.extend(nf.seeds.iter().copied());
+    seeds.retain(|s| *s != advertise && *s != listen);
+    seeds.sort();
+    seeds.dedup();
+    tracing::info!(
+        node = %agent.me.name,
+        cluster = %agent.cluster,
+        %listen,
+        %advertise,
+        cpus = agent.grant.cpus,
+        memory = agent.grant.memory,
+        speed,
+        "agent started"
+    );
+    let now = agent.now();
+    agent.report_load(true);
+    agent.membership.join(now, &seeds);
+    agent.flush();
+
+    let mut load_tick = tokio::time::interval(LOAD_TICK);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Net(e.to_string()))?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| AgentError::Net(e.to_string()))?;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = agent
+            .membership
+            .poll_timeout()
+            .map(|t| agent.origin + t)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            Some(ev) = rx.recv() => agent.handle(ev),
+            Some(call) = local_rx.recv() => agent.handle_local(call),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = agent.now();
+                agent.membership.handle_timeout(now);
+            }
+            _ = load_tick.tick() => agent.report_load(false),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = &mut shutdown => break,
+        }
+        agent.flush();
+    }
+    agent.leave().await;
+    let _ = std::fs::remove_file(dir.socket_path());
+    Ok(())
+}
+
+/// The host name (first label), or `node` if it is not a valid node name.
+pub fn default_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or("").to_string())
+        .filter(|h| herd_pki::check_name(h).is_ok())
+        .unwrap_or_else(|| "node".into())
+}
+
+impl Agent {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Datagram { name, data } => {
+                let now = self.now();
+                if let Err(e) = self.membership.handle_data(now, &data) {
+                    tracing::debug!(peer = %name, "membership packet refused: {e}");
+                }
+            }
+            Event::Connected { addr, conn, peer } => {
+                self.cert_roles
+                    .insert(peer.name.clone(), peer.roles.clone());
+                let entry = self.conns.entry(addr).or_insert_with(|| Conn {
+                    conn: None,
+                    connecting: false,
+                    last_attempt: None,
+                    queue: Vec::new(),
+                });
+                entry.connecting = false;
+                for data in entry.queue.drain(..) {
+                    net::send_datagram(&conn, data);
+                }
+                entry.conn = Some(conn);
+            }
+            Event::ConnectFailed { addr } => {
+                if let Some(c) = self.conns.get_mut(&addr) {
+                    c.connecting = false;
+                    c.queue.clear();
+                }
+            }
+            Event::Closed { addr, id } => {
+                if let Some(c) = self.conns.get_mut(&addr)
+                    && c.conn.as_ref().is_some_and(|c| c.stable_id() == id)
+                {
+                    c.conn = None;
+                }
+            }
+        }
+    }
+
+    /// Sends everything membership wants sent and handles its events.
+    fn flush(&mut self) {
+        while let Some((addr, data)) = self.membership.poll_transmit() {
+            self.send(addr, data);
+        }
+        let mut newcomer = false;
+        while let Some(ev) = self.membership.poll_event() {
+            match ev {
+                MemberEvent::NodeUp(id) => {
+                    tracing::info!(node = %id.name, addr = %id.addr, "node is alive");
+                    newcomer = true;
+                }
+                MemberEvent::NodeSuspect(id) => tracing::info!(node = %id.name, "node is suspect"),
+                MemberEvent::NodeDown(id) => tracing::warn!(node = %id.name, "node is dead"),
+                MemberEvent::NodeLeft(id) => tracing::info!(node = %id.name, "node left"),
+                MemberEvent::Rejoined(id) => {
+                    tracing::warn!(
+                        bump = id.bump,
+                        "this node was declared dead by the cluster; rejoined"
+                    );
+                    self.me = id;
+                }
+                MemberEvent::Load(_) => {}
+            }
+        }
+        if newcomer {
+            // A node that just came up knows nobody's load yet: tell it ours now
+            // rather than at the next periodic report.
+            self.report_load(true);
+            while let Some((addr, data)) = self.membership.poll_transmit() {
+                self.send(addr, data);
+            }
+        }
+        let alive: Vec<SocketAddr> = self
+            .membership
+            .nodes()
+            .into_iter()
+            .filter(|n| n.state == NodeState::Alive && n.id.name != self.me.name)
+            .map(|n| n.id.addr)
+            .collect();
+        self.peers_tx.send_if_modified(|p| {
+            if *p != alive {
+                *p = alive.clone();
+                true
+            } else {
+                false
+            }
+        });
+        self.save_seeds(&alive);
+    }
+
+    fn save_seeds(&mut self, alive: &[SocketAddr]) {
+        let mut new: Vec<SocketAddr> = self.saved_seeds.clone();
+        let mut changed = false;
+        for a in alive {
+            if !new.contains(a) {
+                new.push(*a);
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        // Keep the most recent 16.
+        let skip = new.len().saturating_sub(16);
+        new.drain(..skip);
+        if let Ok(mut nf) = self.dir.node_file() {
+            nf.seeds = new.clone();
+            if let Err(e) = self.dir.save_node_file(&nf) {
+                tracing::warn!("could not save peers: {e}");
+            }
+        }
+        self.saved_seeds = new;
+    }
+
+    fn send(&mut self, addr: SocketAddr, data: Bytes) {
+        let entry = self.conns.entry(addr).or_insert_with(|| Conn {
+            conn: None,
+            connecting: false,
+            last_attempt: None,
+            queue: Vec::new(),
+        });
+        if let Some(c) = &entry.conn {
+            if c.close_reason().is_none() && net::send_datagram(c, data.clone()) {
+                return;
+            }
+            entry.conn = None;
+        }
+        if entry.queue.len() < MAX_QUEUED {
+            entry.queue.push(data);
+        }
+        let due = entry
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= RETRY_CONNECT);
+        if !entry.connecting && due {
+            entry.connecting = true;
+            entry.last_attempt = Some(Instant::now());
+            tokio::spawn(connect(self.endpoint.clone(), addr, self.events.clone()));
+        }
+    }
+
+    fn report_load(&mut self, force: bool) {
+        let report = LoadReport {
+            seq: 0,
+            roles: self.roles.iter().map(|r| r.as_str().to_string()).collect(),
+            cpus: self.grant.cpus,
+            speed: self.speed,
+            load: host::load_average(),
+            owner_load: host::load_average(),
+            mem_total: self.grant.memory,
+            mem_free: host::mem_available().min(self.grant.memory),
+            tasks: 0,
+            draining: false,
+        };
+        let stale = self.last_report.as_ref().is_none_or(|(t, last)| {
+            t.elapsed() >= Duration::from_secs(10)
+                || (last.load - report.load).abs() >= 0.1
+                || last.tasks != report.tasks
+                || last.mem_free.abs_diff(report.mem_free) > last.mem_total / 20
+        });
+        if force || stale {
+            self.seq += 1;
+            let mut report = report;
+            report.seq = self.seq;
+            let now = self.now();
+            self.membership.set_load(now, report.clone());
+            self.last_report = Some((Instant::now(), report));
+        }
+    }
+
+    fn handle_local(&mut self, call: LocalCall) {
+        let resp = match call.request {
+            LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
+            LocalRequest::Status => LocalResponse::Status(AgentStatus {
+                name: self.me.name.clone(),
+                cluster: self.cluster.clone(),
+                addr: self.me.addr,
+                roles: self.roles.iter().map(|r| r.as_str().to_string()).collect(),
+                uptime_secs: self.started.elapsed().as_secs_f64(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        };
+        let _ = call.reply.send(resp);
+    }
+
+    fn node_infos(&self) -> Vec<NodeInfo> {
+        let now = self.now();
+        let mut out: Vec<NodeInfo> = self
+            .membership
+            .nodes()
+            .into_iter()
+            .map(|n| {
+                let load = n.load.clone().unwrap_or_default();
+                let roles = match self.cert_roles.get(&n.id.name) {
+                    Some(r) if n.id.name != self.me.name => {
+                        r.iter().map(|r| r.as_str().to_string()).collect()
+                    }
+                    _ => load.roles.clone(),
+                };
+                NodeInfo {
+                    local: n.id.name == self.me.name,
+                    name: n.id.name.clone(),
+                    addr: n.id.addr,
+                    state: match n.state {
+                        NodeState::Alive => MemberState::Alive,
+                        NodeState::Suspect => MemberState::Suspect,
+                        NodeState::Dead => MemberState::Dead,
+                        NodeState::Left => MemberState::Left,
+                    },
+                    roles,
+                    cpus: load.cpus,
+                    load: load.load,
+                    owner_load: load.owner_load,
+                    mem_free: load.mem_free,
+                    mem_total: load.mem_total,
+                    speed: load.speed,
+                    tasks: load.tasks,
+                    incarnation: n.id.bump,
+                    since_secs: now.saturating_sub(n.since).as_secs_f64(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    async fn leave(&mut self) {
+        tracing::info!("leaving the cluster");
+        let now = self.now();
+        self.membership.leave(now);
+        self.flush();
+        // Give the datagrams a moment to leave, then close connections politely.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.endpoint.close(0u32.into(), b"leaving");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn connect(endpoint: quinn::Endpoint, addr: SocketAddr, events: mpsc::Sender<Event>) {
+    let attempt = async {
+        let conn = endpoint
+            .connect(addr, herd_pki::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let peer = net::peer_of(&conn).ok_or("peer presented no certificate")?;
+        Ok::<_, String>((conn, peer))
+    };
+    match tokio::time::timeout(net::CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok((conn, peer))) => {
+            spawn_readers(conn.clone(), addr, peer.clone(), events.clone(), None);
+            let _ = events.send(Event::Connected { addr, conn, peer }).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, "connection failed: {e}");
+            let _ = events.send(Event::ConnectFailed { addr }).await;
+        }
+        Err(_) => {
+            let _ = events.send(Event::ConnectFailed { addr }).await;
+        }
+    }
+}
+
+/// Context for serving requests on incoming connections.
+struct Serve {
+    me: String,
+    dir: Arc<StateDir>,
+    peers: watch::Receiver<Vec<SocketAddr>>,
+}
+
+async fn accept_loop(
+    me: String,
+    endpoint: quinn::Endpoint,
+    events: mpsc::Sender<Event>,
+    dir: Arc<StateDir>,
+    peers: watch::Receiver<Vec<SocketAddr>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let events = events.clone();
+        let serve = Serve {
+            me: me.clone(),
+            dir: dir.clone(),
+            peers: peers.clone(),
+        };
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match tokio::time::timeout(net::CONNECT_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %remote, "rejected a connection: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            match net::peer_of(&conn) {
+                Some(peer) => {
+                    spawn_readers(
+                        conn.clone(),
+                        remote,
+                        peer.clone(),
+                        events.clone(),
+                        Some(serve),
+                    );
+                    let _ = events
+                        .send(Event::Connected {
+                            addr: remote,
+                            conn,
+                            peer,
+                        })
+                        .await;
+                }
+                None => serve_unauthenticated(conn, serve).await,
+            }
+        });
+    }
+}
+
+/// A connection without a client certificate may enroll, once, and nothing else.
+async fn serve_unauthenticated(conn: quinn::Connection, serve: Serve) {
+    let remote = conn.remote_address();
+    let work = async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let req: PeerRequest = net::read_frame(&mut recv)
+            .await
+            .map_err(|e| e.to_string())?;
+        let peers = serve.peers.borrow().clone();
+        let dir = serve.dir.clone();
+        let resp = tokio::task::spawn_blocking(move || enroll::serve_enroll(&dir, req, peers))
+            .await
+            .map_err(|e| e.to_string())?;
+        net::write_frame(&mut send, &resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(peer = %remote, "enrollment connection failed: {e}"),
+        Err(_) => tracing::warn!(peer = %remote, "enrollment connection timed out"),
+    }
+    conn.close(0u32.into(), b"done");
+}
+
+fn spawn_readers(
+    conn: quinn::Connection,
+    addr: SocketAddr,
+    peer: PeerCert,
+    events: mpsc::Sender<Event>,
+    serve: Option<Serve>,
+) {
+    let id = conn.stable_id();
+    let c = conn.clone();
+    let name = peer.name.clone();
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Ok(data) = c.read_datagram().await {
+            // The sender a packet claims must be the node its certificate names; a
+            // packet that does not even decode closes this connection (only).
+            match Membership::peek_sender(&data) {
+                Ok(sender) if sender.name == name => {}
+                Ok(sender) => {
+                    tracing::warn!(cert = %name, claimed = %sender.name,
+                        "closing a connection whose packets claim another node's name");
+                    c.close(2u32.into(), b"sender does not match certificate");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, "closing a connection that sent a malformed packet: {e}");
+                    c.close(2u32.into(), b"malformed packet");
+                    break;
+                }
+            }
+            if ev
+                .send(Event::Datagram {
+                    name: name.clone(),
+                    data,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = ev.send(Event::Closed { addr, id }).await;
+    });
+    if let Some(serve) = serve {
+        let me = serve.me.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let peer = peer.clone();
+                let me = me.clone();
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let resp = match net::read_frame::<PeerRequest>(&mut recv).await {
+                        Ok(PeerRequest::Ping) => PeerResponse::Pong { name: me },
+                        Ok(PeerRequest::Enroll { .. }) => PeerResponse::Error(RemoteError {
+                            kind: RemoteErrorKind::BadRequest,
+                            message: "this node is already enrolled".into(),
+                        }),
+                        Err(e) => {
+                            tracing::warn!(peer = %peer.name, "closing a connection that sent a bad request: {e}");
+                            conn.close(3u32.into(), b"malformed frame");
+                            return;
+                        }
+                    };
+                    let _ = net::write_frame(&mut send, &resp).await;
+                    let _ = send.finish();
+                });
+            }
+        });
+    }
+}

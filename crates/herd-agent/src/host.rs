@@ -1,0 +1,222 @@
+//! What this host offers and how busy it is: granted CPUs and memory, a CPU speed
+//! score, load average and free memory.
+//!
+//! Defaults, documented in the README:
+//! * **CPUs granted**: every core the agent may use, that is the smaller of the online
+//!   cores and the CPU quota of the cgroup the agent runs in (cgroup v2 `cpu.max` or
+//!   v1 `cpu.cfs_quota_us`), as a fraction (`0.5` for half a core).
+//! * **Memory granted**: 80% of the memory available when the agent starts
+//!   (`MemAvailable`, capped by the agent's cgroup memory limit).
+//! * **Speed**: a 100 ms single-thread hashing benchmark at start, measured in thread
+//!   CPU time (so a CPU quota does not distort it) and scaled so that a 2020s x86-64
+//!   server core scores about 1.0.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use procfs::Current;
+
+/// Work units per CPU-second that score 1.0.
+const REFERENCE_RATE: f64 = 2_500.0;
+
+/// Online cores of the machine.
+pub fn online_cpus() -> f32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f32)
+        .unwrap_or(1.0)
+}
+
+/// The CPU quota of the cgroup this process runs in, in cores, if any.
+pub fn cgroup_cpu_quota() -> Option<f32> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            // cgroup v2: cpu.max is "max 100000" or "50000 100000"; check each ancestor.
+            for dir in ancestors(Path::new("/sys/fs/cgroup"), path) {
+                if let Ok(s) = std::fs::read_to_string(dir.join("cpu.max"))
+                    && let Some(q) = parse_cpu_max(&s)
+                {
+                    return Some(q);
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            for dir in ancestors(Path::new("/sys/fs/cgroup/cpu"), path) {
+                let quota = read_num(&dir.join("cpu.cfs_quota_us"));
+                let period = read_num(&dir.join("cpu.cfs_period_us"));
+                if let (Some(q), Some(p)) = (quota, period)
+                    && q > 0.0
+                    && p > 0.0
+                {
+                    return Some((q / p) as f32);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn ancestors(base: &Path, rel: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut p = PathBuf::from(rel);
+    loop {
+        out.push(base.join(&p));
+        if !p.pop() {
+            break;
+        }
+    }
+    out
+}
+
+fn read_num(p: &Path) -> Option<f64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn parse_cpu_max(s: &str) -> Option<f32> {
+    let mut it = s.split_whitespace();
+    let q: f64 = it.next()?.parse().ok()?;
+    let p: f64 = it.next()?.parse().ok()?;
+    (p > 0.0).then_some((q / p) as f32)
+}
+
+/// The memory limit of this process's cgroup, if any.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut best: Option<u64> = None;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        let (base, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        for dir in ancestors(Path::new(base), path) {
+            if let Some(v) = read_num(&dir.join(file)) {
+                // v1 reports "no limit" as a huge number.
+                if v > 0.0 && v < (1u64 << 60) as f64 {
+                    best = Some(best.map_or(v as u64, |b| b.min(v as u64)));
+                }
+            }
+        }
+    }
+    best
+}
+
+/// `MemAvailable` in bytes.
+pub fn mem_available() -> u64 {
+    procfs::Meminfo::current()
+        .ok()
+        .and_then(|m| m.mem_available)
+        .unwrap_or(0)
+}
+
+/// One-minute load average.
+pub fn load_average() -> f32 {
+    procfs::LoadAverage::current().map(|l| l.one).unwrap_or(0.0)
+}
+
+fn thread_cpu_time() -> Duration {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Measures the CPU speed score (see the module docs). Takes about `budget` of CPU
+/// time, or at most 20 times that in wall time on a starved host.
+pub fn measure_speed(budget: Duration) -> f32 {
+    let buf = vec![0x5au8; 16 * 1024];
+    let start_cpu = thread_cpu_time();
+    let start = Instant::now();
+    let mut units = 0u64;
+    let mut acc = [0u8; 32];
+    loop {
+        for _ in 0..8 {
+            let h = blake3::hash(&buf);
+            acc[0] ^= h.as_bytes()[0];
+            units += 1;
+        }
+        let cpu = thread_cpu_time() - start_cpu;
+        if cpu >= budget || start.elapsed() >= budget * 20 {
+            std::hint::black_box(acc);
+            let secs = cpu.as_secs_f64().max(1e-6);
+            let score = units as f64 / secs / REFERENCE_RATE;
+            return ((score * 100.0).round() / 100.0) as f32;
+        }
+    }
+}
+
+/// What this host grants to herd.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Cores.
+    pub cpus: f32,
+    /// Bytes of memory.
+    pub memory: u64,
+}
+
+impl Grant {
+    /// The grant from explicit settings or the documented defaults.
+    pub fn resolve(cpus: Option<f32>, memory: Option<u64>) -> Grant {
+        let max_cpus = cgroup_cpu_quota()
+            .map(|q| q.min(online_cpus()))
+            .unwrap_or_else(online_cpus);
+        let cpus = cpus.map(|c| c.min(max_cpus)).unwrap_or(max_cpus);
+        let avail = mem_available();
+        let avail = cgroup_memory_limit().map_or(avail, |l| l.min(avail));
+        let memory = memory.unwrap_or(avail / 10 * 8);
+        Grant { cpus, memory }
+    }
+}
+
+/// Parses a memory size such as `512M`, `4G`, `1.5GiB` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    (num >= 0.0).then(|| (num * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("3 parsecs"), None);
+        assert_eq!(parse_size("-1G"), None);
+    }
+
+    #[test]
+    fn cpu_max_parses() {
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+    }
+
+    #[test]
+    fn speed_is_positive_and_grant_sane() {
+        assert!(measure_speed(Duration::from_millis(20)) > 0.0);
+        let g = Grant::resolve(None, None);
+        assert!(g.cpus > 0.0 && g.cpus <= online_cpus());
+        assert!(g.memory > 0);
+        assert_eq!(Grant::resolve(Some(0.5), Some(1 << 30)).memory, 1 << 30);
+    }
+}

@@ -1,0 +1,237 @@
+//! In-process tests of the agent on loopback: enrollment, refusals and malformed
+//! input. The multi-host behaviour is tested on the testbed (`crates/herd/tests`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herd_agent::admin::{self, InitOptions};
+use herd_agent::state::StateDir;
+use herd_agent::{AgentError, AgentOptions, enroll, local, net, run_agent};
+use herd_proto::{LocalRequest, LocalResponse, PeerRequest, PeerResponse, Role};
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    ws: StateDir,
+    addr: SocketAddr,
+    token: herd_proto::Token,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
+}
+
+async fn start_cluster() -> Cluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = StateDir::new(tmp.path().join("ws"));
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let token = admin::init(
+        &ws,
+        &InitOptions {
+            cluster: "lab".into(),
+            name: "ws".into(),
+            listen: addr,
+            ttl: Some(3600),
+        },
+    )
+    .unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = AgentOptions {
+        state: ws.clone(),
+        name: None,
+        listen: None,
+        advertise: None,
+        join: None,
+        peers: vec![],
+        cpus: Some(1.0),
+        memory: Some(1 << 30),
+    };
+    let task = tokio::spawn(run_agent(opts, async {
+        let _ = rx.await;
+    }));
+    // Wait for the socket.
+    for _ in 0..100 {
+        if local::call(&ws, &LocalRequest::Status).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Cluster {
+        _tmp: tmp,
+        ws,
+        addr,
+        token,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl Cluster {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn enroll_succeeds_once_token_is_valid_and_refuses_bad_tokens() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A valid token enrolls and writes an identity with the token's roles.
+    let h1 = StateDir::new(tmp.path().join("h1"));
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    enroll::enroll(&h1, &c.token, "h1", listen, &[])
+        .await
+        .unwrap();
+    let info = h1.identity().unwrap().info().unwrap();
+    assert_eq!(info.name, "h1");
+    assert_eq!(info.roles, vec![Role::Exec]);
+
+    // A wrong secret is refused and writes nothing.
+    let mut wrong = c.token.clone();
+    wrong.secret[0] ^= 0xff;
+    let h2 = StateDir::new(tmp.path().join("h2"));
+    let err = enroll::enroll(&h2, &wrong, "h2", listen, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(!h2.root().exists(), "a refused token must enroll nothing");
+
+    // A revoked token is refused.
+    let t2 = admin::issue_token(&c.ws, &[Role::Exec], None).unwrap();
+    admin::revoke_token(&c.ws, &t2.id_hex()).unwrap();
+    let err = enroll::enroll(&h2, &t2, "h2", listen, &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    assert!(!h2.root().exists());
+
+    // A token pinning another cluster's CA is refused by the TLS handshake.
+    let other = tempfile::tempdir().unwrap();
+    let other_tok = admin::init(
+        &StateDir::new(other.path()),
+        &InitOptions {
+            cluster: "other".into(),
+            name: "x".into(),
+            listen: c.addr,
+            ttl: None,
+        },
+    )
+    .unwrap();
+    let err = enroll::enroll(&h2, &other_tok, "h2", listen, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(!h2.root().exists());
+
+    // An expired token is refused before any contact.
+    let mut expired = c.token.clone();
+    expired.expires = Some(1);
+    let err = enroll::parse_token(&expired.encode()).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_that_connection() {
+    let c = start_cluster().await;
+    let ep = net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let cfg = net::enroll_client_config(c.token.ca_fingerprint).unwrap();
+
+    // Oversized length prefix.
+    let conn = ep
+        .connect_with(cfg.clone(), c.addr, herd_pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let _ = send.finish();
+    let mut buf = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(15), async {
+        recv.read_to_end(1 << 20).await
+    })
+    .await
+    .expect("the agent must close a connection that sent an oversized frame");
+    assert!(res.map(|b| buf.extend(b)).is_err() || buf.is_empty());
+
+    // Garbage payload of a plausible size.
+    let conn2 = ep
+        .connect_with(cfg.clone(), c.addr, herd_pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn2.open_bi().await.unwrap();
+    send.write_all(&8u32.to_be_bytes()).await.unwrap();
+    send.write_all(b"\x01garbage").await.unwrap();
+    let _ = send.finish();
+    let got = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20))
+        .await
+        .expect("closed");
+    assert!(got.is_err() || got.unwrap().is_empty());
+
+    // The agent still serves: a proper enrollment works and the CLI socket answers.
+    let conn3 = ep
+        .connect_with(cfg, c.addr, herd_pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (_k, csr) = herd_pki::make_csr("h9").unwrap();
+    let resp: PeerResponse = net::request(
+        &conn3,
+        &PeerRequest::Enroll {
+            token_id: c.token.id,
+            secret: c.token.secret,
+            name: "h9".into(),
+            csr_der: csr,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(resp, PeerResponse::Enrolled { .. }), "{resp:?}");
+    let st = local::call(&c.ws, &LocalRequest::Status).await.unwrap();
+    assert!(matches!(st, LocalResponse::Status(_)));
+
+    // Garbage on the Unix socket does not hurt either.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::UnixStream::connect(c.ws.socket_path())
+            .await
+            .unwrap();
+        s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        s.write_all(b"junkjunk").await.unwrap();
+    }
+    let st = local::call(&c.ws, &LocalRequest::Nodes).await.unwrap();
+    assert!(
+        matches!(st, LocalResponse::Nodes(ref n) if n.len() == 1),
+        "{st:?}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn second_agent_on_same_state_dir_is_refused() {
+    let c = start_cluster().await;
+    let opts = AgentOptions {
+        state: c.ws.clone(),
+        name: None,
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        advertise: None,
+        join: None,
+        peers: vec![],
+        cpus: None,
+        memory: None,
+    };
+    let err = run_agent(opts, std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, AgentError::Locked { .. }), "{err}");
+    assert_eq!(err.exit_code(), 2);
+    c.stop().await;
+}

@@ -1,0 +1,388 @@
+//! Wire contracts of herd: every type that crosses a process boundary.
+//!
+//! herd speaks two protocols, both defined here and nowhere else:
+//!
+//! * **node to node**, over QUIC with mutual TLS (see `herd-agent`): request/response
+//!   exchanges on bidirectional streams ([`PeerRequest`], [`PeerResponse`]) and
+//!   membership packets in QUIC datagrams (opaque here, owned by `herd-membership`);
+//! * **CLI to local agent**, over a Unix socket in the state directory
+//!   ([`LocalRequest`], [`LocalResponse`]).
+//!
+//! Both use the same framing: a 4-byte big-endian length, then a payload whose first
+//! byte is [`PROTOCOL_VERSION`] followed by the [postcard] encoding of the message.
+//! Frames longer than [`MAX_FRAME`] are refused before any allocation, a frame with
+//! another version is refused with [`ProtoError::Version`], and a payload that does
+//! not decode is refused with [`ProtoError::Decode`]. None of these panic, whatever the
+//! bytes: the caller closes that one connection and carries on.
+//!
+//! The join token ([`Token`]) is also defined here because it is a contract between
+//! `herd init`/`herd token` on one machine and `herd agent --join` on another.
+//!
+//! **Architecture invariant:** this crate does no I/O and knows no runtime; it only
+//! turns values into bytes and back.
+
+#![deny(missing_docs)]
+
+mod token;
+
+pub use token::{Token, TokenError};
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Version byte leading every frame payload. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame payload accepted or produced, in bytes (control messages only;
+/// bulk data will travel on dedicated streams).
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// ALPN identifier of herd's QUIC protocol.
+pub const ALPN: &[u8] = b"herd/1";
+
+/// Errors turning bytes into messages or back.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// The frame was larger than [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Announced or actual length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {got}, this herd speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// Version byte received.
+        got: u8,
+    },
+    /// The frame was empty.
+    #[error("empty frame")]
+    Empty,
+    /// The payload did not decode as the expected message.
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Encodes `msg` as a frame payload (version byte + postcard), without the length
+/// prefix. Fails only if the message is larger than [`MAX_FRAME`].
+pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ProtoError> {
+    let mut buf = BytesMut::with_capacity(64).writer();
+    buf.get_mut().put_u8(PROTOCOL_VERSION);
+    postcard::to_io(msg, &mut buf)?;
+    let buf = buf.into_inner();
+    if buf.len() > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: buf.len(),
+            max: MAX_FRAME,
+        });
+    }
+    Ok(buf.freeze())
+}
+
+/// Decodes a frame payload produced by [`encode`]. Never panics.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
+    if payload.len() > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: payload.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let (&version, rest) = payload.split_first().ok_or(ProtoError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::Version { got: version });
+    }
+    Ok(postcard::from_bytes(rest)?)
+}
+
+/// A length-delimited codec configured with herd's framing limits, for
+/// `tokio_util::codec::Framed` over any byte stream.
+pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// A role a node's certificate grants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May submit work to the cluster (a workstation).
+    Submit,
+    /// May execute work for the cluster (a helper).
+    Exec,
+}
+
+impl Role {
+    /// The role's name as written in certificates, tokens and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submit => "submit",
+            Role::Exec => "exec",
+        }
+    }
+
+    /// Parses `submit` or `exec`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s.trim() {
+            "submit" => Some(Role::Submit),
+            "exec" => Some(Role::Exec),
+            _ => None,
+        }
+    }
+
+    /// Parses a comma-separated list such as `submit,exec`; `None` if any is unknown.
+    pub fn parse_list(s: &str) -> Option<Vec<Role>> {
+        let mut roles = s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Role::parse)
+            .collect::<Option<Vec<_>>>()?;
+        roles.sort();
+        roles.dedup();
+        Some(roles)
+    }
+
+    /// Formats a list as `submit,exec`.
+    pub fn join(roles: &[Role]) -> String {
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A request from one node to another on a QUIC bidirectional stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Enrollment of a new node with a join token. The only request accepted on a
+    /// connection whose client presented no certificate.
+    Enroll {
+        /// Token identifier (public part).
+        token_id: [u8; 8],
+        /// Token secret.
+        secret: [u8; 24],
+        /// Name the node wants.
+        name: String,
+        /// PKCS#10 certificate signing request (DER) for the node's own key.
+        csr_der: Vec<u8>,
+    },
+    /// Asks the peer for its view of the cluster (used by `herd nodes` diagnostics).
+    Ping,
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Enrollment succeeded.
+    Enrolled {
+        /// The node's certificate, signed by the cluster CA (DER).
+        cert_der: Vec<u8>,
+        /// The cluster CA certificate (DER).
+        ca_der: Vec<u8>,
+        /// The cluster's name.
+        cluster: String,
+        /// Roles granted.
+        roles: Vec<Role>,
+        /// Addresses of live members to contact.
+        peers: Vec<SocketAddr>,
+    },
+    /// Answer to [`PeerRequest::Ping`].
+    Pong {
+        /// The answering node's name.
+        name: String,
+    },
+    /// The request was refused.
+    Error(RemoteError),
+}
+
+/// Why a peer refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// Machine-readable category.
+    pub kind: RemoteErrorKind,
+    /// One line for people.
+    pub message: String,
+}
+
+/// Categories of [`RemoteError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    /// The token is unknown or its secret does not match.
+    BadToken,
+    /// The token has expired.
+    TokenExpired,
+    /// The token was revoked.
+    TokenRevoked,
+    /// The caller's certificate lacks the role the request needs.
+    Forbidden,
+    /// This node cannot serve the request (for example it does not hold the CA key).
+    Unavailable,
+    /// The request was malformed.
+    BadRequest,
+}
+
+/// A request from the CLI to the agent on the same host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LocalRequest {
+    /// The cluster as this agent sees it.
+    Nodes,
+    /// This agent's own status.
+    Status,
+}
+
+/// The agent's answer to a [`LocalRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LocalResponse {
+    /// Answer to [`LocalRequest::Nodes`].
+    Nodes(Vec<NodeInfo>),
+    /// Answer to [`LocalRequest::Status`].
+    Status(AgentStatus),
+    /// The request failed.
+    Error(String),
+}
+
+/// Membership state of a node as shown to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; may be declared dead soon.
+    Suspect,
+    /// Declared failed (killed, crashed or cut off).
+    Dead,
+    /// Left the cluster gracefully.
+    Left,
+}
+
+impl MemberState {
+    /// The state's name as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// One node as `herd nodes` shows it. Its JSON form is a documented output format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name (the certificate's common name).
+    pub name: String,
+    /// Address the node listens on.
+    pub addr: SocketAddr,
+    /// Membership state as seen by the answering agent.
+    pub state: MemberState,
+    /// Roles the node's certificate grants.
+    pub roles: Vec<String>,
+    /// Cores granted to herd.
+    pub cpus: f32,
+    /// Load average of the host.
+    pub load: f32,
+    /// Load of the host's owner (not herd's).
+    pub owner_load: f32,
+    /// Bytes of memory free for herd.
+    pub mem_free: u64,
+    /// Bytes of memory granted to herd.
+    pub mem_total: u64,
+    /// CPU speed score (1.0 is the reference core).
+    pub speed: f32,
+    /// herd tasks running there.
+    pub tasks: u32,
+    /// Incarnation of the node (changes on restart).
+    pub incarnation: u32,
+    /// Seconds since the state last changed.
+    pub since_secs: f64,
+    /// Whether this is the answering agent itself.
+    pub local: bool,
+}
+
+/// What `herd status` shows about the local agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Node name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Listening address.
+    pub addr: SocketAddr,
+    /// Roles of this node.
+    pub roles: Vec<String>,
+    /// Seconds since the agent started.
+    pub uptime_secs: f64,
+    /// herd version string.
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrip_request() {
+        let req = PeerRequest::Enroll {
+            token_id: [1; 8],
+            secret: [2; 24],
+            name: "h1".into(),
+            csr_der: vec![3; 100],
+        };
+        let bytes = encode(&req).unwrap();
+        assert_eq!(bytes[0], PROTOCOL_VERSION);
+        assert_eq!(decode::<PeerRequest>(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let mut bytes = encode(&LocalRequest::Nodes).unwrap().to_vec();
+        bytes[0] = 99;
+        assert!(matches!(
+            decode::<LocalRequest>(&bytes),
+            Err(ProtoError::Version { got: 99 })
+        ));
+    }
+
+    #[test]
+    fn empty_and_oversized_are_refused() {
+        assert!(matches!(
+            decode::<LocalRequest>(&[]),
+            Err(ProtoError::Empty)
+        ));
+        let big = vec![PROTOCOL_VERSION; MAX_FRAME + 1];
+        assert!(matches!(
+            decode::<LocalRequest>(&big),
+            Err(ProtoError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!(
+            Role::parse_list("exec,submit,exec"),
+            Some(vec![Role::Submit, Role::Exec])
+        );
+        assert_eq!(Role::parse_list("exec,root"), None);
+        assert_eq!(Role::join(&[Role::Submit, Role::Exec]), "submit,exec");
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<PeerRequest>(&data);
+            let _ = decode::<PeerResponse>(&data);
+            let _ = decode::<LocalRequest>(&data);
+            let _ = decode::<LocalResponse>(&data);
+        }
+    }
+}

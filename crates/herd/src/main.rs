@@ -1,0 +1,371 @@
+//! `herd`: the one binary. It parses the command line and dispatches to the library
+//! crates; no cluster logic lives here.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (network, agent not running); 2 a
+//! problem the user must fix (bad flag, bad or expired token, state directory in the
+//! way or damaged). Every error is one `herd: ...` line on stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herd_agent::admin::{self, InitOptions};
+use herd_agent::state::{self, StateDir};
+use herd_agent::{AgentError, AgentOptions, host, local};
+use herd_proto::{LocalRequest, LocalResponse, NodeInfo, Role};
+
+/// Pool the CPUs of nearby Linux hosts.
+///
+/// Start with `herd init` on the workstation, then `herd agent --join TOKEN` on each
+/// helper; `herd nodes` shows the cluster.
+#[derive(Parser, Debug)]
+#[command(name = "herd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StateArg {
+    /// State directory [default: /var/lib/herd for root, ~/.local/share/herd otherwise]
+    #[arg(long, env = "HERD_STATE", value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+impl StateArg {
+    fn dir(&self, for_client: bool) -> StateDir {
+        state::resolve(self.state.as_deref(), None, for_client)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new cluster here (CA, this node's certificate) and print a join token.
+    Init {
+        #[command(flatten)]
+        state: StateArg,
+        /// This node's name [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+        /// The cluster's name
+        #[arg(long, default_value = "herd")]
+        cluster: String,
+        /// Address the agent will listen on
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7420")]
+        listen: SocketAddr,
+        /// Lifetime of the printed token (e.g. 30m, 24h, 7d, never)
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Run this host's agent in the foreground (joining a cluster first with --join).
+    Agent {
+        #[command(flatten)]
+        state: StateArg,
+        /// This node's name, when joining [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Address to listen on [default: as at init/join, else 0.0.0.0:7420]
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<SocketAddr>,
+        /// Address to announce to peers [default: the listen address, or the first
+        /// non-loopback interface address when listening on 0.0.0.0]
+        #[arg(long, value_name = "ADDR:PORT")]
+        advertise: Option<SocketAddr>,
+        /// Join the cluster with this token (first start only; restarts need none)
+        #[arg(long, value_name = "TOKEN")]
+        join: Option<String>,
+        /// A peer to contact (repeatable); without it, the token's addresses and the
+        /// peers seen before are used
+        #[arg(long = "peer", value_name = "ADDR:PORT")]
+        peers: Vec<SocketAddr>,
+        /// Cores granted to herd, may be fractional [default: all cores, or the agent's
+        /// cgroup CPU quota]
+        #[arg(long)]
+        cpus: Option<f32>,
+        /// Memory granted to herd, e.g. 4G [default: 80% of the memory available at start]
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+    },
+    /// Print a new join token; list or revoke tokens (on the node that ran `herd init`).
+    Token {
+        #[command(flatten)]
+        state: StateArg,
+        /// Lifetime of the token (e.g. 30m, 24h, 7d, never)
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Roles granted to nodes joining with it: exec, submit or submit,exec
+        #[arg(long, default_value = "exec")]
+        roles: String,
+        /// List the tokens instead
+        #[arg(long, conflicts_with = "revoke")]
+        list: bool,
+        /// Revoke the token with this id (or unique id prefix)
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
+    /// Show the cluster's nodes as the local agent sees them.
+    Nodes {
+        #[command(flatten)]
+        state: StateArg,
+        /// Print JSON (one object per node) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the local agent's status.
+    Status {
+        #[command(flatten)]
+        state: StateArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<AgentError>()
+                .map(|a| a.exit_code())
+                .unwrap_or(1);
+            eprintln!("herd: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            state,
+            name,
+            cluster,
+            listen,
+            ttl,
+        } => {
+            let dir = state.dir(false);
+            let ttl = admin::parse_ttl(&ttl)?;
+            let name = name.unwrap_or_else(herd_agent::agent::default_name);
+            let token = admin::init(
+                &dir,
+                &InitOptions {
+                    cluster: cluster.clone(),
+                    name: name.clone(),
+                    listen,
+                    ttl,
+                },
+            )?;
+            println!(
+                "created cluster {cluster:?} in {} (this node: {name})",
+                dir.root().display()
+            );
+            println!("start this node with:  herd agent");
+            println!("join a helper with:    herd agent --join <token below>");
+            println!("{}", token.encode());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent {
+            state,
+            name,
+            listen,
+            advertise,
+            join,
+            peers,
+            cpus,
+            memory,
+        } => {
+            init_logging();
+            let memory = match memory {
+                Some(m) => Some(host::parse_size(&m).ok_or_else(|| {
+                    AgentError::Usage(format!("invalid --memory {m:?}: use e.g. 512M or 4G"))
+                })?),
+                None => None,
+            };
+            if let Some(c) = cpus
+                && !(c > 0.0 && c.is_finite())
+            {
+                return Err(
+                    AgentError::Usage(format!("invalid --cpus {c}: must be above 0")).into(),
+                );
+            }
+            let opts = AgentOptions {
+                state: state.dir(false),
+                name,
+                listen,
+                advertise,
+                join,
+                peers,
+                cpus,
+                memory,
+            };
+            runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            state,
+            ttl,
+            roles,
+            list,
+            revoke,
+        } => {
+            let dir = state.dir(false);
+            if list {
+                println!(
+                    "{:<18} {:<12} {:<10} {:<20} USES",
+                    "ID", "ROLES", "STATE", "EXPIRES"
+                );
+                let now = herd_agent::unix_now();
+                for t in admin::list_tokens(&dir)? {
+                    let st = if t.revoked {
+                        "revoked"
+                    } else if t.expires.is_some_and(|e| now >= e) {
+                        "expired"
+                    } else {
+                        "valid"
+                    };
+                    let exp = t
+                        .expires
+                        .map(|e| format!("in {}", human_secs(e as i64 - now as i64)))
+                        .unwrap_or_else(|| "never".into());
+                    println!(
+                        "{:<18} {:<12} {:<10} {:<20} {}",
+                        t.id,
+                        Role::join(&t.roles),
+                        st,
+                        exp,
+                        t.uses
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(id) = revoke {
+                let id = admin::revoke_token(&dir, &id)?;
+                println!("revoked token {id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let roles = Role::parse_list(&roles)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| {
+                    AgentError::Usage(format!(
+                        "invalid --roles {roles:?}: use exec, submit or submit,exec"
+                    ))
+                })?;
+            let token = admin::issue_token(&dir, &roles, admin::parse_ttl(&ttl)?)?;
+            println!("{}", token.encode());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes { state, json } => {
+            let dir = state.dir(true);
+            let nodes = match call(&dir, LocalRequest::Nodes)? {
+                LocalResponse::Nodes(n) => n,
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print_nodes(&nodes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { state, json } => {
+            let dir = state.dir(true);
+            let st = match call(&dir, LocalRequest::Status)? {
+                LocalResponse::Status(s) => s,
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!("node     {}", st.name);
+                println!("cluster  {}", st.cluster);
+                println!("address  {}", st.addr);
+                println!("roles    {}", st.roles.join(","));
+                println!("uptime   {}", human_secs(st.uptime_secs as i64));
+                println!("version  {}", st.version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(dir: &StateDir, req: LocalRequest) -> anyhow::Result<LocalResponse> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(local::call(dir, &req))? {
+        LocalResponse::Error(e) => anyhow::bail!("the agent refused: {e}"),
+        r => Ok(r),
+    }
+}
+
+fn human_secs(s: i64) -> String {
+    let s = s.max(0);
+    match s {
+        0..=89 => format!("{s}s"),
+        90..=5399 => format!("{}m", s / 60),
+        5400..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+fn print_nodes(nodes: &[NodeInfo]) {
+    println!(
+        "{:<16} {:<21} {:<8} {:<12} {:>5} {:>6} {:>5} {:>8} {:>5}",
+        "NAME", "ADDRESS", "STATE", "ROLES", "CPUS", "SPEED", "LOAD", "MEM-FREE", "TASKS"
+    );
+    for n in nodes {
+        let name = if n.local {
+            format!("{}*", n.name)
+        } else {
+            n.name.clone()
+        };
+        println!(
+            "{:<16} {:<21} {:<8} {:<12} {:>5.2} {:>6.2} {:>5.2} {:>8} {:>5}",
+            name,
+            n.addr.to_string(),
+            n.state.as_str(),
+            n.roles.join(","),
+            n.cpus,
+            n.speed,
+            n.load,
+            human_bytes(n.mem_free),
+            n.tasks
+        );
+    }
+}
