@@ -218,10 +218,12 @@ fn tree(depth: u32) -> io::Result<ExitCode> {
         Command::new(&me)
             .args(["tree", &(depth - 1).to_string()])
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()?;
         Command::new(&me)
             .args(["sleep"])
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()?;
     }
     loop {
