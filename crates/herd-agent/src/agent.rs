@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use crate::host::{self, Grant};
 use crate::local::{self, LocalCall};
 use crate::state::StateDir;
-use crate::{AgentError, admin, enroll, net};
+use crate::{AgentError, admin, discovery, enroll, net};
 
 /// How the agent was asked to run (`herd agent` flags).
 #[derive(Clone, Debug)]
@@ -53,6 +53,8 @@ pub struct AgentOptions {
     pub cpus: Option<f32>,
     /// Bytes of memory granted to herd.
     pub memory: Option<u64>,
+    /// Announce and discover peers on the LAN by mDNS.
+    pub mdns: bool,
 }
 
 /// Everything that can happen to the agent.
@@ -228,6 +230,23 @@ pub async fn run_agent(
         speed,
         "agent started"
     );
+    let (_discovery, mut discovered) = if opts.mdns {
+        match discovery::start(
+            &agent.me.name,
+            &agent.cluster,
+            &herd_pki::fingerprint(&identity.ca_der),
+            listen,
+            advertise,
+        ) {
+            Ok((d, rx)) => (Some(d), Some(rx)),
+            Err(e) => {
+                tracing::warn!("LAN discovery is off: {e}");
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
     let now = agent.now();
     agent.report_load(true);
     agent.membership.join(now, &seeds);
@@ -248,6 +267,7 @@ pub async fn run_agent(
         tokio::select! {
             Some(ev) = rx.recv() => agent.handle(ev),
             Some(call) = local_rx.recv() => agent.handle_local(call),
+            Some(addr) = recv_opt(&mut discovered) => agent.discovered(addr),
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = agent.now();
                 agent.membership.handle_timeout(now);
@@ -274,9 +294,30 @@ pub fn default_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Agent {
     fn now(&self) -> Duration {
         self.origin.elapsed()
+    }
+
+    /// mDNS found a node of our CA at `addr`: announce to it unless already a live member.
+    fn discovered(&mut self, addr: SocketAddr) {
+        let known = self
+            .membership
+            .nodes()
+            .iter()
+            .any(|n| n.id.addr == addr && n.state == NodeState::Alive);
+        if !known && addr != self.me.addr {
+            tracing::info!(%addr, "discovered a peer on the LAN");
+            let now = self.now();
+            self.membership.join(now, &[addr]);
+        }
     }
 
     fn handle(&mut self, ev: Event) {

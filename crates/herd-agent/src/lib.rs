@@ -15,6 +15,7 @@
 //! * [`agent`]: the main loop, one `tokio::select!` over a closed set of events.
 //! * [`local`]: the Unix-socket API between the CLI and its local agent.
 //! * [`host`]: what the host grants and how loaded it is.
+//! * [`discovery`]: LAN discovery of peers by mDNS.
 //!
 //! **Architecture invariant:** only this crate (and the binary above it) knows tokio,
 //! quinn and the filesystem; nothing below it does I/O.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod discovery;
 pub mod enroll;
 pub mod host;
 pub mod local;

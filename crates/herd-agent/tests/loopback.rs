@@ -50,6 +50,7 @@ async fn start_cluster() -> Cluster {
         peers: vec![],
         cpus: Some(1.0),
         memory: Some(1 << 30),
+        mdns: false,
     };
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
@@ -229,6 +230,7 @@ async fn second_agent_on_same_state_dir_is_refused() {
         peers: vec![],
         cpus: None,
         memory: None,
+        mdns: false,
     };
     let err = run_agent(opts, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");

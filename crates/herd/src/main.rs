@@ -87,6 +87,9 @@ enum Command {
         /// Memory granted to herd, e.g. 4G [default: 80% of the memory available at start]
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Do not announce or discover peers on the LAN by mDNS
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Print a new join token; list or revoke tokens (on the node that ran `herd init`).
     Token {
@@ -194,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peers,
             cpus,
             memory,
+            no_mdns,
         } => {
             init_logging();
             let memory = match memory {
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 peers,
                 cpus,
                 memory,
+                mdns: !no_mdns,
             };
             runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
             Ok(ExitCode::SUCCESS)

@@ -391,3 +391,43 @@ fn ws_agent_log(bed: &Testbed) -> std::path::PathBuf {
     logs.sort();
     logs.pop().expect("the ws agent's log")
 }
+
+#[test]
+fn helpers_find_each_other_on_the_lan_by_mdns() {
+    let bed = testbed(&["h1", "h2"]);
+    let (ws, h1, h2) = (bed.host("ws"), bed.host("h1"), bed.host("h2"));
+    let token = init(ws);
+    let mut ws_agent = agent(ws, &["--no-mdns"]);
+    let mut a1 = join(h1, &token);
+    let mut a2 = join(h2, &token);
+    wait_for("h1 and h2 enrolled", CONVERGE, || {
+        all_see(&[ws], "h1", "alive") && all_see(&[ws], "h2", "alive")
+    });
+    for c in [&mut a1, &mut a2, &mut ws_agent] {
+        sigterm(c);
+        assert!(c.wait().unwrap().success());
+    }
+    // Forget every address the helpers learnt: only mDNS can bring them together now
+    // (the workstation, which the token points at, stays down).
+    for h in [h1, h2] {
+        let file = h.machine_path(format!("{}/node.toml", state(h)));
+        std::fs::write(
+            &file,
+            format!(
+                "version = 1\ncluster = \"lab\"\nname = \"{}\"\nlisten = \"{}\"\nseeds = []\n",
+                h.name(),
+                listen(h)
+            ),
+        )
+        .unwrap();
+    }
+    let mut a1 = agent(h1, &[]);
+    let mut a2 = agent(h2, &[]);
+    wait_for("h1 and h2 discover each other by mDNS", CONVERGE, || {
+        all_see(&[h1], "h2", "alive") && all_see(&[h2], "h1", "alive")
+    });
+    for c in [&mut a1, &mut a2] {
+        sigterm(c);
+        let _ = c.wait();
+    }
+}
