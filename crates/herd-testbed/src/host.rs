@@ -208,12 +208,13 @@ impl Host {
             .collect()
     }
 
-    /// Start a process "on" the host: in its network namespace, in its cgroups (so its
-    /// CPU quota confines it and everything it spawns), with the host's name as hostname,
-    /// and for minimal hosts chrooted into the host's root inside a private mount
-    /// namespace with a fresh `/proc` and `/dev`, `/sys` bind-mounted (so cgroups are
-    /// visible); nothing is mounted in the machine's own mount namespace. See
-    /// [`HostCommand`] for defaults (environment, stdio, log file).
+    /// Start a process "on" the host: in its cgroups (so its CPU quota confines it and
+    /// everything it spawns), its network namespace, its mount namespace (mounts made by
+    /// the host's processes are seen by all of them and by nobody else, never by the
+    /// machine), with the host's name as hostname, and for minimal hosts chrooted into
+    /// the host's root, where `/proc` is mounted fresh and `/dev` and `/sys` are bound
+    /// (so cgroups are visible). See [`HostCommand`] for defaults (environment, stdio,
+    /// log file).
     pub fn command(&self, program: &str, args: &[&str]) -> HostCommand {
         HostCommand::new(Arc::clone(&self.placement), program, args)
     }
@@ -244,6 +245,12 @@ impl Host {
             .map(|(flags, _)| flags.to_owned())
             .unwrap_or_default();
         Ok(!flags.split(',').any(|f| f == "UP"))
+    }
+
+    /// Path of the host's mount namespace file (`/run/herd-testbed/<id>/<host>.mnt`),
+    /// for `nsenter --mount=PATH`.
+    pub fn mntns_path(&self) -> PathBuf {
+        self.placement.mntns_path.clone()
     }
 
     /// The name of the host's network namespace (for `ip -n NAME`).

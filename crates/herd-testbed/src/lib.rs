@@ -12,6 +12,9 @@
 //!   are detected), holding all its processes and their descendants, with an optional
 //!   CPU quota ([`HostSpec::cpu_quota`]) and memory limit;
 //! * optionally a **link bandwidth** (tc tbf, both directions). Latency is not emulated;
+//! * a **mount namespace**, joined by all its processes: what a host mounts (herd's FUSE
+//!   view, say) is seen on that host only, never on the machine or other hosts, while the
+//!   host still sees the machine's mounts;
 //! * a **root**: the machine's real file system ([`RootKind::RealFs`], "the
 //!   workstation"), or a directory holding only one binary and its shared libraries
 //!   ([`RootKind::Minimal`], "a helper with nothing installed but herd").
@@ -30,26 +33,32 @@
 //! use herd_testbed::{HostSpec, Testbed};
 //!
 //! # fn main() -> Result<(), herd_testbed::Error> {
+//! // The binary under test; here the probe tool built from this crate, which
+//! // understands `listen PORT` and `connect ADDR:PORT`.
+//! let probe = "target/debug/herd-testbed-probe";
+//!
 //! let mut bed = Testbed::new()?; // fails (never skips) unless run as root
 //! bed.add_host(HostSpec::real_fs("ws"))?;
 //! bed.add_host(
-//!     HostSpec::minimal("helper", env!("CARGO_BIN_EXE_herd-testbed-probe"))
+//!     HostSpec::minimal("helper", probe)
 //!         .cpu_quota(0.5)
 //!         .bandwidth_mbit(100),
 //! )?;
 //!
-//! // The helper's root holds only /herd (the probe here) and its libraries.
-//! let mut server = bed.host("helper").command("herd", &["listen", "7000"]).spawn()?;
-//! let helper = bed.host("helper").addr();
-//! let out = bed
-//!     .host("ws")
-//!     .command(env!("CARGO_BIN_EXE_herd-testbed-probe"), &["connect", &format!("{helper}:7000")])
-//!     .output()?;
-//! assert!(out.status.success());
+//! // The helper's root holds only the binary (as /herd and /usr/local/bin/herd) and its
+//! // shared libraries; its output goes to a log file under `bed.log_dir()`.
+//! let helper = bed.host("helper");
+//! let mut server = helper.command("herd", &["listen", "7000"]).spawn()?;
 //!
-//! bed.host("helper").partition()?; // now unreachable
-//! bed.host("helper").heal()?;
-//! bed.host("helper").kill_all()?;
+//! // The workstation sees the real file system; it reaches the helper by address (minimal
+//! // hosts also resolve every testbed host by name through their /etc/hosts).
+//! let target = format!("{}:7000", helper.addr());
+//! let out = bed.host("ws").command(probe, &["connect", &target]).output()?;
+//! println!("{}", String::from_utf8_lossy(&out.stdout));
+//!
+//! helper.partition()?; // now unreachable
+//! helper.heal()?;
+//! helper.kill_all()?; // SIGKILLs the server and anything it forked
 //! let _ = server.wait();
 //! # Ok(()) }
 //! // Dropping `bed` removes everything it made.
@@ -66,7 +75,8 @@
 //!
 //! Everything made on the machine is named after the testbed's [`id`](Testbed::id),
 //! `htb<pid>x<n>`: netns `/run/netns/<id>-<host>` and `/run/netns/<id>_bridge`, cgroups
-//! `<hierarchy>/<…>/<id>/<host>`, state in `$TMPDIR/herd-testbed/<id>`. Interfaces exist
+//! `<hierarchy>/<…>/<id>/<host>`, mount namespaces `/run/herd-testbed/<id>/<host>.mnt`,
+//! state in `$TMPDIR/herd-testbed/<id>`. Interfaces exist
 //! only inside the testbed's namespaces (`eth0` in a host, `p<index>` and `br0` in the
 //! bridge namespace), so concurrent testbeds never clash.
 //!
@@ -88,6 +98,7 @@ mod cgroup;
 mod cmd;
 mod error;
 mod host;
+mod mntns;
 mod rootfs;
 mod spawn;
 mod stale;
@@ -213,6 +224,7 @@ impl Testbed {
             fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", dir, e))?;
         }
         self.layout.create_testbed(&self.id)?;
+        mntns::prepare_dir(&mntns::ns_dir(&self.id))?;
         cmd::run("ip", &["netns", "add", &self.bridge_ns])
             .map_err(|e| Error::Network(format!("creating the testbed's bridge namespace: {e}")))?;
         let br = self.bridge_ns.as_str();
@@ -313,10 +325,14 @@ impl Testbed {
         };
         let log_dir = self.log_dir.join(name);
         fs::create_dir_all(&log_dir).map_err(|e| Error::io("create directory", &log_dir, e))?;
+        let ns_dir = mntns::ns_dir(&self.id);
+        let mntns_path = ns_dir.join(format!("{name}.mnt"));
+        mntns::create(&mntns_path, &ns_dir, root_dir.as_deref())?;
 
         let placement = Arc::new(Placement {
             host: name.to_owned(),
             netns_path: Path::new("/run/netns").join(&netns),
+            mntns_path,
             procs_files: cgroups
                 .iter()
                 .map(|d| d.path.join("cgroup.procs"))
@@ -352,6 +368,9 @@ impl Testbed {
         for dir in self.layout.dirs(&self.id, name) {
             let _ = cgroup::destroy(&dir, std::time::Duration::from_secs(5));
         }
+        let mntns = mntns::ns_dir(&self.id).join(format!("{name}.mnt"));
+        let _ = rootfs::unmount_under(&mntns);
+        let _ = fs::remove_file(&mntns);
         let _ = rootfs::remove_tree(&self.state_dir.join("hosts").join(name));
     }
 

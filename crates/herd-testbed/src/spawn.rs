@@ -1,4 +1,4 @@
-//! Starting processes "on" a host: cgroups, network namespace, hostname, chroot.
+//! Starting processes "on" a host: cgroups, network, UTS and mount namespaces, chroot.
 //!
 //! Placement happens in the forked child, before `exec`, in a `pre_exec` hook. The test
 //! process is multi-threaded, so that hook only makes raw system calls on data prepared
@@ -22,6 +22,7 @@ use crate::rootfs::MINIMAL_PATH;
 pub(crate) struct Placement {
     pub host: String,
     pub netns_path: PathBuf,
+    pub mntns_path: PathBuf,
     pub procs_files: Vec<PathBuf>,
     pub root: Option<PathBuf>,
     pub log_dir: PathBuf,
@@ -266,32 +267,35 @@ impl HostCommand {
         })?;
         let netns_fd = netns.as_raw_fd();
         keep.push(netns.into());
+        let mntns = File::open(&placement.mntns_path).map_err(|e| {
+            self.spawn_error(
+                "opening the host's mount namespace",
+                annotate(e, &placement.mntns_path),
+            )
+        })?;
+        let mntns_fd = mntns.as_raw_fd();
+        keep.push(mntns.into());
         let hostname = cstring(placement.host.as_bytes());
-        let chroot = match &placement.root {
-            Some(root) => {
-                let cwd = self.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
-                Some(ChrootPlan {
-                    root: cstring(root.as_os_str().as_encoded_bytes()),
-                    proc_dir: cstring(root.join("proc").as_os_str().as_encoded_bytes()),
-                    dev_dir: cstring(root.join("dev").as_os_str().as_encoded_bytes()),
-                    sys_dir: cstring(root.join("sys").as_os_str().as_encoded_bytes()),
-                    cwd: cstring(cwd.as_os_str().as_encoded_bytes()),
-                })
-            }
-            None => {
-                if let Some(cwd) = &self.cwd {
-                    cmd.current_dir(cwd);
-                }
-                None
-            }
+        let chroot = placement
+            .root
+            .as_ref()
+            .map(|root| cstring(root.as_os_str().as_encoded_bytes()));
+        // Entering a mount namespace resets the working directory: choose it explicitly.
+        let cwd = match (&self.cwd, &placement.root) {
+            (Some(cwd), _) => cwd.clone(),
+            (None, Some(_)) => PathBuf::from("/"),
+            (None, None) => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
         };
+        let cwd = cstring(cwd.as_os_str().as_encoded_bytes());
         let (step_read, step_write) =
             step_pipe().map_err(|e| self.spawn_error("creating a pipe", e))?;
         let plan = ChildPlan {
             procs_fds,
             netns_fd,
+            mntns_fd,
             hostname,
             chroot,
+            cwd,
             step_fd: step_write.as_raw_fd(),
         };
         // SAFETY: the hook only calls async-signal-safe functions (raw system calls) on
@@ -321,19 +325,13 @@ fn cstring(bytes: &[u8]) -> CString {
     CString::new(bytes.to_vec()).unwrap_or_default()
 }
 
-struct ChrootPlan {
-    root: CString,
-    proc_dir: CString,
-    dev_dir: CString,
-    sys_dir: CString,
-    cwd: CString,
-}
-
 struct ChildPlan {
     procs_fds: Vec<RawFd>,
     netns_fd: RawFd,
+    mntns_fd: RawFd,
     hostname: CString,
-    chroot: Option<ChrootPlan>,
+    chroot: Option<CString>,
+    cwd: CString,
     step_fd: RawFd,
 }
 
@@ -344,11 +342,7 @@ const STEPS: &[&str] = &[
     "entering the host's network namespace",
     "creating a UTS namespace",
     "setting the hostname",
-    "creating a private mount namespace",
-    "making mounts private",
-    "mounting /proc in the host root",
-    "bind-mounting /dev into the host root",
-    "bind-mounting /sys into the host root",
+    "entering the host's mount namespace",
     "chroot into the host root",
     "changing to the working directory",
 ];
@@ -368,52 +362,11 @@ impl ChildPlan {
             self.check(libc::unshare(libc::CLONE_NEWUTS), 3)?;
             let name = self.hostname.as_bytes();
             self.check(libc::sethostname(self.hostname.as_ptr(), name.len()), 4)?;
-            if let Some(c) = &self.chroot {
-                let none = std::ptr::null();
-                self.check(libc::unshare(libc::CLONE_NEWNS), 5)?;
-                self.check(
-                    libc::mount(
-                        none,
-                        c"/".as_ptr(),
-                        none,
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ),
-                    6,
-                )?;
-                self.check(
-                    libc::mount(
-                        c"proc".as_ptr(),
-                        c.proc_dir.as_ptr(),
-                        c"proc".as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                        std::ptr::null(),
-                    ),
-                    7,
-                )?;
-                self.check(
-                    libc::mount(
-                        c"/dev".as_ptr(),
-                        c.dev_dir.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ),
-                    8,
-                )?;
-                self.check(
-                    libc::mount(
-                        c"/sys".as_ptr(),
-                        c.sys_dir.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ),
-                    9,
-                )?;
-                self.check(libc::chroot(c.root.as_ptr()), 10)?;
-                self.check(libc::chdir(c.cwd.as_ptr()), 11)?;
+            self.check(libc::setns(self.mntns_fd, libc::CLONE_NEWNS), 5)?;
+            if let Some(root) = &self.chroot {
+                self.check(libc::chroot(root.as_ptr()), 6)?;
             }
+            self.check(libc::chdir(self.cwd.as_ptr()), 7)?;
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! Every resource a testbed makes on the machine carries its id, `htb<pid>x<counter>`:
 //! network namespaces (`/run/netns/<id>-<host>`, `/run/netns/<id>_bridge`), cgroups
 //! (`.../<id>/<host>`) and the state directory (`$TMPDIR/herd-testbed/<id>`). Interfaces
-//! live only inside those namespaces, so they need no unique names. A testbed is *stale*
+//! live only inside those namespaces, so they need no unique names. Mount namespaces are
+//! pinned at `/run/herd-testbed/<id>/<host>.mnt`. A testbed is *stale*
 //! when the process in its id is gone (or the pid now belongs to another process, told
 //! apart by its start time recorded in `/run/herd-testbed/<id>.owner`).
 
@@ -21,7 +22,7 @@ use crate::{Error, cmd, rootfs};
 pub const NAME_PREFIX: &str = "htb";
 
 /// Where owner records live (a tmpfs: cleared at boot, like netns and cgroups).
-const OWNER_DIR: &str = "/run/herd-testbed";
+pub(crate) const OWNER_DIR: &str = "/run/herd-testbed";
 
 /// How long logs of crashed runs are kept before `cleanup_stale` deletes them.
 const STALE_LOG_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -125,8 +126,8 @@ pub struct StaleCleanup {
 }
 
 /// Removes what earlier, crashed testbeds left behind: processes in their cgroups, the
-/// cgroups, network namespaces (and with them every veth and bridge), mounts and root
-/// directories. Only testbeds whose owning process is gone are touched. Their logs are
+/// cgroups, network namespaces (and with them every veth and bridge), mount namespaces,
+/// mounts and root directories. Only testbeds whose owning process is gone are touched. Their logs are
 /// kept (for a week) so a crashed run can still be debugged.
 ///
 /// [`Testbed::new`](crate::Testbed::new) calls this; call it yourself to clean up after
@@ -210,14 +211,15 @@ pub(crate) fn remove_testbed(id: &str, groups: &[CgDir], keep_logs: bool) -> Vec
     // 4. Mounts and state.
     let state = state_base().join(id);
     if state.exists() {
-        let mut targets: Vec<PathBuf> = read_dir_names(&state)
-            .into_iter()
-            .filter(|n| !(keep_logs && n == "logs"))
-            .map(|n| state.join(n))
-            .collect();
-        if !keep_logs {
-            targets = vec![state.clone()];
-        }
+        let targets: Vec<PathBuf> = if keep_logs {
+            read_dir_names(&state)
+                .into_iter()
+                .filter(|n| n != "logs")
+                .map(|n| state.join(n))
+                .collect()
+        } else {
+            vec![state.clone()]
+        };
         for target in targets {
             if let Err(e) = rootfs::remove_tree(&target) {
                 problems.push(e.to_string());
@@ -227,6 +229,10 @@ pub(crate) fn remove_testbed(id: &str, groups: &[CgDir], keep_logs: bool) -> Vec
         let _ = fs::remove_dir(&state);
     }
     if let Err(e) = rootfs::unmount_under(&state) {
+        problems.push(e.to_string());
+    }
+    // 5. Mount namespace files (after the processes: a namespace dies with its last user).
+    if let Err(e) = rootfs::remove_tree(&crate::mntns::ns_dir(id)) {
         problems.push(e.to_string());
     }
     let _ = fs::remove_file(owner_file(id));

@@ -21,12 +21,15 @@ usage: herd-testbed-probe COMMAND [ARGS]
   resolve NAME                print the addresses NAME resolves to
   exists PATH                 exit 0 if PATH exists, 1 if not
   ls DIR                      list DIR
+  write FILE TEXT             write TEXT to FILE
+  mount-tmpfs DIR             mount a tmpfs on DIR
   cat FILE                    print FILE
   hostname                    print the hostname
   burn SECONDS [THREADS]      spin for SECONDS of wall time, print `cpu_seconds=C`
   tree DEPTH                  start a chain of DEPTH descendants (plus a sleeper each), sleep
   sleep [SECONDS]             sleep (default: forever)
-  testbed-crash BINARY        build a testbed with two busy hosts, print `id=ID`, sleep";
+  testbed-crash BINARY        build a testbed with two busy hosts, print `id=ID`, sleep
+  testbed-new                 try to build an empty testbed, print `id=ID` or `error=...`";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +78,27 @@ fn run(args: &[&str]) -> io::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ["write", file, text] => {
+            std::fs::write(file, text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ["mount-tmpfs", dir] => {
+            let dir = std::ffi::CString::new(*dir).map_err(invalid)?;
+            // SAFETY: NUL-terminated strings and a NULL data pointer.
+            let rc = unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    dir.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ["cat", file] => {
             io::stdout().write_all(&std::fs::read(file)?)?;
             Ok(ExitCode::SUCCESS)
@@ -103,6 +127,16 @@ fn run(args: &[&str]) -> io::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["testbed-crash", binary] => testbed_crash(binary),
+        ["testbed-new"] => match herd_testbed::Testbed::new() {
+            Ok(bed) => {
+                println!("id={}", bed.id());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("error={e}");
+                Ok(ExitCode::from(1))
+            }
+        },
         _ => usage(),
     }
 }

@@ -118,3 +118,28 @@ pub fn leftovers(id: &str, paths: &[PathBuf]) -> Vec<String> {
     }
     found
 }
+
+/// Every cgroup directory on the machine named `id` (searched a few levels deep).
+pub fn cgroup_dirs_named(id: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        if depth > 8 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == id {
+                out.push(entry.path());
+            } else {
+                walk(&entry.path(), id, depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), id, 0, &mut out);
+    out
+}
