@@ -95,6 +95,7 @@
 //! contain hostile code.
 
 mod cgroup;
+pub mod cluster;
 mod cmd;
 mod error;
 mod host;
