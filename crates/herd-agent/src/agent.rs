@@ -714,7 +714,18 @@ fn spawn_readers(
                 let me = me.clone();
                 let conn = conn.clone();
                 tokio::spawn(async move {
-                    let resp = match net::read_frame::<PeerRequest>(&mut recv).await {
+                    let req = net::read_frame::<PeerRequest>(&mut recv).await;
+                    let resp = match req {
+                        Ok(req) if req.required_role().is_some_and(|role| !peer.has(role)) => {
+                            tracing::warn!(peer = %peer.name, ?req, "refused a request the peer's roles do not allow");
+                            PeerResponse::Error(RemoteError {
+                                kind: RemoteErrorKind::Forbidden,
+                                message: format!(
+                                    "node {} lacks the role this request needs",
+                                    peer.name
+                                ),
+                            })
+                        }
                         Ok(PeerRequest::Ping) => PeerResponse::Pong { name: me },
                         Ok(PeerRequest::Enroll { .. }) => PeerResponse::Error(RemoteError {
                             kind: RemoteErrorKind::BadRequest,

@@ -177,6 +177,17 @@ pub enum PeerRequest {
     Ping,
 }
 
+impl PeerRequest {
+    /// The role the *sender's* certificate must grant for the receiver to serve this
+    /// request. Submitting work will need [`Role::Submit`] (and the executing node
+    /// [`Role::Exec`]); membership and diagnostics need none.
+    pub fn required_role(&self) -> Option<Role> {
+        match self {
+            PeerRequest::Enroll { .. } | PeerRequest::Ping => None,
+        }
+    }
+}
+
 /// The answer to a [`PeerRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PeerResponse {
