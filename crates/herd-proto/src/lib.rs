@@ -23,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod fs;
 mod token;
 
 pub use token::{Token, TokenError};

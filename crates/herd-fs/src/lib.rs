@@ -1,0 +1,24 @@
+//! The workstation's files on a helper: a read-only FUSE view and where its bytes
+//! come from.
+//!
+//! * [`source`]: the [`Source`] trait (stat, list, read, readlink on absolute paths)
+//!   and [`LocalSource`], which answers from this machine's filesystem while hiding
+//!   secret paths. The workstation's file service runs a `LocalSource` as the
+//!   submitting user; tests mount one directly.
+//! * [`view`]: [`View`], a FUSE filesystem (fuser) over any source, mounted once per
+//!   task; what it learns is kept for the task's lifetime, and a directory listing
+//!   brings the attributes of all its entries.
+//!
+//! Writes never reach a view: the sandbox stacks an overlay upper layer on top of it,
+//! and the task's changes are committed back separately when it exits.
+//!
+//! **Architecture invariant:** this crate knows nothing about the network; a remote
+//! source is a [`Source`] implemented by the agent.
+
+#![deny(missing_docs)]
+
+pub mod source;
+pub mod view;
+
+pub use source::{LocalSource, Source};
+pub use view::{Mounted, View, mount};

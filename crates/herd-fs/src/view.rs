@@ -1,0 +1,362 @@
+//! The FUSE view: a read-only filesystem whose files come from a [`Source`].
+//!
+//! A view is mounted once per task, so everything it learns is valid for the task's
+//! lifetime: attributes and directory listings are kept in memory and handed to the
+//! kernel with a long TTL, and a listing stores the attributes of every entry it
+//! names, so walking a directory after listing it costs no further question. The
+//! mount uses `default_permissions` (the kernel checks modes against the task's uid)
+//! and `allow_other` (the task does not run as the mounting user).
+//!
+//! Inode numbers are the view's own (1 is `/`); the workstation's inode number is
+//! kept in the attributes as part of a file's version, not shown to the task.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
+use herd_proto::fs::{Attr, FileKind};
+
+use crate::source::Source;
+
+/// How long the kernel may cache what the view answers: the view lives as long as
+/// its task, and the task sees the workstation as it was when the task started.
+const TTL: Duration = Duration::from_secs(3600);
+
+struct Node {
+    path: PathBuf,
+    attr: Attr,
+}
+
+/// A directory's entries: (name, inode, kind).
+type Listing = Vec<(Vec<u8>, u64, FileKind)>;
+
+#[derive(Default)]
+struct Table {
+    nodes: HashMap<u64, Node>,
+    by_path: HashMap<PathBuf, u64>,
+    next: u64,
+    /// Directory listings, by inode.
+    listings: HashMap<u64, Arc<Listing>>,
+}
+
+impl Table {
+    fn intern(&mut self, path: PathBuf, attr: Attr) -> u64 {
+        if let Some(&ino) = self.by_path.get(&path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.attr = attr;
+            }
+            return ino;
+        }
+        self.next += 1;
+        let ino = self.next;
+        self.by_path.insert(path.clone(), ino);
+        self.nodes.insert(ino, Node { path, attr });
+        ino
+    }
+}
+
+/// A read-only FUSE filesystem over a [`Source`].
+pub struct View<S: Source> {
+    src: Arc<S>,
+    table: Mutex<Table>,
+    questions: Arc<AtomicU64>,
+}
+
+impl<S: Source> View<S> {
+    /// A view of `src`; fails if `/` cannot be read.
+    pub fn new(src: S) -> Result<Self, Errno> {
+        let root = src.stat(Path::new("/")).map_err(Errno::from_i32)?;
+        let mut table = Table {
+            next: 1,
+            ..Default::default()
+        };
+        table.by_path.insert(PathBuf::from("/"), 1);
+        table.nodes.insert(
+            1,
+            Node {
+                path: PathBuf::from("/"),
+                attr: root,
+            },
+        );
+        Ok(View {
+            src: Arc::new(src),
+            table: Mutex::new(table),
+            questions: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// A counter of the questions this view asks its source (one was asked to make
+    /// it); it keeps counting after the view is mounted.
+    pub fn questions(&self) -> Arc<AtomicU64> {
+        self.questions.clone()
+    }
+
+    fn ask(&self) {
+        self.questions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn node(&self, ino: INodeNo) -> Option<(PathBuf, Attr)> {
+        let t = self.table.lock().ok()?;
+        t.nodes.get(&ino.0).map(|n| (n.path.clone(), n.attr))
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl<S: Source> Filesystem for View<S> {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some((dir, _)) = self.node(parent) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let path = dir.join(name);
+        // Known from a listing or an earlier lookup: no question.
+        let known = self.table.lock().ok().and_then(|t| {
+            let ino = *t.by_path.get(&path)?;
+            Some((ino, t.nodes.get(&ino)?.attr))
+        });
+        if let Some((ino, attr)) = known {
+            return reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
+        }
+        // The parent was listed and the name is not in it: it does not exist.
+        let listed = self
+            .table
+            .lock()
+            .ok()
+            .is_some_and(|t| t.listings.contains_key(&parent.0));
+        if listed {
+            return reply.error(Errno::ENOENT);
+        }
+        self.ask();
+        match self.src.stat(&path) {
+            Ok(attr) => {
+                let ino = match self.table.lock() {
+                    Ok(mut t) => t.intern(path, attr),
+                    Err(_) => return reply.error(Errno::EIO),
+                };
+                reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
+            }
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Some((_, attr)) => reply.attr(&TTL, &file_attr(ino.0, &attr)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some((path, _)) = self.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        self.ask();
+        match self.src.readlink(&path) {
+            Ok(target) => reply.data(target.as_os_str().as_bytes()),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & (libc::O_WRONLY | libc::O_RDWR) != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.node(ino) {
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some((path, _)) = self.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        self.ask();
+        match self.src.read(&path, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some((path, _)) = self.node(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let cached = self
+            .table
+            .lock()
+            .ok()
+            .is_some_and(|t| t.listings.contains_key(&ino.0));
+        if !cached {
+            self.ask();
+            let entries = match self.src.list(&path) {
+                Ok(e) => e,
+                Err(e) => return reply.error(Errno::from_i32(e)),
+            };
+            let Ok(mut t) = self.table.lock() else {
+                return reply.error(Errno::EIO);
+            };
+            let listing: Vec<_> = entries
+                .into_iter()
+                .map(|e| {
+                    let child = path.join(OsStr::from_bytes(&e.name));
+                    let ino = t.intern(child, e.attr);
+                    (e.name, ino, e.attr.kind)
+                })
+                .collect();
+            t.listings.insert(ino.0, Arc::new(listing));
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (listing, parent) = match self.table.lock() {
+            Ok(t) => {
+                let Some(l) = t.listings.get(&ino.0).cloned() else {
+                    return reply.error(Errno::EIO);
+                };
+                let parent = t
+                    .nodes
+                    .get(&ino.0)
+                    .and_then(|n| n.path.parent().map(|p| p.to_path_buf()))
+                    .and_then(|p| t.by_path.get(&p).copied())
+                    .unwrap_or(1);
+                (l, parent)
+            }
+            Err(_) => return reply.error(Errno::EIO),
+        };
+        let dots = [
+            (b".".to_vec(), ino.0, FileKind::Dir),
+            (b"..".to_vec(), parent, FileKind::Dir),
+        ];
+        for (i, (name, child, k)) in dots
+            .iter()
+            .chain(listing.iter())
+            .enumerate()
+            .skip(offset as usize)
+        {
+            if reply.add(
+                INodeNo(*child),
+                (i + 1) as u64,
+                kind(*k),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// A mounted view; unmounted when dropped.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// Where the view is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+/// Mounts `view` read-only at `mountpoint` (which must exist). Needs the right to
+/// mount FUSE (root, or `/dev/fuse` access in a user namespace).
+pub fn mount<S: Source>(view: View<S>, mountpoint: &Path) -> std::io::Result<Mounted> {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("herd".into()),
+        MountOption::Subtype("herd".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(4);
+    let session = fuser::spawn_mount(view, mountpoint, &cfg)?;
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}

@@ -1,0 +1,115 @@
+//! File-service contracts: how a helper asks the workstation about its files.
+//!
+//! Paths are absolute paths on the workstation. Attributes travel with every
+//! answer that names a file (lookups, directory listings), so a listing followed by
+//! a walk of its entries costs one round trip, not one per entry. Errors are plain
+//! `errno` values, because that is what the task on the helper will see.
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Unix socket.
+    Socket,
+}
+
+/// A file's attributes as the workstation's `lstat` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Kind.
+    pub kind: FileKind,
+    /// Permission bits (including setuid/setgid/sticky).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Hard links.
+    pub nlink: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Access time, nanoseconds since the epoch.
+    pub atime_ns: i64,
+    /// Inode number on the workstation (part of a file's version).
+    pub ino: u64,
+    /// Device number for device files.
+    pub rdev: u64,
+}
+
+impl Attr {
+    /// The version of a file's contents as far as herd can tell without reading it:
+    /// any write, truncate or replacement changes one of these.
+    pub fn version(&self) -> (u64, i64, i64, u64) {
+        (self.ino, self.mtime_ns, self.ctime_ns, self.size)
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// File name (bytes: names need not be UTF-8).
+    pub name: Vec<u8>,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+/// A request to the workstation's file service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsRequest {
+    /// Attributes of one path (not following a final symlink).
+    Stat {
+        /// The path.
+        path: Vec<u8>,
+    },
+    /// A directory's entries with their attributes.
+    List {
+        /// The directory.
+        path: Vec<u8>,
+    },
+    /// Bytes of a regular file.
+    Read {
+        /// The file.
+        path: Vec<u8>,
+        /// Where to start.
+        offset: u64,
+        /// How many bytes at most.
+        len: u32,
+    },
+    /// A symlink's target.
+    ReadLink {
+        /// The link.
+        path: Vec<u8>,
+    },
+}
+
+/// The file service's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FsResponse {
+    /// Answer to `Stat`.
+    Attr(Attr),
+    /// Answer to `List`.
+    Entries(Vec<DirEntry>),
+    /// Answer to `Read` (shorter than asked at end of file).
+    Data(Vec<u8>),
+    /// Answer to `ReadLink`.
+    Target(Vec<u8>),
+    /// The operation failed with this `errno`.
+    Errno(i32),
+}
