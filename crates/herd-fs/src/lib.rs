@@ -9,6 +9,9 @@
 //!   task; what it learns is kept for the task's lifetime, and a directory listing
 //!   brings the attributes of all its entries.
 //!
+//! * [`changes`]: a task's changes, scanned from its overlay upper layer on the helper
+//!   and committed on the workstation all at once, with conflict detection.
+//!
 //! Writes never reach a view: the sandbox stacks an overlay upper layer on top of it,
 //! and the task's changes are committed back separately when it exits.
 //!
@@ -17,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod changes;
 pub mod source;
 pub mod view;
 

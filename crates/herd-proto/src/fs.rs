@@ -113,3 +113,98 @@ pub enum FsResponse {
     /// The operation failed with this `errno`.
     Errno(i32),
 }
+
+/// The version of a file as a task saw it: if any of these differ now, the file
+/// changed on the workstation after the task read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Inode number.
+    pub ino: u64,
+    /// Modification time (ns).
+    pub mtime_ns: i64,
+    /// Status change time (ns).
+    pub ctime_ns: i64,
+    /// Size.
+    pub size: u64,
+}
+
+impl From<&Attr> for Version {
+    fn from(a: &Attr) -> Self {
+        Version {
+            ino: a.ino,
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            size: a.size,
+        }
+    }
+}
+
+/// What the task saw at a path before changing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Base {
+    /// The task never looked at this path: it is new as far as the task knows.
+    Unseen,
+    /// The task found nothing there.
+    Absent,
+    /// The task saw this version.
+    Seen(Version),
+}
+
+/// One change a task made, in the order they must be applied (parents first).
+/// Paths are absolute workstation paths as bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A directory exists (created or kept). `replaces`: the task deleted the old
+    /// directory and made a new one, so entries it does not list are removed.
+    Dir {
+        /// Path.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Modification time (ns).
+        mtime_ns: i64,
+        /// Whether it replaces the old directory's contents.
+        replaces: bool,
+    },
+    /// A regular file with new contents; `size` bytes of data follow.
+    File {
+        /// Path.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Modification time (ns).
+        mtime_ns: i64,
+        /// Bytes of content that follow.
+        size: u64,
+        /// What the task saw there first.
+        base: Base,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Path.
+        path: Vec<u8>,
+        /// Target.
+        target: Vec<u8>,
+        /// What the task saw there first.
+        base: Base,
+    },
+    /// A deletion (file, link or whole directory).
+    Remove {
+        /// Path.
+        path: Vec<u8>,
+        /// What the task saw there first.
+        base: Base,
+    },
+}
+
+impl Change {
+    /// The path the change is about.
+    pub fn path(&self) -> &[u8] {
+        match self {
+            Change::Dir { path, .. }
+            | Change::File { path, .. }
+            | Change::Symlink { path, .. }
+            | Change::Remove { path, .. } => path,
+        }
+    }
+}
