@@ -25,4 +25,4 @@ pub mod source;
 pub mod view;
 
 pub use source::{LocalSource, Source};
-pub use view::{Mounted, View, mount};
+pub use view::{Mounted, Seen, View, mount};

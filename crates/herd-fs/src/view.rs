@@ -10,7 +10,7 @@
 //! Inode numbers are the view's own (1 is `/`); the workstation's inode number is
 //! kept in the attributes as part of a file's version, not shown to the task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
-use herd_proto::fs::{Attr, FileKind};
+use herd_proto::fs::{Attr, Base, FileKind, Version};
 
 use crate::source::Source;
 
@@ -41,6 +41,8 @@ type Listing = Vec<(Vec<u8>, u64, FileKind)>;
 #[derive(Default)]
 struct Table {
     nodes: HashMap<u64, Node>,
+    /// Paths looked up and found missing.
+    absent: HashSet<PathBuf>,
     by_path: HashMap<PathBuf, u64>,
     next: u64,
     /// Directory listings, by inode.
@@ -66,7 +68,7 @@ impl Table {
 /// A read-only FUSE filesystem over a [`Source`].
 pub struct View<S: Source> {
     src: Arc<S>,
-    table: Mutex<Table>,
+    table: Arc<Mutex<Table>>,
     questions: Arc<AtomicU64>,
 }
 
@@ -88,7 +90,7 @@ impl<S: Source> View<S> {
         );
         Ok(View {
             src: Arc::new(src),
-            table: Mutex::new(table),
+            table: Arc::new(Mutex::new(table)),
             questions: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -97,6 +99,14 @@ impl<S: Source> View<S> {
     /// it); it keeps counting after the view is mounted.
     pub fn questions(&self) -> Arc<AtomicU64> {
         self.questions.clone()
+    }
+
+    /// What the view saw, for the commit's conflict checks; keeps working after the
+    /// view is mounted and unmounted.
+    pub fn seen(&self) -> Seen {
+        Seen {
+            table: self.table.clone(),
+        }
     }
 
     fn ask(&self) {
@@ -170,6 +180,9 @@ impl<S: Source> Filesystem for View<S> {
             .ok()
             .is_some_and(|t| t.listings.contains_key(&parent.0));
         if listed {
+            if let Ok(mut t) = self.table.lock() {
+                t.absent.insert(path);
+            }
             return reply.error(Errno::ENOENT);
         }
         self.ask();
@@ -181,7 +194,14 @@ impl<S: Source> Filesystem for View<S> {
                 };
                 reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
             }
-            Err(e) => reply.error(Errno::from_i32(e)),
+            Err(e) => {
+                if e == libc::ENOENT
+                    && let Ok(mut t) = self.table.lock()
+                {
+                    t.absent.insert(path);
+                }
+                reply.error(Errno::from_i32(e))
+            }
         }
     }
 
@@ -308,6 +328,37 @@ impl<S: Source> Filesystem for View<S> {
             }
         }
         reply.ok();
+    }
+}
+
+/// What a view saw of the workstation's files (see [`View::seen`]).
+#[derive(Clone)]
+pub struct Seen {
+    table: Arc<Mutex<Table>>,
+}
+
+impl Seen {
+    /// The [`Base`] of `path`: the version the task saw, absent if it found nothing
+    /// there (or the parent's listing lacked it), unseen otherwise.
+    pub fn base(&self, path: &Path) -> Base {
+        let Ok(t) = self.table.lock() else {
+            return Base::Unseen;
+        };
+        if let Some(n) = t.by_path.get(path).and_then(|i| t.nodes.get(i)) {
+            return Base::Seen(Version::from(&n.attr));
+        }
+        if t.absent.contains(path) {
+            return Base::Absent;
+        }
+        let parent_listed = path
+            .parent()
+            .and_then(|p| t.by_path.get(p))
+            .is_some_and(|i| t.listings.contains_key(i));
+        if parent_listed {
+            Base::Absent
+        } else {
+            Base::Unseen
+        }
     }
 }
 

@@ -37,6 +37,7 @@ fn a_view_shows_the_tree_read_only_without_hidden_paths() {
     let src = LocalSource::new(src_dir.path(), vec![PathBuf::from("/home/u/.ssh")]);
     let view = View::new(src).unwrap();
     let questions = view.questions();
+    let seen = view.seen();
     let m = mount(view, mnt.path()).unwrap();
     let v = mnt.path();
 
@@ -91,6 +92,20 @@ fn a_view_shows_the_tree_read_only_without_hidden_paths() {
     assert_eq!(
         after_stats, after_list,
         "no question per entry, nor for a name the listing lacks"
+    );
+
+    // What the task saw is remembered for the commit's conflict checks.
+    use herd_proto::fs::Base;
+    assert!(
+        matches!(seen.base(std::path::Path::new("/home/u/src/a.c")), Base::Seen(v) if v.size == 22)
+    );
+    assert_eq!(
+        seen.base(std::path::Path::new("/home/u/src/missing")),
+        Base::Absent
+    );
+    assert_eq!(
+        seen.base(std::path::Path::new("/etc/never-looked")),
+        Base::Unseen
     );
 
     m.unmount().unwrap();
