@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use crate::host::{self, Grant};
 use crate::local::{self, LocalCall};
 use crate::state::StateDir;
+use crate::task::{self, Caller, HelperCtx, Tasks};
 use crate::{AgentError, admin, discovery, enroll, net};
 
 /// How the agent was asked to run (`herd agent` flags).
@@ -97,6 +98,7 @@ struct Agent {
     conns: HashMap<SocketAddr, Conn>,
     cert_roles: HashMap<String, Vec<Role>>,
     events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
     peers_tx: watch::Sender<Vec<SocketAddr>>,
     started: Instant,
     origin: Instant,
@@ -188,13 +190,25 @@ pub async fn run_agent(
     let (local_tx, mut local_rx) = mpsc::channel::<LocalCall>(64);
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     tokio::spawn(local::serve(socket, local_tx));
-    tokio::spawn(accept_loop(
-        nf.name.clone(),
-        endpoint.clone(),
-        events.clone(),
-        Arc::new(dir.clone()),
-        peers_rx,
-    ));
+    let exe = std::env::current_exe()
+        .map_err(|e| AgentError::Net(format!("cannot find herd's own binary: {e}")))?;
+    let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
+    hidden_everywhere.push(crate::state::SYSTEM_STATE_DIR.as_bytes().to_vec());
+    let shared = Arc::new(Shared {
+        me: nf.name.clone(),
+        endpoint: endpoint.clone(),
+        dir: Arc::new(dir.clone()),
+        peers: peers_rx,
+        tasks: Arc::new(Tasks::new(exe.clone(), hidden_everywhere)),
+        helper: Arc::new(HelperCtx {
+            name: nf.name.clone(),
+            exe,
+            tasks_dir: dir.root().join("tasks"),
+            grant: grant.clone(),
+            exec: info.roles.contains(&Role::Exec),
+        }),
+    });
+    tokio::spawn(accept_loop(shared.clone(), events.clone()));
 
     let mut agent = Agent {
         dir: dir.clone(),
@@ -206,6 +220,7 @@ pub async fn run_agent(
         conns: HashMap::new(),
         cert_roles: HashMap::new(),
         events,
+        shared,
         peers_tx,
         started: Instant::now(),
         origin,
@@ -292,6 +307,15 @@ pub fn default_name() -> String {
         .map(|h| h.split('.').next().unwrap_or("").to_string())
         .filter(|h| herd_pki::check_name(h).is_ok())
         .unwrap_or_else(|| "node".into())
+}
+
+fn spare(n: &herd_membership::NodeView) -> f32 {
+    n.load
+        .as_ref()
+        .map(|l| {
+            (l.cpus - l.tasks as f32 - l.owner_load.min(l.cpus)).max(0.0) * l.speed + l.speed * 0.01
+        })
+        .unwrap_or(0.0)
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -456,7 +480,7 @@ impl Agent {
         if !entry.connecting && due {
             entry.connecting = true;
             entry.last_attempt = Some(Instant::now());
-            tokio::spawn(connect(self.endpoint.clone(), addr, self.events.clone()));
+            tokio::spawn(connect(self.shared.clone(), addr, self.events.clone()));
         }
     }
 
@@ -490,8 +514,40 @@ impl Agent {
     }
 
     fn handle_local(&mut self, call: LocalCall) {
+        if let LocalRequest::Run(spec) = call.request {
+            let Some(stream) = call.stream else { return };
+            let caller = Caller {
+                uid: call.uid,
+                gid: call.gid,
+                pid: call.pid,
+            };
+            match self.pick_helper(spec.on.as_deref()) {
+                Ok((name, addr)) => {
+                    let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
+                    tokio::spawn(task::run_from_cli(
+                        stream,
+                        spec,
+                        caller,
+                        (name, addr, conn),
+                        self.endpoint.clone(),
+                        self.shared.tasks.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tokio::spawn(async move {
+                        use futures_util::SinkExt;
+                        let mut stream = stream;
+                        if let Ok(b) = herd_proto::encode(&herd_proto::RunEvent::Error(e)) {
+                            let _ = stream.send(b).await;
+                        }
+                    });
+                }
+            }
+            return;
+        }
         let resp = match call.request {
             LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
+            LocalRequest::Run(_) => return,
             LocalRequest::Status => LocalResponse::Status(AgentStatus {
                 name: self.me.name.clone(),
                 cluster: self.cluster.clone(),
@@ -502,6 +558,45 @@ impl Agent {
             }),
         };
         let _ = call.reply.send(resp);
+    }
+
+    /// The helper a task goes to: the named one, or the alive exec node (not this
+    /// one) with the most spare speed. Placement proper is the scheduler's job.
+    fn pick_helper(&self, on: Option<&str>) -> Result<(String, SocketAddr), String> {
+        let nodes = self.membership.nodes();
+        let is_exec = |n: &herd_membership::NodeView| match self.cert_roles.get(&n.id.name) {
+            Some(r) => r.contains(&Role::Exec),
+            None => n
+                .load
+                .as_ref()
+                .is_some_and(|l| l.roles.iter().any(|r| r == "exec")),
+        };
+        if let Some(name) = on {
+            let n = nodes
+                .iter()
+                .find(|n| n.id.name == name)
+                .ok_or_else(|| format!("no node named {name:?} in the cluster"))?;
+            if n.id.name == self.me.name {
+                return Err(
+                    "running on the workstation itself is not supported yet; pick a helper".into(),
+                );
+            }
+            if n.state != NodeState::Alive {
+                return Err(format!("node {name} is {:?}, not alive", n.state).to_lowercase());
+            }
+            if !is_exec(n) {
+                return Err(format!("node {name} does not execute tasks (no exec role)"));
+            }
+            return Ok((n.id.name.clone(), n.id.addr));
+        }
+        nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive && n.id.name != self.me.name && is_exec(n))
+            .max_by(|a, b| spare(a).total_cmp(&spare(b)))
+            .map(|n| (n.id.name.clone(), n.id.addr))
+            .ok_or_else(|| {
+                "no helper is available: `herd nodes` shows none alive with the exec role".into()
+            })
     }
 
     fn node_infos(&self) -> Vec<NodeInfo> {
@@ -557,9 +652,10 @@ impl Agent {
     }
 }
 
-async fn connect(endpoint: quinn::Endpoint, addr: SocketAddr, events: mpsc::Sender<Event>) {
+async fn connect(shared: Arc<Shared>, addr: SocketAddr, events: mpsc::Sender<Event>) {
     let attempt = async {
-        let conn = endpoint
+        let conn = shared
+            .endpoint
             .connect(addr, herd_pki::SERVER_NAME)
             .map_err(|e| e.to_string())?
             .await
@@ -569,7 +665,7 @@ async fn connect(endpoint: quinn::Endpoint, addr: SocketAddr, events: mpsc::Send
     };
     match tokio::time::timeout(net::CONNECT_TIMEOUT, attempt).await {
         Ok(Ok((conn, peer))) => {
-            spawn_readers(conn.clone(), addr, peer.clone(), events.clone(), None);
+            spawn_readers(conn.clone(), addr, peer.clone(), events.clone(), shared);
             let _ = events.send(Event::Connected { addr, conn, peer }).await;
         }
         Ok(Err(e)) => {
@@ -582,27 +678,20 @@ async fn connect(endpoint: quinn::Endpoint, addr: SocketAddr, events: mpsc::Send
     }
 }
 
-/// Context for serving requests on incoming connections.
-struct Serve {
-    me: String,
-    dir: Arc<StateDir>,
-    peers: watch::Receiver<Vec<SocketAddr>>,
-}
-
-async fn accept_loop(
+/// What the tasks serving connections share (read-only, or internally synchronised).
+struct Shared {
     me: String,
     endpoint: quinn::Endpoint,
-    events: mpsc::Sender<Event>,
     dir: Arc<StateDir>,
     peers: watch::Receiver<Vec<SocketAddr>>,
-) {
-    while let Some(incoming) = endpoint.accept().await {
+    tasks: Arc<Tasks>,
+    helper: Arc<HelperCtx>,
+}
+
+async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
         let events = events.clone();
-        let serve = Serve {
-            me: me.clone(),
-            dir: dir.clone(),
-            peers: peers.clone(),
-        };
+        let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match tokio::time::timeout(net::CONNECT_TIMEOUT, incoming).await {
@@ -615,13 +704,7 @@ async fn accept_loop(
             };
             match net::peer_of(&conn) {
                 Some(peer) => {
-                    spawn_readers(
-                        conn.clone(),
-                        remote,
-                        peer.clone(),
-                        events.clone(),
-                        Some(serve),
-                    );
+                    spawn_readers(conn.clone(), remote, peer.clone(), events.clone(), shared);
                     let _ = events
                         .send(Event::Connected {
                             addr: remote,
@@ -630,22 +713,22 @@ async fn accept_loop(
                         })
                         .await;
                 }
-                None => serve_unauthenticated(conn, serve).await,
+                None => serve_unauthenticated(conn, shared).await,
             }
         });
     }
 }
 
 /// A connection without a client certificate may enroll, once, and nothing else.
-async fn serve_unauthenticated(conn: quinn::Connection, serve: Serve) {
+async fn serve_unauthenticated(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
     let work = async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let req: PeerRequest = net::read_frame(&mut recv)
             .await
             .map_err(|e| e.to_string())?;
-        let peers = serve.peers.borrow().clone();
-        let dir = serve.dir.clone();
+        let peers = shared.peers.borrow().clone();
+        let dir = shared.dir.clone();
         let resp = tokio::task::spawn_blocking(move || enroll::serve_enroll(&dir, req, peers))
             .await
             .map_err(|e| e.to_string())?;
@@ -664,12 +747,14 @@ async fn serve_unauthenticated(conn: quinn::Connection, serve: Serve) {
     conn.close(0u32.into(), b"done");
 }
 
+/// Reads a connection's datagrams (membership) and serves its requests, whichever
+/// side opened it.
 fn spawn_readers(
     conn: quinn::Connection,
     addr: SocketAddr,
     peer: PeerCert,
     events: mpsc::Sender<Event>,
-    serve: Option<Serve>,
+    shared: Arc<Shared>,
 ) {
     let id = conn.stable_id();
     let c = conn.clone();
@@ -706,41 +791,76 @@ fn spawn_readers(
         }
         let _ = ev.send(Event::Closed { addr, id }).await;
     });
-    if let Some(serve) = serve {
-        let me = serve.me.clone();
-        tokio::spawn(async move {
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let peer = peer.clone();
-                let me = me.clone();
-                let conn = conn.clone();
-                tokio::spawn(async move {
-                    let req = net::read_frame::<PeerRequest>(&mut recv).await;
-                    let resp = match req {
-                        Ok(req) if req.required_role().is_some_and(|role| !peer.has(role)) => {
-                            tracing::warn!(peer = %peer.name, ?req, "refused a request the peer's roles do not allow");
-                            PeerResponse::Error(RemoteError {
-                                kind: RemoteErrorKind::Forbidden,
-                                message: format!(
-                                    "node {} lacks the role this request needs",
-                                    peer.name
-                                ),
-                            })
-                        }
-                        Ok(PeerRequest::Ping) => PeerResponse::Pong { name: me },
-                        Ok(PeerRequest::Enroll { .. }) => PeerResponse::Error(RemoteError {
-                            kind: RemoteErrorKind::BadRequest,
-                            message: "this node is already enrolled".into(),
-                        }),
-                        Err(e) => {
-                            tracing::warn!(peer = %peer.name, "closing a connection that sent a bad request: {e}");
-                            conn.close(3u32.into(), b"malformed frame");
-                            return;
-                        }
-                    };
-                    let _ = net::write_frame(&mut send, &resp).await;
-                    let _ = send.finish();
-                });
-            }
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(serve_stream(
+                conn.clone(),
+                peer.clone(),
+                send,
+                recv,
+                shared.clone(),
+            ));
+        }
+    });
+}
+
+/// Serves one request stream from an authenticated peer.
+async fn serve_stream(
+    conn: quinn::Connection,
+    peer: PeerCert,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+) {
+    let req = match net::read_frame::<PeerRequest>(&mut recv).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(peer = %peer.name, "closing a connection that sent a bad request: {e}");
+            conn.close(3u32.into(), b"malformed frame");
+            return;
+        }
+    };
+    if let Some(role) = req.required_role()
+        && !peer.has(role)
+    {
+        tracing::warn!(peer = %peer.name, role = role.as_str(), "refused a request the peer's roles do not allow");
+        let resp = PeerResponse::Error(RemoteError {
+            kind: RemoteErrorKind::Forbidden,
+            message: format!(
+                "node {} lacks the {} role this request needs",
+                peer.name,
+                role.as_str()
+            ),
         });
+        let _ = net::write_frame(&mut send, &resp).await;
+        let _ = send.finish();
+        return;
     }
+    match req {
+        PeerRequest::Ping => {
+            let _ = net::write_frame(
+                &mut send,
+                &PeerResponse::Pong {
+                    name: shared.me.clone(),
+                },
+            )
+            .await;
+        }
+        PeerRequest::Enroll { .. } => {
+            let resp = PeerResponse::Error(RemoteError {
+                kind: RemoteErrorKind::BadRequest,
+                message: "this node is already enrolled".into(),
+            });
+            let _ = net::write_frame(&mut send, &resp).await;
+        }
+        PeerRequest::Fs { task, req } => {
+            let resp = shared.tasks.serve_fs(&peer.name, task, req).await;
+            let _ = net::write_frame(&mut send, &resp).await;
+        }
+        PeerRequest::Run { task, spec } => {
+            task::serve_run(conn, peer, send, recv, task, spec, shared.helper.clone()).await;
+            return;
+        }
+    }
+    let _ = send.finish();
 }

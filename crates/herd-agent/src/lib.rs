@@ -14,8 +14,11 @@
 //!   membership, bidirectional streams for requests.
 //! * [`agent`]: the main loop, one `tokio::select!` over a closed set of events.
 //! * [`local`]: the Unix-socket API between the CLI and its local agent.
+//! * [`client`]: `herd run`'s side of running a task.
 //! * [`host`]: what the host grants and how loaded it is.
 //! * [`discovery`]: LAN discovery of peers by mDNS.
+//! * [`task`]: running a task, on the workstation's side and on the helper's.
+//! * [`fsserve`]: the workstation's file service and commits, run as the submitter.
 //!
 //! **Architecture invariant:** only this crate (and the binary above it) knows tokio,
 //! quinn and the filesystem; nothing below it does I/O.
@@ -24,12 +27,15 @@
 
 pub mod admin;
 pub mod agent;
+pub mod client;
 pub mod discovery;
 pub mod enroll;
+pub mod fsserve;
 pub mod host;
 pub mod local;
 pub mod net;
 pub mod state;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 

@@ -18,14 +18,23 @@ use tokio_util::codec::Framed;
 use crate::AgentError;
 use crate::state::StateDir;
 
+/// A CLI connection after its first frame.
+pub type CliStream = Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>;
+
 /// A request from the CLI as the main loop sees it.
 pub struct LocalCall {
     /// The request.
     pub request: LocalRequest,
     /// The caller's uid, from the socket.
     pub uid: u32,
-    /// Where the answer goes.
+    /// The caller's gid, from the socket.
+    pub gid: u32,
+    /// The caller's pid, from the socket.
+    pub pid: Option<i32>,
+    /// Where the answer goes (one-shot requests).
     pub reply: oneshot::Sender<LocalResponse>,
+    /// The connection itself, for requests that go on talking (`Run`).
+    pub stream: Option<CliStream>,
 }
 
 /// Binds the agent's socket (replacing a stale one: the caller holds the state lock).
@@ -49,8 +58,8 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
         };
         let tx = tx.clone();
         tokio::spawn(async move {
-            let uid = match stream.peer_cred() {
-                Ok(c) => c.uid(),
+            let (uid, gid, pid) = match stream.peer_cred() {
+                Ok(c) => (c.uid(), c.gid(), c.pid()),
                 Err(_) => return,
             };
             let mut framed = Framed::new(stream, herd_proto::codec());
@@ -60,17 +69,30 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
                 return;
             };
             let resp = match herd_proto::decode::<LocalRequest>(&frame) {
+                Ok(request @ LocalRequest::Run(_)) => {
+                    let (reply, _rx) = oneshot::channel();
+                    let call = LocalCall {
+                        request,
+                        uid,
+                        gid,
+                        pid,
+                        reply,
+                        stream: Some(framed),
+                    };
+                    let _ = tx.send(call).await;
+                    return;
+                }
                 Ok(request) => {
                     let (reply, rx) = oneshot::channel();
-                    if tx
-                        .send(LocalCall {
-                            request,
-                            uid,
-                            reply,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let call = LocalCall {
+                        request,
+                        uid,
+                        gid,
+                        pid,
+                        reply,
+                        stream: None,
+                    };
+                    if tx.send(call).await.is_err() {
                         return;
                     }
                     match rx.await {

@@ -90,9 +90,18 @@ fn user_state_dir() -> PathBuf {
 }
 
 impl StateDir {
-    /// A state directory at `root` (not created yet).
+    /// A state directory at `root` (not created yet); a relative path is taken from
+    /// the current directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+        let root = root.into();
+        let root = if root.is_relative() {
+            std::env::current_dir()
+                .map(|c| c.join(&root))
+                .unwrap_or(root)
+        } else {
+            root
+        };
+        StateDir { root }
     }
 
     /// The directory.

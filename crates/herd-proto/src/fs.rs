@@ -208,3 +208,43 @@ impl Change {
         }
     }
 }
+
+/// A question to the workstation's per-user file service (agent to child process).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsCall {
+    /// Matches the answer to the question.
+    pub id: u64,
+    /// The question.
+    pub req: FsRequest,
+}
+
+/// The per-user file service's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsReply {
+    /// The question's id.
+    pub id: u64,
+    /// The answer.
+    pub resp: FsResponse,
+}
+
+/// What the agent feeds a commit process, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitFrame {
+    /// One change; a file's data follows in `Data` frames.
+    Change(Change),
+    /// A piece of the current file's data.
+    Data(Vec<u8>),
+    /// Everything was sent: commit.
+    Done,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// How many paths were written, created or removed.
+    pub applied: u64,
+    /// Conflicts: the workstation path kept, and where the task's version was saved.
+    pub conflicts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Why the commit failed (then nothing was committed).
+    pub error: Option<String>,
+}

@@ -174,17 +174,114 @@ pub enum PeerRequest {
         /// PKCS#10 certificate signing request (DER) for the node's own key.
         csr_der: Vec<u8>,
     },
-    /// Asks the peer for its view of the cluster (used by `herd nodes` diagnostics).
+    /// Asks the peer for its name (diagnostics).
     Ping,
+    /// Run a task (workstation to helper). The stream then carries [`TaskInput`]
+    /// frames to the helper and [`TaskOutput`] frames back.
+    Run {
+        /// Task id, chosen by the workstation.
+        task: u64,
+        /// What to run and as whom.
+        spec: TaskSpec,
+    },
+    /// A file question for a running task (helper to workstation).
+    Fs {
+        /// The task it is for.
+        task: u64,
+        /// The question.
+        req: fs::FsRequest,
+    },
+}
+
+/// What a task is and whom it runs as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// What the user asked for.
+    pub run: RunSpec,
+    /// The submitter's uid on the workstation.
+    pub uid: u32,
+    /// The submitter's primary gid.
+    pub gid: u32,
+    /// The submitter's supplementary groups.
+    pub groups: Vec<u32>,
+    /// Paths the task must not see (secrets).
+    pub hidden: Vec<Vec<u8>>,
+}
+
+/// A command to run, as `herd run` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Command and arguments.
+    pub argv: Vec<Vec<u8>>,
+    /// The whole environment.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Working directory (absolute).
+    pub cwd: Vec<u8>,
+    /// umask.
+    pub umask: u32,
+    /// Resource limits `(RLIMIT_*, soft, hard)`.
+    pub rlimits: Vec<(i32, u64, u64)>,
+    /// A terminal of this size (rows, columns), or none.
+    pub tty: Option<(u16, u16)>,
+    /// Run on this node.
+    pub on: Option<String>,
+}
+
+/// Workstation to helper, on a task's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskInput {
+    /// Bytes for the task's stdin.
+    Stdin(Vec<u8>),
+    /// stdin is at its end.
+    StdinEof,
+    /// Deliver this signal to the task.
+    Signal(i32),
+    /// The terminal was resized (rows, columns).
+    Resize(u16, u16),
+}
+
+/// Helper to workstation, on a task's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutput {
+    /// The task started on this node.
+    Started {
+        /// The node.
+        node: String,
+    },
+    /// Bytes the task wrote to stdout (or to its terminal).
+    Stdout(Vec<u8>),
+    /// Bytes the task wrote to stderr.
+    Stderr(Vec<u8>),
+    /// The task's tree exited; its changes follow.
+    Exited {
+        /// Exit code, or 128 + signal.
+        code: i32,
+    },
+    /// One change; a file's data follows as [`TaskOutput::Data`] frames.
+    Change(fs::Change),
+    /// A piece of the current file's data.
+    Data(Vec<u8>),
+    /// All changes were sent: the workstation may commit.
+    Done,
+    /// The helper could not run the task.
+    Failed {
+        /// Why, in one line.
+        message: String,
+        /// The exit code `herd run` should give (127 for a missing command).
+        code: i32,
+    },
 }
 
 impl PeerRequest {
     /// The role the *sender's* certificate must grant for the receiver to serve this
-    /// request. Submitting work will need [`Role::Submit`] (and the executing node
-    /// [`Role::Exec`]); membership and diagnostics need none.
+    /// request: submitting work needs `submit`; a file question comes from the node
+    /// executing the task (checked against the task itself); membership and
+    /// diagnostics need none.
     pub fn required_role(&self) -> Option<Role> {
         match self {
             PeerRequest::Enroll { .. } | PeerRequest::Ping => None,
+            PeerRequest::Run { .. } => Some(Role::Submit),
+            PeerRequest::Fs { .. } => Some(Role::Exec),
         }
     }
 }
@@ -248,6 +345,23 @@ pub enum LocalRequest {
     Nodes,
     /// This agent's own status.
     Status,
+    /// Run a command on the cluster. The connection then carries [`TaskInput`]
+    /// frames to the agent and [`RunEvent`] frames back, ending with `Exit`.
+    Run(RunSpec),
+}
+
+/// The agent to `herd run`, after a `Run` request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunEvent {
+    /// Output from the task.
+    Output(TaskOutput),
+    /// Files that changed on the workstation meanwhile: kept, and the task's version
+    /// saved beside them.
+    Conflicts(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// The task is over: exit with this code.
+    Exit(i32),
+    /// herd itself failed (no helper, helper lost, ...): one line; exit 255.
+    Error(String),
 }
 
 /// The agent's answer to a [`LocalRequest`].

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herd_agent::admin::{self, InitOptions};
+use herd_agent::client::{self, RunOptions};
 use herd_agent::state::{self, StateDir};
 use herd_agent::{AgentError, AgentOptions, host, local};
 use herd_proto::{LocalRequest, LocalResponse, NodeInfo, Role};
@@ -116,6 +117,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command on a helper, seeing this machine's files, cwd, environment and
+    /// uid; its file changes come back when it exits.
+    Run {
+        #[command(flatten)]
+        state: StateArg,
+        /// Run on this node
+        #[arg(long, value_name = "NODE")]
+        on: Option<String>,
+        /// Give the command a terminal (default when stdin and stdout are terminals)
+        #[arg(short = 't', conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never give the command a terminal
+        #[arg(short = 'T')]
+        no_tty: bool,
+        /// Set an environment variable for the command (repeatable)
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Show the local agent's status.
     Status {
         #[command(flatten)]
@@ -127,6 +149,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Internal entry points the agent re-executes itself as; never in --help.
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("__sandbox-init") => herd_sandbox::init_main(),
+        Some("__fs-serve") => std::process::exit(herd_agent::fsserve::serve_main(&args[2..])),
+        Some("__fs-commit") => std::process::exit(herd_agent::fsserve::commit_main(&args[2..])),
+        _ => {}
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -151,7 +181,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -292,6 +322,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_nodes(&nodes);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            state,
+            on,
+            tty,
+            no_tty,
+            env,
+            command,
+        } => {
+            let mut opts = RunOptions {
+                on,
+                tty: if tty {
+                    Some(true)
+                } else if no_tty {
+                    Some(false)
+                } else {
+                    None
+                },
+                env: Vec::new(),
+            };
+            for kv in env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    eprintln!("herd: invalid --env {kv:?}: use K=V");
+                    return Ok(ExitCode::from(2));
+                };
+                opts.env.push((k.to_string(), v.to_string()));
+            }
+            let spec = match client::describe(&command, &opts) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("herd: cannot describe the command: {e}");
+                    return Ok(ExitCode::from(255));
+                }
+            };
+            let dir = state.dir(true);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let code = rt.block_on(client::run(&dir, spec));
+            // Do not wait for the stdin reader thread.
+            std::process::exit(code);
         }
         Command::Status { state, json } => {
             let dir = state.dir(true);

@@ -1,0 +1,486 @@
+//! The workstation's file service, run as the submitting user.
+//!
+//! The agent may run as root, but a task must see the workstation's files with its
+//! submitter's permissions, and its changes must be written with them too. So the
+//! agent never touches files on a task's behalf itself: it starts child processes of
+//! its own binary that drop to the submitter's uid, gid and groups first, and lets the
+//! kernel enforce the rest.
+//!
+//! * `herd __fs-serve` ([`serve_main`]): one per submitter uid, kept while tasks run.
+//!   Answers [`FsCall`]s (stat, list, read, readlink) with a [`LocalSource`] that hides
+//!   the secret paths, on a few threads, in any order ([`FsClient`] matches answers to
+//!   questions by id).
+//! * `herd __fs-commit` ([`commit_main`]): one per task that changed files. Reads the
+//!   change stream ([`CommitFrame`]s) on stdin, stages it with a
+//!   [`Committer`](herd_fs::changes::Committer), commits on `Done` and prints a
+//!   [`CommitReport`]; end of input before `Done` commits nothing.
+//!
+//! Both speak herd's framing (4-byte length, version byte, postcard) on stdin/stdout.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use herd_fs::changes::Committer;
+use herd_fs::{LocalSource, Source};
+use herd_proto::fs::{CommitFrame, CommitReport, FsCall, FsReply, FsRequest, FsResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::AgentError;
+
+/// Who the service acts as.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Identity {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--uid".into(),
+            self.uid.to_string(),
+            "--gid".into(),
+            self.gid.to_string(),
+            "--groups".into(),
+            self.groups
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ]
+    }
+
+    /// Parses the `--uid U --gid G --groups a,b` arguments the agent passes.
+    pub fn from_args(args: &[String]) -> Option<Identity> {
+        let get = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+        };
+        let groups = get("--groups")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<u32>>>()?;
+        Some(Identity {
+            uid: get("--uid")?.parse().ok()?,
+            gid: get("--gid")?.parse().ok()?,
+            groups,
+        })
+    }
+
+    /// Becomes this user for good (the process must be single-threaded).
+    pub fn become_user(&self) -> std::io::Result<()> {
+        use nix::unistd::{Gid, Uid, getuid, setgid, setgroups, setuid};
+        if getuid().is_root() {
+            let groups: Vec<Gid> = self.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+            setgroups(&groups).map_err(std::io::Error::from)?;
+            setgid(Gid::from_raw(self.gid)).map_err(std::io::Error::from)?;
+            setuid(Uid::from_raw(self.uid)).map_err(std::io::Error::from)?;
+        } else if getuid().as_raw() != self.uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "an agent running as uid {} cannot serve files for uid {}",
+                    getuid(),
+                    self.uid
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > herd_proto::MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+fn write_frame(w: &mut impl Write, msg: &impl serde::Serialize) -> std::io::Result<()> {
+    let payload = herd_proto::encode(msg)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    w.write_all(&(payload.len() as u32).to_be_bytes())?;
+    w.write_all(&payload)?;
+    w.flush()
+}
+
+fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
+    let path = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
+    let r = match req {
+        FsRequest::Stat { path: p } => src.stat(&path(&p)).map(FsResponse::Attr),
+        FsRequest::List { path: p } => src.list(&path(&p)).map(FsResponse::Entries),
+        FsRequest::Read {
+            path: p,
+            offset,
+            len,
+        } => src.read(&path(&p), offset, len).map(FsResponse::Data),
+        FsRequest::ReadLink { path: p } => src
+            .readlink(&path(&p))
+            .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
+    };
+    r.unwrap_or_else(FsResponse::Errno)
+}
+
+/// `herd __fs-serve --uid U --gid G --groups a,b`: becomes the user, reads the hidden
+/// paths (first frame), then answers questions until stdin ends.
+pub fn serve_main(args: &[String]) -> i32 {
+    let Some(id) = Identity::from_args(args) else {
+        eprintln!("herd: __fs-serve: bad arguments");
+        return 2;
+    };
+    if let Err(e) = id.become_user() {
+        eprintln!("herd: file service: {e}");
+        return 1;
+    }
+    let mut stdin = std::io::stdin().lock();
+    let hidden: Vec<Vec<u8>> = match read_frame(&mut stdin)
+        .ok()
+        .flatten()
+        .map(|f| herd_proto::decode(&f))
+    {
+        Some(Ok(h)) => h,
+        _ => return 2,
+    };
+    let hidden = hidden
+        .into_iter()
+        .map(|h| PathBuf::from(OsStr::from_bytes(&h)))
+        .collect();
+    let src = Arc::new(LocalSource::new("/", hidden));
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<FsCall>(64);
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (src, out, rx) = (src.clone(), out.clone(), rx.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let call = match rx.lock() {
+                        Ok(r) => match r.recv() {
+                            Ok(c) => c,
+                            Err(_) => return,
+                        },
+                        Err(_) => return,
+                    };
+                    let reply = FsReply {
+                        id: call.id,
+                        resp: answer(&src, call.req),
+                    };
+                    if let Ok(mut o) = out.lock()
+                        && write_frame(&mut *o, &reply).is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    while let Ok(Some(frame)) = read_frame(&mut stdin) {
+        match herd_proto::decode::<FsCall>(&frame) {
+            Ok(call) => {
+                if tx.send(call).is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    0
+}
+
+/// Reads a file's data from the `Data` frames that follow its `Change`.
+struct DataFrames<'a, R: Read> {
+    input: &'a mut R,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Read for DataFrames<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(frame) = read_frame(self.input)? else {
+                return Ok(0);
+            };
+            match herd_proto::decode::<CommitFrame>(&frame) {
+                Ok(CommitFrame::Data(d)) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "expected file data",
+                    ));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// `herd __fs-commit --uid U --gid G --groups a,b --task T`: becomes the user, stages
+/// the change stream from stdin, commits on `Done`, prints a [`CommitReport`].
+pub fn commit_main(args: &[String]) -> i32 {
+    let Some(id) = Identity::from_args(args) else {
+        eprintln!("herd: __fs-commit: bad arguments");
+        return 2;
+    };
+    let task = args
+        .iter()
+        .position(|a| a == "--task")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "task".into());
+    let mut report = CommitReport {
+        applied: 0,
+        conflicts: vec![],
+        error: None,
+    };
+    if let Err(e) = id.become_user() {
+        report.error = Some(format!("file service: {e}"));
+    } else {
+        report = run_commit(&task, &mut std::io::stdin().lock());
+    }
+    let ok = report.error.is_none();
+    let _ = write_frame(&mut std::io::stdout().lock(), &report);
+    if ok { 0 } else { 1 }
+}
+
+fn run_commit(task: &str, input: &mut impl Read) -> CommitReport {
+    let mut c = Committer::new("/", task);
+    let fail = |e: String| CommitReport {
+        applied: 0,
+        conflicts: vec![],
+        error: Some(e),
+    };
+    loop {
+        let frame = match read_frame(input) {
+            Ok(Some(f)) => f,
+            Ok(None) => return fail("the change stream ended early: nothing committed".into()),
+            Err(e) => return fail(format!("reading changes: {e}")),
+        };
+        match herd_proto::decode::<CommitFrame>(&frame) {
+            Ok(CommitFrame::Change(ch)) => {
+                let res = if matches!(ch, herd_proto::fs::Change::File { .. }) {
+                    let mut data = DataFrames {
+                        input: &mut *input,
+                        buf: Vec::new(),
+                        pos: 0,
+                    };
+                    c.stage(&ch, Some(&mut data))
+                } else {
+                    c.stage(&ch, None)
+                };
+                if let Err(e) = res {
+                    return fail(format!("{e} (nothing committed)"));
+                }
+            }
+            Ok(CommitFrame::Done) => break,
+            Ok(CommitFrame::Data(_)) => return fail("file data without a file".into()),
+            Err(e) => return fail(format!("bad change: {e}")),
+        }
+    }
+    match c.commit() {
+        Ok(r) => CommitReport {
+            applied: r.applied.len() as u64,
+            conflicts: r
+                .conflicts
+                .into_iter()
+                .map(|(p, s)| {
+                    (
+                        p.into_os_string().into_encoded_bytes(),
+                        s.map(|s| s.into_os_string().into_encoded_bytes()),
+                    )
+                })
+                .collect(),
+            error: None,
+        },
+        Err(e) => fail(format!("commit failed part-way: {e}")),
+    }
+}
+
+/// The agent's handle on one user's file service process.
+pub struct FsClient {
+    tx: mpsc::Sender<FsCall>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FsResponse>>>>,
+    next: AtomicU64,
+    _child: tokio::process::Child,
+}
+
+impl FsClient {
+    /// Starts `exe __fs-serve` as `id`, hiding `hidden`.
+    pub async fn start(
+        exe: &Path,
+        id: &Identity,
+        hidden: &[Vec<u8>],
+    ) -> Result<FsClient, AgentError> {
+        let mut child = tokio::process::Command::new(exe)
+            .arg("__fs-serve")
+            .args(id.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| AgentError::io(exe, e))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| AgentError::Net("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| AgentError::Net("no stdout".into()))?;
+        let mut sink = FramedWrite::new(stdin, herd_proto::codec());
+        sink.send(herd_proto::encode(&hidden.to_vec())?)
+            .await
+            .map_err(|e| AgentError::Net(format!("file service: {e}")))?;
+        let (tx, mut rx) = mpsc::channel::<FsCall>(256);
+        tokio::spawn(async move {
+            while let Some(call) = rx.recv().await {
+                let Ok(bytes) = herd_proto::encode(&call) else {
+                    continue;
+                };
+                if sink.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<FsResponse>>>> = Arc::default();
+        let p2 = pending.clone();
+        tokio::spawn(async move {
+            let mut frames = FramedRead::new(stdout, herd_proto::codec());
+            while let Some(Ok(frame)) = frames.next().await {
+                if let Ok(reply) = herd_proto::decode::<FsReply>(&frame)
+                    && let Some(tx) = p2.lock().ok().and_then(|mut p| p.remove(&reply.id))
+                {
+                    let _ = tx.send(reply.resp);
+                }
+            }
+            // The service is gone: fail everything still waiting.
+            if let Ok(mut p) = p2.lock() {
+                p.clear();
+            }
+        });
+        Ok(FsClient {
+            tx,
+            pending,
+            next: AtomicU64::new(1),
+            _child: child,
+        })
+    }
+
+    /// Asks one question.
+    pub async fn call(&self, req: FsRequest) -> FsResponse {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        if self.tx.send(FsCall { id, req }).await.is_err() {
+            return FsResponse::Errno(libc::EIO);
+        }
+        rx.await.unwrap_or(FsResponse::Errno(libc::EIO))
+    }
+}
+
+/// Starts `exe __fs-commit` as `id` for `task`; feed it frames on stdin, read the
+/// report from stdout.
+pub fn start_commit(
+    exe: &Path,
+    id: &Identity,
+    task: u64,
+) -> Result<tokio::process::Child, AgentError> {
+    tokio::process::Command::new(exe)
+        .arg("__fs-commit")
+        .args(id.args())
+        .args(["--task", &format!("{task:016x}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| AgentError::io(exe, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_args_roundtrip() {
+        let id = Identity {
+            uid: 1000,
+            gid: 100,
+            groups: vec![4, 27],
+        };
+        assert_eq!(Identity::from_args(&id.args()), Some(id));
+        let none = Identity {
+            uid: 1,
+            gid: 2,
+            groups: vec![],
+        };
+        assert_eq!(Identity::from_args(&none.args()), Some(none));
+    }
+
+    #[test]
+    fn commit_stream_ending_early_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f").into_os_string().into_encoded_bytes();
+        let mut input = Vec::new();
+        write_frame(
+            &mut input,
+            &CommitFrame::Change(herd_proto::fs::Change::File {
+                path: path.clone(),
+                mode: 0o644,
+                mtime_ns: 0,
+                size: 4,
+                base: herd_proto::fs::Base::Absent,
+            }),
+        )
+        .unwrap();
+        write_frame(&mut input, &CommitFrame::Data(b"da".to_vec())).unwrap();
+        write_frame(&mut input, &CommitFrame::Data(b"ta".to_vec())).unwrap();
+        // No Done: the helper died.
+        let r = run_commit("t", &mut &input[..]);
+        assert!(r.error.is_some());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // With Done it lands.
+        write_frame(&mut input, &CommitFrame::Done).unwrap();
+        let r = run_commit("t", &mut &input[..]);
+        assert_eq!(r.error, None);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
+    }
+}

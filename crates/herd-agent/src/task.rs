@@ -1,0 +1,704 @@
+//! Running a task: the workstation's side ([`run_from_cli`], [`Tasks`]) and the
+//! helper's ([`serve_run`]).
+//!
+//! ```text
+//!  herd run ──unix──▶ workstation agent ──QUIC stream──▶ helper agent
+//!     ▲  stdin, signals   │  Run{task, spec}, TaskInput…     │ FUSE view ◀─ Fs questions
+//!     │                   ◀── TaskOutput: Started, Stdout, Stderr, Exited, Change, Data, Done
+//!     └── RunEvent: Output…, Conflicts, Exit(code)          │ sandbox (overlay upper)
+//! ```
+//!
+//! The helper mounts a read-only FUSE view of the workstation whose questions go back
+//! over the same connection (`PeerRequest::Fs`, answered by the submitter's file
+//! service, and only for the node the task was sent to), runs the command in a sandbox
+//! whose writes land in an overlay upper layer, relays stdio, and when the task's tree
+//! has exited sends the exit code and then every change. The workstation commits them
+//! through a commit process running as the submitter, and only then tells `herd run`
+//! the exit code. If the stream breaks first, the commit is aborted: nothing of the
+//! task reaches the workstation, and the helper kills the task's tree.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use herd_fs::{Source, View};
+use herd_pki::PeerCert;
+use herd_proto::fs::{Attr, CommitFrame, CommitReport, DirEntry, FsRequest, FsResponse};
+use herd_proto::{PeerRequest, RunEvent, RunSpec, TaskInput, TaskOutput, TaskSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
+
+use crate::fsserve::{FsClient, Identity, start_commit};
+use crate::host::Grant;
+use crate::{AgentError, net};
+
+/// Bytes of a file sent per `Data` frame.
+const CHUNK: usize = 256 * 1024;
+
+struct Entry {
+    helper: String,
+    fs: Arc<FsClient>,
+}
+
+/// The workstation's running tasks and its per-user file services.
+pub struct Tasks {
+    exe: PathBuf,
+    extra_hidden: Vec<Vec<u8>>,
+    running: Mutex<HashMap<u64, Entry>>,
+    services: tokio::sync::Mutex<HashMap<Identity, Arc<FsClient>>>,
+}
+
+impl Tasks {
+    /// `exe` is herd's own binary; `extra_hidden` are paths hidden from every task
+    /// (herd's state directories) besides each user's secrets.
+    pub fn new(exe: PathBuf, extra_hidden: Vec<Vec<u8>>) -> Self {
+        Tasks {
+            exe,
+            extra_hidden,
+            running: Mutex::new(HashMap::new()),
+            services: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The secret paths of `uid`, hidden from its tasks.
+    pub fn hidden_for(&self, uid: u32) -> Vec<Vec<u8>> {
+        let mut out = self.extra_hidden.clone();
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            for rel in SECRET_DIRS {
+                out.push(user.dir.join(rel).into_os_string().into_vec());
+            }
+        }
+        out
+    }
+
+    async fn service(
+        &self,
+        id: &Identity,
+        hidden: &[Vec<u8>],
+    ) -> Result<Arc<FsClient>, AgentError> {
+        let mut s = self.services.lock().await;
+        if let Some(c) = s.get(id) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(FsClient::start(&self.exe, id, hidden).await?);
+        s.insert(id.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Answers a file question from `peer` for `task`: only the node the task was sent
+    /// to may ask, and only while it runs.
+    pub async fn serve_fs(&self, peer: &str, task: u64, req: FsRequest) -> FsResponse {
+        let fs = {
+            let Ok(running) = self.running.lock() else {
+                return FsResponse::Errno(libc::EIO);
+            };
+            match running.get(&task) {
+                Some(e) if e.helper == peer => e.fs.clone(),
+                _ => return FsResponse::Errno(libc::EACCES),
+            }
+        };
+        fs.call(req).await
+    }
+}
+
+/// Secret paths under each user's home, hidden from tasks by default.
+pub const SECRET_DIRS: &[&str] = &[
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".config/herd",
+    ".local/share/herd",
+    ".netrc",
+    ".docker/config.json",
+    ".kube",
+];
+
+/// Who asked: from the Unix socket's credentials.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// pid (to read its supplementary groups).
+    pub pid: Option<i32>,
+}
+
+fn groups_of(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid else { return vec![] };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return vec![];
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+type Cli = Framed<UnixStream, LengthDelimitedCodec>;
+
+async fn send_event(cli: &mut Cli, ev: &RunEvent) -> bool {
+    match herd_proto::encode(ev) {
+        Ok(b) => cli.send(b).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Drives one `herd run` from the CLI's connection to the end.
+pub async fn run_from_cli(
+    mut cli: Cli,
+    spec: RunSpec,
+    caller: Caller,
+    helper: (String, std::net::SocketAddr, Option<quinn::Connection>),
+    endpoint: quinn::Endpoint,
+    tasks: Arc<Tasks>,
+) {
+    let task: u64 = rand::random();
+    let (name, addr, conn) = helper;
+    let result = drive(
+        &mut cli, spec, caller, &name, addr, conn, endpoint, &tasks, task,
+    )
+    .await;
+    if let Ok(mut r) = tasks.running.lock() {
+        r.remove(&task);
+    }
+    let ev = match result {
+        Ok(code) => RunEvent::Exit(code),
+        Err(e) => RunEvent::Error(e),
+    };
+    let _ = send_event(&mut cli, &ev).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    cli: &mut Cli,
+    spec: RunSpec,
+    caller: Caller,
+    name: &str,
+    addr: std::net::SocketAddr,
+    conn: Option<quinn::Connection>,
+    endpoint: quinn::Endpoint,
+    tasks: &Tasks,
+    task: u64,
+) -> Result<i32, String> {
+    let id = Identity {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups: groups_of(caller.pid),
+    };
+    let hidden = tasks.hidden_for(caller.uid);
+    let fs = tasks
+        .service(&id, &hidden)
+        .await
+        .map_err(|e| format!("cannot start the file service: {e}"))?;
+    if let Ok(mut r) = tasks.running.lock() {
+        r.insert(
+            task,
+            Entry {
+                helper: name.to_string(),
+                fs,
+            },
+        );
+    }
+    let conn = match conn.filter(|c| c.close_reason().is_none()) {
+        Some(c) => c,
+        None => endpoint
+            .connect(addr, herd_pki::SERVER_NAME)
+            .map_err(|e| format!("cannot reach {name}: {e}"))?
+            .await
+            .map_err(|e| format!("cannot reach {name}: {e}"))?,
+    };
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("lost the connection to {name}: {e}"))?;
+    let req = PeerRequest::Run {
+        task,
+        spec: TaskSpec {
+            run: spec,
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups.clone(),
+            hidden,
+        },
+    };
+    net::write_frame(&mut send, &req)
+        .await
+        .map_err(|e| format!("lost the connection to {name}: {e}"))?;
+    let mut from_helper = FramedRead::new(recv, herd_proto::codec());
+    let mut code: Option<i32> = None;
+    let mut commit: Option<(
+        tokio::process::Child,
+        tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+    )> = None;
+    let lost =
+        |e: String| format!("lost the helper {name} ({e}); nothing of the task was committed");
+    loop {
+        tokio::select! {
+            frame = from_helper.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Err(lost(e.to_string())),
+                    None => return Err(lost("stream closed".into())),
+                };
+                let out: TaskOutput = herd_proto::decode(&frame).map_err(|e| lost(e.to_string()))?;
+                match out {
+                    TaskOutput::Exited { code: c } => code = Some(c),
+                    TaskOutput::Change(ch) => {
+                        if commit.is_none() {
+                            let mut child = start_commit(&tasks.exe, &id, task).map_err(|e| e.to_string())?;
+                            let stdin = child.stdin.take().ok_or("commit process has no stdin")?;
+                            commit = Some((child, tokio_util::codec::FramedWrite::new(stdin, herd_proto::codec())));
+                        }
+                        if let Some((_, w)) = commit.as_mut() {
+                            feed(w, &CommitFrame::Change(ch)).await?;
+                        }
+                    }
+                    TaskOutput::Data(d) => {
+                        if let Some((_, w)) = commit.as_mut() {
+                            feed(w, &CommitFrame::Data(d)).await?;
+                        }
+                    }
+                    TaskOutput::Done => {
+                        if let Some((mut child, mut w)) = commit.take() {
+                            feed(&mut w, &CommitFrame::Done).await?;
+                            drop(w);
+                            let report = read_report(&mut child).await?;
+                            if let Some(e) = report.error {
+                                return Err(format!("the task's changes could not be committed: {e}"));
+                            }
+                            if !report.conflicts.is_empty() {
+                                send_event(cli, &RunEvent::Conflicts(report.conflicts)).await;
+                            }
+                        }
+                        return code.ok_or_else(|| lost("no exit status".into()));
+                    }
+                    TaskOutput::Failed { message, code } => {
+                        send_event(cli, &RunEvent::Output(TaskOutput::Failed { message, code })).await;
+                        return Ok(code);
+                    }
+                    other => {
+                        if !send_event(cli, &RunEvent::Output(other)).await {
+                            // herd run went away: end the task (dropping the stream resets it).
+                            return Err("herd run went away".into());
+                        }
+                    }
+                }
+            }
+            input = cli.next() => {
+                match input {
+                    Some(Ok(frame)) => {
+                        let Ok(inp) = herd_proto::decode::<TaskInput>(&frame) else { continue };
+                        if net::write_frame(&mut send, &inp).await.is_err() {
+                            return Err(lost("stream closed".into()));
+                        }
+                    }
+                    _ => {
+                        // herd run exited: reset the stream so the helper kills the task.
+                        let _ = send.reset(1u32.into());
+                        return Err("herd run went away".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn feed(
+    w: &mut tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+    f: &CommitFrame,
+) -> Result<(), String> {
+    let b = herd_proto::encode(f).map_err(|e| e.to_string())?;
+    w.send(b)
+        .await
+        .map_err(|e| format!("commit process failed: {e}"))
+}
+
+async fn read_report(child: &mut tokio::process::Child) -> Result<CommitReport, String> {
+    let stdout = child.stdout.take().ok_or("commit process has no stdout")?;
+    let mut frames = FramedRead::new(stdout, herd_proto::codec());
+    let frame = frames
+        .next()
+        .await
+        .ok_or("commit process ended without a report")?
+        .map_err(|e| e.to_string())?;
+    let _ = child.wait().await;
+    herd_proto::decode(&frame).map_err(|e| e.to_string())
+}
+
+/// The helper's view of the workstation: questions go back over the connection the
+/// task came in on.
+struct RemoteSource {
+    conn: quinn::Connection,
+    task: u64,
+    rt: tokio::runtime::Handle,
+}
+
+impl RemoteSource {
+    fn ask(&self, req: FsRequest) -> FsResponse {
+        let conn = self.conn.clone();
+        let task = self.task;
+        self.rt
+            .block_on(async move {
+                net::request::<_, FsResponse>(&conn, &PeerRequest::Fs { task, req }).await
+            })
+            .unwrap_or(FsResponse::Errno(libc::EIO))
+    }
+}
+
+fn path_bytes(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+impl Source for RemoteSource {
+    fn stat(&self, path: &Path) -> Result<Attr, i32> {
+        match self.ask(FsRequest::Stat {
+            path: path_bytes(path),
+        }) {
+            FsResponse::Attr(a) => Ok(a),
+            FsResponse::Errno(e) => Err(e),
+            _ => Err(libc::EIO),
+        }
+    }
+    fn list(&self, path: &Path) -> Result<Vec<DirEntry>, i32> {
+        match self.ask(FsRequest::List {
+            path: path_bytes(path),
+        }) {
+            FsResponse::Entries(e) => Ok(e),
+            FsResponse::Errno(e) => Err(e),
+            _ => Err(libc::EIO),
+        }
+    }
+    fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, i32> {
+        match self.ask(FsRequest::Read {
+            path: path_bytes(path),
+            offset,
+            len,
+        }) {
+            FsResponse::Data(d) => Ok(d),
+            FsResponse::Errno(e) => Err(e),
+            _ => Err(libc::EIO),
+        }
+    }
+    fn readlink(&self, path: &Path) -> Result<PathBuf, i32> {
+        match self.ask(FsRequest::ReadLink {
+            path: path_bytes(path),
+        }) {
+            FsResponse::Target(t) => Ok(PathBuf::from(OsString::from_vec(t))),
+            FsResponse::Errno(e) => Err(e),
+            _ => Err(libc::EIO),
+        }
+    }
+}
+
+/// What the helper needs to run tasks.
+pub struct HelperCtx {
+    /// This node's name.
+    pub name: String,
+    /// herd's own binary (re-executed as the sandbox init).
+    pub exe: PathBuf,
+    /// Where task directories go.
+    pub tasks_dir: PathBuf,
+    /// What this host grants.
+    pub grant: Grant,
+    /// Whether this node has the exec role.
+    pub exec: bool,
+}
+
+async fn out(send: &mut quinn::SendStream, o: &TaskOutput) -> Result<(), AgentError> {
+    net::write_frame(send, o).await
+}
+
+/// Serves one `Run` request from `peer` on its stream.
+pub async fn serve_run(
+    conn: quinn::Connection,
+    peer: PeerCert,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    task: u64,
+    spec: TaskSpec,
+    ctx: Arc<HelperCtx>,
+) {
+    let dir = ctx.tasks_dir.join(format!("{}-{task:016x}", peer.name));
+    let result = run_here(&conn, &mut send, recv, task, spec, &ctx, &dir).await;
+    if let Err(e) = result {
+        tracing::warn!(task = format!("{task:016x}"), from = %peer.name, "task failed: {e}");
+        let _ = out(
+            &mut send,
+            &TaskOutput::Failed {
+                message: e.to_string(),
+                code: 255,
+            },
+        )
+        .await;
+    }
+    let _ = send.finish();
+    let d = dir.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| AgentError::Net(format!("pipe: {e}")))
+}
+
+async fn run_here(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+    task: u64,
+    spec: TaskSpec,
+    ctx: &HelperCtx,
+    dir: &Path,
+) -> Result<(), AgentError> {
+    if !ctx.exec {
+        return Err(AgentError::Net(format!(
+            "{} does not execute tasks (no exec role)",
+            ctx.name
+        )));
+    }
+    let (view_dir, upper, work) = (dir.join("view"), dir.join("upper"), dir.join("work"));
+    for d in [&view_dir, &upper, &work] {
+        std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
+    }
+    let src = RemoteSource {
+        conn: conn.clone(),
+        task,
+        rt: tokio::runtime::Handle::current(),
+    };
+    let vd = view_dir.clone();
+    let (mounted, seen) = tokio::task::spawn_blocking(move || {
+        let view = View::new(src)
+            .map_err(|e| format!("the workstation's files are not reachable: {e:?}"))?;
+        let seen = view.seen();
+        let m = herd_fs::mount(view, &vd)
+            .map_err(|e| format!("cannot mount the workstation's files: {e}"))?;
+        Ok::<_, String>((m, seen))
+    })
+    .await
+    .map_err(|e| AgentError::Net(e.to_string()))?
+    .map_err(AgentError::Net)?;
+
+    let run = &spec.run;
+    let os = |b: &Vec<u8>| OsString::from_vec(b.clone());
+    let mut sb =
+        herd_sandbox::SandboxSpec::new(&view_dir, &upper, &work, run.argv.iter().map(os).collect());
+    sb.env = run.env.iter().map(|(k, v)| (os(k), os(v))).collect();
+    sb.env.retain(|(k, _)| k != "HERD_NODE");
+    sb.env.push(("HERD_NODE".into(), ctx.name.clone().into()));
+    sb.cwd = PathBuf::from(os(&run.cwd));
+    sb.uid = spec.uid;
+    sb.gid = spec.gid;
+    sb.groups = spec.groups.clone();
+    sb.umask = run.umask;
+    sb.rlimits = run.rlimits.clone();
+    sb.hidden = spec.hidden.iter().map(|h| PathBuf::from(os(h))).collect();
+    sb.idle = true;
+    sb.cgroup = Some(herd_sandbox::CgroupSpec {
+        parent: None,
+        name: format!("herd-task-{task:016x}"),
+        cpus: Some(f64::from(ctx.grant.cpus)),
+        memory: Some(ctx.grant.memory),
+    });
+
+    // stdio: a terminal, or three pipes.
+    let (task_in, task_out, task_err, our_in, our_out, our_err);
+    if let Some((rows, cols)) = run.tty {
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty =
+            nix::pty::openpty(Some(&ws), None).map_err(|e| AgentError::Net(format!("pty: {e}")))?;
+        let slave = Arc::new(pty.slave);
+        task_in = herd_sandbox::StdioFd::Fd(slave.clone());
+        task_out = herd_sandbox::StdioFd::Fd(slave.clone());
+        task_err = herd_sandbox::StdioFd::Fd(slave);
+        let master = pty.master;
+        let dup = master
+            .try_clone()
+            .map_err(|e| AgentError::Net(format!("pty: {e}")))?;
+        our_in = Some(dup);
+        our_out = master;
+        our_err = None;
+        sb.tty = true;
+    } else {
+        let (ir, iw) = pipe()?;
+        let (or, ow) = pipe()?;
+        let (er, ew) = pipe()?;
+        task_in = herd_sandbox::StdioFd::Fd(Arc::new(ir));
+        task_out = herd_sandbox::StdioFd::Fd(Arc::new(ow));
+        task_err = herd_sandbox::StdioFd::Fd(Arc::new(ew));
+        our_in = Some(iw);
+        our_out = or;
+        our_err = Some(er);
+    }
+    sb.stdio = herd_sandbox::TaskStdio {
+        stdin: task_in,
+        stdout: task_out,
+        stderr: task_err,
+    };
+    let exe = ctx.exe.clone();
+    let sandbox = tokio::task::spawn_blocking(move || {
+        let r = herd_sandbox::spawn(&exe, &sb);
+        drop(sb); // close our copies of the task's ends
+        r
+    })
+    .await
+    .map_err(|e| AgentError::Net(e.to_string()))?;
+    let sandbox = match sandbox {
+        Ok(s) => s,
+        Err(e) => {
+            let code = match &e {
+                herd_sandbox::SandboxError::Cwd { .. } => herd_sandbox::EXIT_NOT_FOUND,
+                _ => 255,
+            };
+            drop(mounted);
+            out(
+                send,
+                &TaskOutput::Failed {
+                    message: e.to_string(),
+                    code,
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    let handle = sandbox.handle();
+    out(
+        send,
+        &TaskOutput::Started {
+            node: ctx.name.clone(),
+        },
+    )
+    .await?;
+
+    let mut waiter = tokio::task::spawn_blocking(move || sandbox.wait());
+    let mut stdout = tokio::fs::File::from(std::fs::File::from(our_out));
+    let mut stderr = our_err.map(|e| tokio::fs::File::from(std::fs::File::from(e)));
+    let mut stdin = our_in.map(|i| tokio::fs::File::from(std::fs::File::from(i)));
+    let tty_fd = if run.tty.is_some() {
+        stdin.as_ref().map(|f| f.as_raw_fd())
+    } else {
+        None
+    };
+    let mut inputs = FramedRead::new(recv, herd_proto::codec());
+    let (mut out_open, mut err_open, mut exit) = (true, stderr.is_some(), None);
+    let mut obuf = vec![0u8; 64 * 1024];
+    let mut ebuf = vec![0u8; 64 * 1024];
+    loop {
+        if exit.is_some() && !out_open && !err_open {
+            break;
+        }
+        tokio::select! {
+            n = stdout.read(&mut obuf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => out(send, &TaskOutput::Stdout(obuf[..n].to_vec())).await?,
+            },
+            n = async { match stderr.as_mut() { Some(e) => e.read(&mut ebuf).await, None => Ok(0) } }, if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => out(send, &TaskOutput::Stderr(ebuf[..n].to_vec())).await?,
+            },
+            r = &mut waiter, if exit.is_none() => {
+                let code = match r {
+                    Ok(Ok(e)) => e.code(),
+                    Ok(Err(e)) => {
+                        tracing::warn!("sandbox wait: {e}");
+                        255
+                    }
+                    Err(_) => 255,
+                };
+                exit = Some(code);
+                // With a terminal, the master reports EIO once the last slave closes;
+                // stop reading once the task is gone and the buffer is drained.
+                if run.tty.is_some() {
+                    stdin = None;
+                }
+            },
+            frame = inputs.next() => match frame {
+                Some(Ok(f)) => match herd_proto::decode::<TaskInput>(&f) {
+                    Ok(TaskInput::Stdin(d)) => {
+                        if let Some(i) = stdin.as_mut()
+                            && i.write_all(&d).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    Ok(TaskInput::StdinEof) => {
+                        if run.tty.is_some() {
+                            // A terminal has no EOF of its own: send ^D.
+                            if let Some(i) = stdin.as_mut() {
+                                let _ = i.write_all(&[4]).await;
+                            }
+                        } else {
+                            stdin = None;
+                        }
+                    }
+                    Ok(TaskInput::Signal(sig)) => {
+                        let _ = handle.signal(sig);
+                    }
+                    Ok(TaskInput::Resize(rows, cols)) => {
+                        if let Some(fd) = tty_fd {
+                            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                            // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+                            unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+                        }
+                    }
+                    Err(_) => {}
+                },
+                _ => {
+                    // The workstation is gone or herd run exited: kill the whole tree.
+                    handle.kill_tree();
+                    let _ = (&mut waiter).await;
+                    drop(mounted);
+                    return Err(AgentError::Net("the workstation went away; task killed".into()));
+                }
+            },
+        }
+    }
+    let code = exit.unwrap_or(255);
+    let vd = view_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = mounted.unmount();
+        let _ = vd;
+    })
+    .await;
+    out(send, &TaskOutput::Exited { code }).await?;
+    let up = upper.clone();
+    let changes =
+        tokio::task::spawn_blocking(move || herd_fs::changes::scan(&up, &|p| seen.base(p)))
+            .await
+            .map_err(|e| AgentError::Net(e.to_string()))?
+            .map_err(|e| AgentError::Net(format!("cannot read the task's changes: {e}")))?;
+    for s in changes {
+        out(send, &TaskOutput::Change(s.change.clone())).await?;
+        if let Some(p) = &s.data {
+            let mut f = tokio::fs::File::open(p)
+                .await
+                .map_err(|e| AgentError::io(p, e))?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f.read(&mut buf).await.map_err(|e| AgentError::io(p, e))?;
+                if n == 0 {
+                    break;
+                }
+                out(send, &TaskOutput::Data(buf[..n].to_vec())).await?;
+            }
+        }
+    }
+    out(send, &TaskOutput::Done).await?;
+    Ok(())
+}

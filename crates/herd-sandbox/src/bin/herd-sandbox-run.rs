@@ -1,0 +1,68 @@
+//! Runs one command in a sandbox, for tests (as a non-root spawner) and by hand:
+//!
+//! ```text
+//! herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]
+//! herd-sandbox-run --probe SCRATCH_DIR
+//! ```
+//!
+//! `--probe` prints `root` or `rootless` when this user can run sandboxes, or the reason
+//! why not on stderr (exit 1).
+//!
+//! The command's streams are this program's; it exits with the task's status (128 + N
+//! for signal N), or prints `herd-sandbox-run: ...` and exits 125 when the sandbox
+//! cannot be set up. The init helper is `herd-sandbox-init` next to this program.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::exit;
+
+use herd_sandbox::{SandboxSpec, spawn};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let helper = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join("herd-sandbox-init")))
+        .unwrap_or_else(|| PathBuf::from("herd-sandbox-init"));
+    if args.len() == 2 && args[0] == "--probe" {
+        match herd_sandbox::probe(&helper, std::path::Path::new(&args[1])) {
+            Ok(herd_sandbox::Mode::Root) => println!("root"),
+            Ok(herd_sandbox::Mode::Rootless) => println!("rootless"),
+            Err(e) => {
+                eprintln!("herd-sandbox-run: {e}");
+                exit(1)
+            }
+        }
+        return;
+    }
+    let Some(sep) = args.iter().position(|a| a == "--") else {
+        eprintln!("usage: herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]");
+        exit(2);
+    };
+    if sep != 6 || sep + 1 >= args.len() {
+        eprintln!("usage: herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]");
+        exit(2);
+    }
+    let num = |i: usize| -> u32 {
+        args[i]
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                eprintln!("herd-sandbox-run: bad id {:?}", args[i]);
+                exit(2)
+            })
+    };
+    let mut spec = SandboxSpec::new(&args[0], &args[1], &args[2], args[sep + 1..].to_vec());
+    spec.uid = num(3);
+    spec.gid = num(4);
+    spec.cwd = PathBuf::from(&args[5]);
+    spec.env.push(("HOME".into(), "/".into()));
+    let result = spawn(&helper, &spec).and_then(|s| s.wait());
+    match result {
+        Ok(status) => exit(status.code()),
+        Err(e) => {
+            eprintln!("herd-sandbox-run: {e}");
+            exit(herd_sandbox::EXIT_SETUP_FAILED)
+        }
+    }
+}

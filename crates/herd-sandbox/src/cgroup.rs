@@ -1,0 +1,406 @@
+//! Hand-written cgroup v1 / v2 support for one task group: detect, create, attach, remove.
+//!
+//! The layout is read from `/proc/self/mountinfo` and `/proc/self/cgroup`, never assumed:
+//!
+//! * a **v1** hierarchy carrying `cpu` gets the group (with `cpu.cfs_quota_us`), and so
+//!   does one carrying `memory` (with `memory.limit_in_bytes`), each nested under the
+//!   caller's own group in *that* hierarchy (or the given parent);
+//! * otherwise the **v2** hierarchy whose `cgroup.controllers` offers `cpu` / `memory`
+//!   gets it, with `cpu.max` and `memory.max`; the controllers are enabled in
+//!   `cgroup.subtree_control` from the root down to the parent. A v2 mount without
+//!   controllers (the "unified" mount of a hybrid machine) is not used.
+//!
+//! Errors are plain strings here: they travel to the spawner as one line.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use crate::spec::{WireCgroup, path};
+
+/// The CFS period the quota is expressed in (100 ms, the kernel default).
+const PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// A mounted hierarchy and the caller's group in it.
+#[derive(Debug, Clone)]
+struct Hierarchy {
+    version: Version,
+    mount: PathBuf,
+    controllers: Vec<String>,
+    /// The caller's group, relative to the mount (no leading `/`).
+    own: PathBuf,
+}
+
+/// A group this module created.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub dir: PathBuf,
+}
+
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let d = |c: u8| c - b'0';
+            out.push(d(b[i + 1]) * 64 + d(b[i + 2]) * 8 + d(b[i + 3]));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Works out the hierarchies from the text of mountinfo and /proc/self/cgroup; `read`
+/// reads the `cgroup.controllers` file of v2 mounts.
+fn hierarchies(
+    mountinfo: &str,
+    proc_cgroup: &str,
+    read: &dyn Fn(&Path) -> Option<String>,
+) -> Vec<Hierarchy> {
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.len() < sep + 4 || sep < 5 {
+            continue;
+        }
+        let version = match f[sep + 1] {
+            "cgroup" => Version::V1,
+            "cgroup2" => Version::V2,
+            _ => continue,
+        };
+        let root = unescape(f[3]);
+        let mount = PathBuf::from(unescape(f[4]));
+        let controllers: Vec<String> = match version {
+            Version::V1 => f[sep + 3]
+                .split(',')
+                .filter(|o| !o.contains('=') && !matches!(*o, "rw" | "ro"))
+                .map(str::to_owned)
+                .collect(),
+            Version::V2 => read(&mount.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        };
+        if controllers.is_empty() || out.iter().any(|h| h.mount == mount) {
+            continue;
+        }
+        let own = proc_cgroup.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_id, ctl, cg) = (p.next()?, p.next()?, p.next()?);
+            let matches = match version {
+                Version::V2 => ctl.is_empty(),
+                Version::V1 => ctl.split(',').any(|c| controllers.iter().any(|x| x == c)),
+            };
+            matches.then(|| cg.to_owned())
+        });
+        let own = own.unwrap_or_else(|| "/".to_owned());
+        let rel = own.strip_prefix(root.as_str()).unwrap_or(&own);
+        out.push(Hierarchy {
+            version,
+            mount,
+            controllers,
+            own: PathBuf::from(rel.trim_start_matches('/')),
+        });
+    }
+    out
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value)
+        .map_err(|e| format!("cgroup: write {value:?} to {}: {e}", path.display()))
+}
+
+/// Creates the group in every hierarchy it needs and sets the limits. On error, groups
+/// already created are removed again.
+pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cgroup: read /proc/self/mountinfo: {e}"))?;
+    let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cgroup: read /proc/self/cgroup: {e}"))?;
+    let all = hierarchies(&mountinfo, &proc_cgroup, &|p| fs::read_to_string(p).ok());
+    if spec.name.is_empty() || spec.name.contains('/') || spec.name.starts_with('.') {
+        return Err(format!("cgroup: bad group name {:?}", spec.name));
+    }
+    let v1 = |c: &str| {
+        all.iter()
+            .find(|h| h.version == Version::V1 && h.controllers.iter().any(|x| x == c))
+    };
+    let v2 = all.iter().find(|h| h.version == Version::V2);
+    let v2_has = |c: &str| v2.filter(|h| h.controllers.iter().any(|x| x == c));
+    // (hierarchy, set cpu here, set memory here)
+    let mut plan: Vec<(&Hierarchy, bool, bool)> = Vec::new();
+    let cpu_h = v1("cpu").or_else(|| v2_has("cpu"));
+    let mem_h = v1("memory").or_else(|| v2_has("memory"));
+    if spec.cpus.is_some() && cpu_h.is_none() {
+        return Err(no_controller("cpu", &all));
+    }
+    if spec.memory.is_some() && mem_h.is_none() {
+        return Err(no_controller("memory", &all));
+    }
+    for (h, is_cpu) in [(cpu_h, true), (mem_h, false)] {
+        let Some(h) = h else { continue };
+        match plan.iter_mut().find(|(p, _, _)| p.mount == h.mount) {
+            Some(entry) => {
+                if is_cpu {
+                    entry.1 = true
+                } else {
+                    entry.2 = true
+                }
+            }
+            None => plan.push((h, is_cpu, !is_cpu)),
+        }
+    }
+    if plan.is_empty() {
+        return Err(no_controller("cpu or memory", &all));
+    }
+    let mut made: Vec<Group> = Vec::new();
+    for (h, cpu, mem) in plan {
+        let result = create_in(h, spec, cpu, mem);
+        match result {
+            Ok(g) => made.push(g),
+            Err(e) => {
+                remove(&made);
+                return Err(e);
+            }
+        }
+    }
+    Ok(made)
+}
+
+fn no_controller(what: &str, all: &[Hierarchy]) -> String {
+    let found: Vec<String> = all
+        .iter()
+        .map(|h| format!("{} ({})", h.mount.display(), h.controllers.join(",")))
+        .collect();
+    format!(
+        "cgroup: no mounted hierarchy offers the {what} controller (found: {}); enable it or run without limits",
+        if found.is_empty() {
+            "none".to_owned()
+        } else {
+            found.join(", ")
+        }
+    )
+}
+
+fn create_in(h: &Hierarchy, spec: &WireCgroup, cpu: bool, mem: bool) -> Result<Group, String> {
+    let parent_rel = match &spec.parent {
+        Some(p) => path(p)
+            .strip_prefix("/")
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path(p)),
+        None => h.own.clone(),
+    };
+    let parent = h.mount.join(&parent_rel);
+    if !parent.is_dir() {
+        return Err(format!(
+            "cgroup: parent group {} does not exist",
+            parent.display()
+        ));
+    }
+    if h.version == Version::V2 {
+        let wanted: Vec<&str> = [
+            ("cpu", cpu && spec.cpus.is_some()),
+            ("memory", mem && spec.memory.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, w)| *w)
+        .map(|(c, _)| c)
+        .collect();
+        // Enable the controllers from the root down to the parent.
+        let mut dir = h.mount.clone();
+        let mut steps = vec![dir.clone()];
+        for comp in parent_rel.components() {
+            dir.push(comp);
+            steps.push(dir.clone());
+        }
+        for step in &steps {
+            let control = step.join("cgroup.subtree_control");
+            let enabled = fs::read_to_string(&control).unwrap_or_default();
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|c| !enabled.split_whitespace().any(|x| x == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let value = missing.join(" ");
+            fs::write(&control, &value).map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EBUSY) {
+                    " (the group holds processes itself: run the agent in a leaf group and pass its parent)"
+                } else {
+                    ""
+                };
+                format!("cgroup: write {value:?} to {}: {e}{hint}", control.display())
+            })?;
+        }
+    }
+    let dir = parent.join(&spec.name);
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // A stale group of a task with the same id: reuse it only if it is empty.
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if !procs.trim().is_empty() {
+                return Err(format!(
+                    "cgroup: {} exists and holds processes",
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) => return Err(format!("cgroup: create {}: {e}", dir.display())),
+    }
+    let group = Group { dir: dir.clone() };
+    let limits = (|| {
+        if let (true, Some(cpus)) = (cpu, spec.cpus) {
+            if !(cpus.is_finite() && cpus > 0.0) {
+                return Err(format!("cgroup: bad cpu quota {cpus}"));
+            }
+            let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
+            match h.version {
+                Version::V2 => write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?,
+                Version::V1 => {
+                    write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+        }
+        if let (true, Some(bytes)) = (mem, spec.memory) {
+            match h.version {
+                Version::V2 => write(&dir.join("memory.max"), &bytes.to_string())?,
+                Version::V1 => write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?,
+            }
+        }
+        Ok(())
+    })();
+    match limits {
+        Ok(()) => Ok(group),
+        Err(e) => {
+            remove(std::slice::from_ref(&group));
+            Err(e)
+        }
+    }
+}
+
+/// Moves process `pid` (a host pid) into every group.
+pub(crate) fn attach(groups: &[Group], pid: i32) -> Result<(), String> {
+    for g in groups {
+        write(&g.dir.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes the groups, killing any process still in them and retrying while the kernel
+/// finishes tearing exited processes down. Returns the first error left after retrying.
+pub(crate) fn remove(groups: &[Group]) -> Option<String> {
+    let mut first = None;
+    for g in groups {
+        let mut last = None;
+        for _ in 0..200 {
+            match fs::remove_dir(&g.dir) {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    last = Some(format!("cgroup: remove {}: {e}", g.dir.display()));
+                    let procs = fs::read_to_string(g.dir.join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        // SAFETY: kill has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        if first.is_none() {
+            first = last;
+        }
+    }
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const HYBRID_CG: &str = "9:name=systemd:/\n4:memory:/agent/x\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn hybrid_uses_v1_with_own_paths_and_skips_empty_unified() {
+        let h = hierarchies(HYBRID, HYBRID_CG, &|_| Some(String::new()));
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].mount, PathBuf::from("/sys/fs/cgroup/cpu"));
+        assert_eq!(h[0].own, PathBuf::from(""));
+        assert_eq!(h[1].own, PathBuf::from("agent/x"));
+    }
+
+    #[test]
+    fn v2_group_enables_controllers_down_the_tree_and_sets_limits() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("herd.slice/agent")).unwrap();
+        let h = Hierarchy {
+            version: Version::V2,
+            mount: root.path().to_path_buf(),
+            controllers: vec!["cpu".into(), "memory".into()],
+            own: PathBuf::from("herd.slice/agent"),
+        };
+        let spec = WireCgroup {
+            parent: Some(b"/herd.slice".to_vec()),
+            name: "herd-task-7".into(),
+            cpus: Some(1.5),
+            memory: Some(1 << 30),
+        };
+        let g = create_in(&h, &spec, true, true).unwrap();
+        assert_eq!(g.dir, root.path().join("herd.slice/herd-task-7"));
+        let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory");
+        assert_eq!(read("herd.slice/cgroup.subtree_control"), "+cpu +memory");
+        assert_eq!(read("herd.slice/herd-task-7/cpu.max"), "150000 100000");
+        assert_eq!(read("herd.slice/herd-task-7/memory.max"), "1073741824");
+    }
+
+    #[test]
+    fn pure_v2_reads_controllers_and_own_path() {
+        let mi = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let h = hierarchies(mi, "0::/user.slice/herd.service\n", &|_| {
+            Some("cpu memory pids\n".into())
+        });
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].version, Version::V2);
+        assert_eq!(h[0].own, PathBuf::from("user.slice/herd.service"));
+        assert!(h[0].controllers.contains(&"memory".to_owned()));
+    }
+}

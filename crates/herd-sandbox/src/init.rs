@@ -1,0 +1,805 @@
+//! The init helper: what runs after the spawner re-executes the binary.
+//!
+//! Three processes, all single-threaded:
+//!
+//! * **supervisor** (the spawner's child, `Sandbox::pid`): reads the spec, creates the
+//!   cgroup, enters a user namespace when not root, unshares the pid namespace and forks
+//!   the pid-1 process; moves it into the cgroup before letting it go on; then forwards
+//!   signals to it, waits for it, removes the cgroup and exits with the task's status.
+//! * **pid 1** of the new pid namespace: unshares mount, IPC and UTS namespaces, builds
+//!   the root (overlay, /proc, /tmp, /dev, hidden paths), `pivot_root`s into it, forks
+//!   the task, forwards signals to it, reaps every orphan, and exits with the task's
+//!   status as soon as the task exits: the kernel then kills whatever the task left
+//!   behind in the namespace.
+//! * **task**: takes on the submitter's identity, limits and priority and `exec`s.
+//!
+//! Setup failures are sent to the spawner over the status pipe as one line each.
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::cgroup;
+use crate::spec::{WireSpec, path};
+use crate::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
+
+/// Host devices bind-mounted into the task's /dev.
+pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The status pipe to the spawner (see `crate::spawn` for the line protocol).
+#[derive(Clone, Copy)]
+struct Status(RawFd);
+
+impl Status {
+    fn send(self, line: &str) {
+        let mut line: String = line.replace('\n', " ");
+        line.push('\n');
+        let mut buf = line.as_bytes();
+        while !buf.is_empty() {
+            // SAFETY: buf is a valid slice for its length.
+            let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return;
+            }
+            buf = &buf[n as usize..];
+        }
+    }
+
+    /// Reports a setup failure and exits.
+    fn fail(self, msg: &str) -> ! {
+        self.send(&format!("error {msg}"));
+        // SAFETY: _exit has no preconditions; we skip atexit handlers on purpose.
+        unsafe { libc::_exit(EXIT_SETUP_FAILED) }
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+fn errno_str(e: nix::errno::Errno) -> String {
+    std::io::Error::from(e).to_string()
+}
+
+/// The signals the supervisor and pid 1 block, wait for and forward: everything except
+/// SIGKILL/SIGSTOP (cannot be caught) and the synchronous fault signals.
+fn forwardable() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigfillset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn block_signals() {
+    let set = forwardable();
+    // SAFETY: set is a valid sigset_t; the process is single-threaded.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Restores default dispositions (Rust's runtime ignores SIGPIPE, and ignored signals
+/// survive exec) and an empty mask, right before exec.
+fn reset_signals() {
+    // SAFETY: plain libc calls on valid arguments; single-threaded.
+    unsafe {
+        for s in 1..libc::SIGRTMIN() {
+            if s != libc::SIGKILL && s != libc::SIGSTOP {
+                libc::signal(s, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+fn wait_signal() -> i32 {
+    let set = forwardable();
+    loop {
+        // SAFETY: set is valid; a null siginfo pointer is allowed.
+        let s = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if s > 0 {
+            return s;
+        }
+    }
+}
+
+/// Points fds 0, 1 and 2 at /dev/null (the supervisor and pid 1 do not need the task's
+/// streams, and must not keep a pipe or terminal open on the task's behalf).
+fn null_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on an fd number; failure is harmless.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", errno_str(e)))
+}
+
+/// Entry point after re-exec: `argv = [exe, INIT_ARG, spec_fd, status_fd]`.
+pub(crate) fn main() -> ! {
+    block_signals();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
+    let (Some(spec_fd), Some(status_fd)) = (fd(2), fd(3)) else {
+        eprintln!("herd-sandbox: this entry point is started by the herd agent, not by hand");
+        exit(EXIT_SETUP_FAILED);
+    };
+    set_cloexec(status_fd);
+    let status = Status(status_fd);
+    // SAFETY: the spawner passed us this descriptor for our exclusive use.
+    let mut spec_file = unsafe { fs::File::from_raw_fd(spec_fd) };
+    let mut data = Vec::new();
+    if let Err(e) = spec_file.read_to_end(&mut data) {
+        status.fail(&format!("read spec from fd {spec_fd}: {e}"));
+    }
+    drop(spec_file);
+    let spec = match WireSpec::decode(&data) {
+        Ok(s) => s,
+        Err(e) => status.fail(&e.to_string()),
+    };
+    supervisor(&spec, status)
+}
+
+fn supervisor(spec: &WireSpec, status: Status) -> ! {
+    // Detach from the agent's session: its terminal's signals are not the task's.
+    // SAFETY: setsid has no preconditions.
+    unsafe { libc::setsid() };
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let rootless = euid != 0;
+
+    let groups = match &spec.cgroup {
+        Some(c) => match cgroup::create(c) {
+            Ok(g) => g,
+            Err(e) => status.fail(&e),
+        },
+        None => Vec::new(),
+    };
+    for g in &groups {
+        status.send(&format!("cgroup {}", g.dir.display()));
+    }
+    let fail = |msg: String| -> ! {
+        cgroup::remove(&groups);
+        status.fail(&msg)
+    };
+
+    if rootless {
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+            fail(format!(
+                "rootless: create a user namespace: {}{}",
+                errno_str(e),
+                crate::userns_hint()
+            ));
+        }
+        let maps = [
+            ("/proc/self/uid_map", format!("0 {euid} 1")),
+            ("/proc/self/setgroups", "deny".to_owned()),
+            ("/proc/self/gid_map", format!("0 {egid} 1")),
+        ];
+        for (file, value) in maps {
+            if let Err(e) = fs::write(file, &value) {
+                fail(format!("rootless: write {value:?} to {file}: {e}"));
+            }
+        }
+    }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        fail(format!("unshare pid namespace: {}", errno_str(e)));
+    }
+    let (go_r, go_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => fail(e),
+    };
+    // SAFETY: this process is single-threaded (init_main runs before any thread starts).
+    match unsafe { fork() } {
+        Err(e) => fail(format!("fork pid 1: {}", errno_str(e))),
+        Ok(ForkResult::Child) => {
+            drop(go_w);
+            // SAFETY: prctl with integer arguments.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            let mut byte = [0u8; 1];
+            let mut go = fs::File::from(go_r);
+            if !matches!(go.read(&mut byte), Ok(1)) {
+                exit(EXIT_SETUP_FAILED);
+            }
+            drop(go);
+            pid1(spec, status, rootless)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(go_r);
+            if let Err(e) = cgroup::attach(&groups, child.as_raw()) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                fail(e);
+            }
+            status.send(&format!("pid1 {}", child.as_raw()));
+            let mut go = fs::File::from(go_w);
+            let _ = std::io::Write::write_all(&mut go, b"g");
+            drop(go);
+            null_stdio();
+            let code = loop {
+                let sig = wait_signal();
+                if sig == libc::SIGCHLD {
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => break code,
+                        Ok(WaitStatus::Signaled(_, s, _)) => {
+                            status.send(&format!("exit signal {}", s as i32));
+                            break 128 + s as i32;
+                        }
+                        _ => continue,
+                    }
+                }
+                // SAFETY: kill with a pid we own (our unreaped child) and a signal number.
+                unsafe { libc::kill(child.as_raw(), sig) };
+            };
+            if let Some(e) = cgroup::remove(&groups) {
+                status.send(&format!("warn {e}"));
+            }
+            exit(code)
+        }
+    }
+}
+
+fn mnt(
+    src: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(Some(src), target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {} on {}: {}",
+            fstype.unwrap_or(if flags.contains(MsFlags::MS_BIND) {
+                "bind"
+            } else {
+                "remount"
+            }),
+            target.display(),
+            errno_str(e)
+        )
+    })
+}
+
+/// Escapes a path for overlayfs' comma- and colon-separated options.
+fn escape_overlay(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ensure_dir(dir: &Path, what: &str) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().mode(0o755).create(dir).map_err(|e| {
+        format!(
+            "the view has no {what} directory and creating {} failed: {e}",
+            dir.display()
+        )
+    })
+}
+
+fn absolute(p: &Path, what: &str) -> Result<PathBuf, String> {
+    fs::canonicalize(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+}
+
+/// Builds the task's root at `work` (overlay + /proc + /tmp + /dev) and pivots into it.
+fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts private: {}", errno_str(e)))?;
+    let lower = absolute(&path(&spec.lower), "lower")?;
+    let upper = absolute(&path(&spec.upper), "upper")?;
+    let work = absolute(&path(&spec.work), "work")?;
+    let mut opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        escape_overlay(&lower),
+        escape_overlay(&upper),
+        escape_overlay(&work)
+    );
+    if rootless {
+        opts.push_str(",userxattr");
+    }
+    let root = work.clone();
+    mnt(
+        "herd",
+        &root,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&opts),
+    )
+    .map_err(|e| format!("{e} (lower {}, upper {})", lower.display(), upper.display()))?;
+
+    let proc_dir = root.join("proc");
+    ensure_dir(&proc_dir, "/proc")?;
+    mnt(
+        "proc",
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+
+    let tmp = root.join("tmp");
+    ensure_dir(&tmp, "/tmp")?;
+    mnt(
+        "tmpfs",
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+
+    let dev = root.join("dev");
+    ensure_dir(&dev, "/dev")?;
+    mnt(
+        "tmpfs",
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+        let host = Path::new("/dev").join(name);
+        mnt(
+            host.to_str().unwrap_or("/dev/null"),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(|e| format!("create {}: {e}", pts.display()))?;
+    let pts_opts = if rootless {
+        "newinstance,ptmxmode=0666,mode=0620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    };
+    mnt(
+        "devpts",
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts_opts),
+    )?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| format!("create {}: {e}", shm.display()))?;
+    mnt(
+        "tmpfs",
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(to, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+
+    std::env::set_current_dir(&root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    nix::unistd::pivot_root(".", ".")
+        .map_err(|e| format!("pivot_root {}: {}", root.display(), errno_str(e)))?;
+    umount2(".", MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detach the helper's root: {}", errno_str(e)))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+/// Makes each hidden path (resolved inside the view) an empty read-only directory or
+/// file. Runs after pivot_root so that symlinks resolve inside the view.
+fn hide(paths: &[Vec<u8>]) -> Result<(), String> {
+    let staging = Path::new("/dev/.herd-hide");
+    let empty = staging.join("empty");
+    let mut staged = false;
+    for raw in paths {
+        let p = path(raw);
+        let Ok(meta) = fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mnt(
+                "tmpfs",
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0555,size=4k"),
+            )
+            .map_err(|e| format!("hide {}: {e}", p.display()))?;
+        } else {
+            if !staged {
+                fs::create_dir(staging)
+                    .map_err(|e| format!("create {}: {e}", staging.display()))?;
+                mnt(
+                    "tmpfs",
+                    staging,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID,
+                    Some("mode=0755,size=4k"),
+                )?;
+                fs::File::create(&empty).map_err(|e| format!("create {}: {e}", empty.display()))?;
+                fs::set_permissions(&empty, fs::Permissions::from_mode(0o444))
+                    .map_err(|e| format!("chmod {}: {e}", empty.display()))?;
+                staged = true;
+            }
+            let hidden = |e: String| format!("hide {}: {e}", p.display());
+            mnt(&empty.to_string_lossy(), &p, None, MsFlags::MS_BIND, None).map_err(hidden)?;
+            mnt(
+                "none",
+                &p,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None,
+            )
+            .map_err(hidden)?;
+        }
+    }
+    if staged {
+        umount2(staging, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmount {}: {}", staging.display(), errno_str(e)))?;
+        fs::remove_dir(staging).map_err(|e| format!("remove {}: {e}", staging.display()))?;
+    }
+    Ok(())
+}
+
+fn pid1(spec: &WireSpec, status: Status, rootless: bool) -> ! {
+    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if let Err(e) = unshare(flags) {
+        status.fail(&format!(
+            "unshare mount/ipc/uts namespaces: {}",
+            errno_str(e)
+        ));
+    }
+    if let Err(e) = build_root(spec, rootless) {
+        status.fail(&e);
+    }
+    if let Err(e) = hide(&spec.hidden) {
+        status.fail(&e);
+    }
+    if let Err(e) = mnt(
+        "none",
+        Path::new("/dev"),
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    ) {
+        status.fail(&e);
+    }
+    if let Some(name) = &spec.hostname
+        && let Err(e) = nix::unistd::sethostname(name)
+    {
+        status.fail(&format!("set hostname {name:?}: {}", errno_str(e)));
+    }
+    let (exec_r, exec_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => status.fail(&e),
+    };
+    // SAFETY: single-threaded process.
+    let task = match unsafe { fork() } {
+        Err(e) => status.fail(&format!("fork task: {}", errno_str(e))),
+        Ok(ForkResult::Child) => {
+            drop(exec_r);
+            task(spec, status, rootless, exec_w)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(exec_w);
+    // Wait until the task has exec'd (or failed): its copy of the pipe closes then.
+    let mut sink = [0u8; 16];
+    let mut exec_r = fs::File::from(exec_r);
+    while matches!(exec_r.read(&mut sink), Ok(n) if n > 0) {}
+    drop(exec_r);
+    status.send("started");
+    null_stdio();
+    loop {
+        let sig = wait_signal();
+        if sig != libc::SIGCHLD {
+            // SAFETY: kill with our child's pid (not reaped yet) and a signal number.
+            unsafe { libc::kill(task.as_raw(), sig) };
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == task => {
+                    status.send(&format!("exit code {code}"));
+                    exit(code);
+                }
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == task => {
+                    status.send(&format!("exit signal {}", s as i32));
+                    exit(128 + s as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+fn cstr(b: &[u8]) -> CString {
+    // Interior NULs cannot be passed to exec; cut there (the kernel would too).
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    CString::new(&b[..end]).unwrap_or_default()
+}
+
+/// Checks a libc return value: negative means failure, described by errno.
+fn check(ret: libc::c_int, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ret < 0 {
+        Err(format!("{}: {}", what(), std::io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Session, terminal, priority, limits, identity, umask and no_new_privs of the task.
+fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
+    // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
+    unsafe { libc::setsid() };
+    if spec.tty {
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+        check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || {
+            "make stdin the controlling terminal".into()
+        })?;
+    }
+    if spec.idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: param is a valid sched_param for the call's duration.
+        check(
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+            || "set SCHED_IDLE".into(),
+        )?;
+        // SAFETY: integer arguments only.
+        check(
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) },
+            || "set nice 19".into(),
+        )?;
+    }
+    for &(res, soft, hard) in &spec.rlimits {
+        let mut lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: lim is a valid rlimit.
+        let set = |lim: &libc::rlimit| unsafe { libc::setrlimit(res as _, lim) };
+        if set(&lim) < 0 {
+            let err = std::io::Error::last_os_error();
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // In rootless mode limits cannot be raised above ours: lower them to it.
+            // SAFETY: cur is a valid, writable rlimit.
+            let clamped = rootless
+                && err.raw_os_error() == Some(libc::EPERM)
+                && unsafe { libc::getrlimit(res as _, &mut cur) } == 0
+                && {
+                    lim.rlim_max = lim.rlim_max.min(cur.rlim_max);
+                    lim.rlim_cur = lim.rlim_cur.min(lim.rlim_max);
+                    set(&lim) == 0
+                };
+            if !clamped {
+                return Err(format!("set rlimit {res} to {soft}/{hard}: {err}"));
+            }
+        }
+    }
+    if rootless {
+        if spec.uid != 0 || spec.gid != 0 {
+            unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+                format!(
+                    "rootless: create the task's user namespace: {}",
+                    errno_str(e)
+                )
+            })?;
+            // Already denied by the outer namespace; writing it again is harmless.
+            let _ = fs::write("/proc/self/setgroups", "deny");
+            for (file, value) in [
+                ("/proc/self/uid_map", format!("{} 0 1", spec.uid)),
+                ("/proc/self/gid_map", format!("{} 0 1", spec.gid)),
+            ] {
+                fs::write(file, &value)
+                    .map_err(|e| format!("rootless: write {value:?} to {file}: {e}"))?;
+            }
+        }
+    } else {
+        let groups: &[libc::gid_t] = &spec.groups;
+        // SAFETY: groups is a valid slice of gid_t of the given length.
+        check(
+            unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
+            || format!("setgroups {groups:?}"),
+        )?;
+        // SAFETY: integer arguments only.
+        check(
+            unsafe { libc::setresgid(spec.gid, spec.gid, spec.gid) },
+            || format!("setgid {}", spec.gid),
+        )?;
+        // SAFETY: integer arguments only.
+        check(
+            unsafe { libc::setresuid(spec.uid, spec.uid, spec.uid) },
+            || format!("setuid {}", spec.uid),
+        )?;
+    }
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(spec.umask & 0o777) };
+    // SAFETY: integer arguments only.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        || "set no_new_privs".into(),
+    )?;
+    Ok(())
+}
+
+fn task(spec: &WireSpec, status: Status, rootless: bool, _exec_w: OwnedFd) -> ! {
+    if let Err(e) = prepare_task(spec, rootless) {
+        status.fail(&e);
+    }
+    let cwd = path(&spec.cwd);
+    if let Err(e) = std::env::set_current_dir(&cwd) {
+        status.send(&format!("cwd {}\t{e}", cwd.display()));
+        exit(EXIT_NOT_FOUND);
+    }
+    // Nothing but 0, 1 and 2 reaches the task.
+    // SAFETY: close_range with integer arguments only marks descriptors close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    let argv: Vec<CString> = spec.argv.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push(b'=');
+            kv.extend_from_slice(v);
+            cstr(&kv)
+        })
+        .collect();
+    let Some(cmd) = spec.argv.first() else {
+        status.fail("empty command line");
+    };
+    let candidates: Vec<CString> = if cmd.contains(&b'/') {
+        vec![cstr(cmd)]
+    } else {
+        let search = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == b"PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
+        search
+            .split(|&c| c == b':')
+            .map(|dir| {
+                let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+                let mut full = dir.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(cmd);
+                cstr(&full)
+            })
+            .collect()
+    };
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    reset_signals();
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for c in &candidates {
+        // SAFETY: NUL-terminated arrays of pointers to live CStrings.
+        unsafe { libc::execve(c.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+        let err = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOENT);
+        match err {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => denied = true,
+            libc::ENOEXEC => {
+                // No #! line: run it with /bin/sh, as shells do.
+                let sh = cstr(b"/bin/sh");
+                let mut sh_argv: Vec<*const libc::c_char> = vec![sh.as_ptr(), c.as_ptr()];
+                sh_argv.extend_from_slice(&argv_ptrs[1..]);
+                // SAFETY: NUL-terminated arrays of pointers to live CStrings.
+                unsafe { libc::execve(sh.as_ptr(), sh_argv.as_ptr(), env_ptrs.as_ptr()) };
+                last = libc::ENOEXEC;
+                break;
+            }
+            other => {
+                last = other;
+                break;
+            }
+        }
+    }
+    let name = OsString::from_vec(cmd.clone());
+    let name = name.to_string_lossy();
+    let (code, msg) = if last != libc::ENOENT {
+        (
+            EXIT_CANNOT_EXECUTE,
+            format!(
+                "herd: {name}: {}\n",
+                std::io::Error::from_raw_os_error(last)
+            ),
+        )
+    } else if denied {
+        (
+            EXIT_CANNOT_EXECUTE,
+            format!("herd: {name}: Permission denied\n"),
+        )
+    } else if cmd.contains(&b'/') {
+        (
+            EXIT_NOT_FOUND,
+            format!("herd: {name}: No such file or directory\n"),
+        )
+    } else {
+        (EXIT_NOT_FOUND, format!("herd: {name}: command not found\n"))
+    };
+    // SAFETY: write to fd 2 from a valid buffer.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    exit(code)
+}

@@ -1,0 +1,322 @@
+//! The sandbox that runs one herd task on a helper.
+//!
+//! `herd run -- CMD` runs CMD on a helper host while CMD sees the *workstation's*
+//! filesystem. This crate builds the box CMD runs in: a root made of the read-only view
+//! of the workstation (the *lower* layer, a FUSE mount in production) under a private,
+//! writable overlayfs *upper* layer on the helper's disk, in its own namespaces, as the
+//! submitter's uid, at idle priority, inside a cgroup with the helper's CPU and memory
+//! grant. What the task wrote is left in the upper directory for the agent to commit.
+//!
+//! # How it runs
+//!
+//! The agent is a threaded async daemon, and `unshare`/`fork` do not mix with threads.
+//! So [`spawn`] only starts a fresh process: `helper_exe __sandbox-init SPEC_FD
+//! STATUS_FD` (the herd binary re-executing itself, `/proc/self/exe`), hands it the
+//! serialized [`SandboxSpec`] on one pipe and reads one-line reports from it on another.
+//! The herd binary's `main()` calls [`init_main`] first thing when `argv[1]` is
+//! [`INIT_ARG`]. Then, single-threaded:
+//!
+//! 1. **Supervisor** (the spawner's child, [`Sandbox::pid`]): creates the cgroup
+//!    `<parent>/<name>` with `cpu.max`/`memory.max` (v2) or `cpu.cfs_quota_us` /
+//!    `memory.limit_in_bytes` (v1, nested under the agent's own group of each
+//!    hierarchy); when not root, enters a new user namespace (see *Rootless* below);
+//!    unshares the pid namespace and forks **pid 1**, which it moves into the cgroup
+//!    before letting it continue. It forwards signals to pid 1, waits for it, removes
+//!    the cgroup and exits with the task's status.
+//! 2. **Pid 1** of the new pid namespace: unshares mount, IPC and UTS namespaces, makes
+//!    every mount private, mounts `overlay(lower, upper, work)` on top of the work
+//!    directory and builds the root there (below), `pivot_root`s into it and detaches the
+//!    helper's root, hides the [`SandboxSpec::hidden`] paths, sets the hostname, and
+//!    forks the **task**. It forwards signals to the task, reaps every orphan, and exits
+//!    as soon as the task exits; the kernel then kills every process left in the
+//!    namespace, so a task's background tree never outlives it.
+//! 3. **Task**: a new session (`setsid`; with [`SandboxSpec::tty`] its stdin becomes the
+//!    controlling terminal), `SCHED_IDLE` and nice 19 when [`SandboxSpec::idle`], the
+//!    resource limits, the submitter's groups, gid and uid, the umask,
+//!    `PR_SET_NO_NEW_PRIVS`, `chdir(cwd)`, every descriptor but 0, 1 and 2 closed on exec,
+//!    default signal dispositions, and `execve` with a `PATH` search like a shell's.
+//!
+//! # What a task can see
+//!
+//! * `/`: the lower layer (only that one filesystem: mounts below it on the helper are
+//!   not visible) with the upper layer on top. All writes land in `upper`; deletions and
+//!   renames show there as overlayfs whiteouts and opaque directories. The root is
+//!   mounted `nosuid,nodev`.
+//! * `/proc`: a fresh procfs of the task's own pid namespace: only the task's processes
+//!   (pid 1 is the sandbox init).
+//! * `/tmp`: a private, empty tmpfs per task, **not** committed back and gone when the
+//!   task ends (sized by the kernel default, half of RAM, and charged to the cgroup).
+//! * `/dev`: a read-only tmpfs holding exactly `null`, `zero`, `full`, `random`,
+//!   `urandom`, `tty` (the helper's devices, bind-mounted), `pts` (a new devpts
+//!   instance), `ptmx` (→ `pts/ptmx`), `shm` (a private tmpfs) and the symlinks `fd`,
+//!   `stdin`, `stdout`, `stderr` into `/proc/self/fd` ([`DEV_ENTRIES`]).
+//! * The helper's network (there is no network namespace), its own IPC namespace and
+//!   hostname ([`SandboxSpec::hostname`]).
+//!
+//! # What a task cannot see or do
+//!
+//! * Any file of the helper: the helper's root is detached after `pivot_root`. There is
+//!   no `/sys` (the view's `/sys` is the lower layer's empty directory).
+//! * Hidden paths (`~/.ssh`, `~/.gnupg`, herd's keys, ...): each is covered by an empty
+//!   read-only directory or file, resolved inside the view (a symlink to a secret hides
+//!   its target). The agent's FUSE view should not export them either; this is the second
+//!   wall.
+//! * Gain privileges: `no_new_privs` makes setuid/setgid bits and file capabilities
+//!   inert, and the root is `nosuid` anyway. Raise its limits or priority above what it
+//!   was given. Escape its cgroup's CPU quota and memory limit.
+//! * Outlive its pid 1: when the task's first process exits, everything it started dies.
+//!
+//! A task running as uid 0 in root mode keeps root's capabilities inside its
+//! namespaces: it could unmount the covers of hidden paths or leave its mount namespace's
+//! view of the helper by other means. The agent must only run uid-0 tasks for a submitter
+//! who is root on the workstation and trusted on the helper.
+//!
+//! # Rootless mode
+//!
+//! An agent running as a plain user (uid `U`) needs unprivileged user namespaces. The
+//! supervisor enters a user namespace mapping root to `U` (that is what allows mounting
+//! the overlay, procfs, tmpfs and devpts, with overlayfs' `userxattr`), and the task
+//! enters a second, nested one mapping the task's uid and gid to that root, so the task
+//! sees itself as the submitter while every file it creates belongs to `U` on the helper.
+//! The limits of this mode:
+//!
+//! * Only one uid and one gid exist inside: files of the lower layer owned by anybody
+//!   else show as the overflow id (65534, "nobody"), and the task gets the access those
+//!   files grant to "others" only.
+//! * Supplementary groups cannot be set (`setgroups` is denied in such namespaces):
+//!   [`SandboxSpec::groups`] is ignored.
+//! * The lower layer's `/proc`, `/dev` and `/tmp` directories must exist (a plain user
+//!   cannot create them in a root-owned view), and device nodes are bind-mounted from
+//!   the helper rather than created.
+//! * Copy-up preserves ownership, and only the agent's user can own files here: writing
+//!   a file fails with `EOVERFLOW` ("Value too large for defined data type") unless it
+//!   and every directory above it, `/` included, are owned by the agent's user in the
+//!   lower layer, even when their modes would allow the write. In practice the FUSE
+//!   view must present files as the agent's user's for a rootless helper; mapping more
+//!   ids (newuidmap and /etc/subuid) is not implemented.
+//! * The lower layer must not have mounts below it (the FUSE view has none): in a user
+//!   namespace overlayfs refuses a lower directory with locked submounts ("failed to
+//!   clone lowerpath"), so `lower = /` only works as root.
+//! * Resource limits above the agent's own hard limits are lowered to them.
+//! * A cgroup is only possible under a parent delegated to the user (systemd's
+//!   `Delegate=yes`); without [`SandboxSpec::cgroup`] the task runs in the agent's group.
+//!
+//! [`probe`] runs a throwaway sandbox to find out whether this agent can run tasks, and
+//! says why not.
+//!
+//! # Exit codes
+//!
+//! [`Sandbox::wait`] returns the task's own status ([`TaskExit`]). The helper process
+//! itself exits with the task's code, 128 + N for signal N, or one of
+//! [`EXIT_SETUP_FAILED`] (125: the sandbox could not be built; the reason went to the
+//! spawner), [`EXIT_CANNOT_EXECUTE`] (126: the command exists but cannot be executed),
+//! [`EXIT_NOT_FOUND`] (127: the command, or the working directory, does not exist).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use herd_sandbox::{SandboxSpec, spawn};
+//! # fn main() -> Result<(), herd_sandbox::SandboxError> {
+//! let mut spec = SandboxSpec::new("/", "/var/lib/herd/t1/upper", "/var/lib/herd/t1/work",
+//!     vec!["sh".into(), "-c".into(), "echo hi > /home/me/out".into()]);
+//! spec.uid = 1000;
+//! spec.gid = 1000;
+//! spec.idle = true;
+//! let sandbox = spawn(std::path::Path::new("/proc/self/exe"), &spec)?;
+//! let exit = sandbox.wait()?;
+//! println!("task exited with {}", exit.code());
+//! # Ok(()) }
+//! ```
+//!
+//! # Signals and priority
+//!
+//! [`Sandbox::signal`] reaches the task's first process only (not its process group):
+//! with a terminal, send keyboard signals through the PTY (`^C` written to the master)
+//! so the line discipline delivers them to the foreground job. `SCHED_IDLE` is what
+//! keeps the task polite under autogroup (each `setsid` makes a new autogroup, which
+//! defeats plain nice); nice 19 is set as well.
+//!
+//! # Known gaps
+//!
+//! * The supervisor does not die with the agent: an agent that crashes leaves running
+//!   sandboxes behind (kill them by their `herd-task-*` cgroups on restart).
+//! * With a PTY from the helper's devpts, `ttyname()` inside the task does not resolve
+//!   (the task has its own devpts instance); `/dev/tty` works.
+//! * [`spawn`] blocks until the task has been exec'd; a lower layer that hangs (an
+//!   unreachable workstation behind the FUSE view) hangs it too. Run it on a blocking
+//!   thread; [`SandboxHandle`] is not available before it returns.
+//! * cgroup v2 is unit-tested against a fake hierarchy only (the test machine has its
+//!   controllers on v1); memory limits do not include swap (`memory.swap.max`,
+//!   `memory.memsw.limit_in_bytes` are left alone).
+//! * The overlay is mounted on top of the work directory; if the lower layer lacks
+//!   `/proc`, `/dev` or `/tmp`, the empty directory created for it lands in `upper`.
+
+mod cgroup;
+mod error;
+mod init;
+mod spawn;
+mod spec;
+
+use std::path::Path;
+
+pub use error::SandboxError;
+pub use spawn::{Sandbox, SandboxHandle, TaskExit, spawn};
+pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
+
+/// `argv[1]` that makes the herd binary run [`init_main`].
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// Exit code of the init when the sandbox could not be set up (the reason is reported to
+/// the spawner as [`SandboxError::Setup`]).
+pub const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit code of a task whose command exists but cannot be executed (as a shell does).
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit code of a task whose command is not found (as a shell does), and of the init
+/// when the working directory cannot be entered ([`SandboxError::Cwd`]).
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Every entry of the task's `/dev`, sorted.
+pub const DEV_ENTRIES: &[&str] = &[
+    "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+    "urandom", "zero",
+];
+
+/// The init entry point. The herd binary's `main()` calls it first thing, before any
+/// thread starts, when `argv[1] == INIT_ARG`; it never returns.
+pub fn init_main() -> ! {
+    init::main()
+}
+
+/// Runs [`init_main`] (and never returns) if this process was started as a sandbox init,
+/// that is when `argv[1] == INIT_ARG`; returns otherwise. Call it first thing in
+/// `main()`, before any thread is started:
+///
+/// ```no_run
+/// // First line of the herd binary's main():
+/// herd_sandbox::init_if_requested();
+/// ```
+pub fn init_if_requested() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
+        init_main()
+    }
+}
+
+/// How this agent runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// As root: real uids, groups and cgroups.
+    Root,
+    /// As a plain user through user namespaces (see the crate docs for the limits).
+    Rootless,
+}
+
+impl Mode {
+    /// The mode sandboxes started by this process would use (root or not).
+    pub fn current() -> Mode {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            Mode::Root
+        } else {
+            Mode::Rootless
+        }
+    }
+}
+
+/// Hints about why unprivileged user namespaces are unavailable, for error messages.
+pub(crate) fn userns_hint() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    let mut hints = Vec::new();
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        hints.push("user namespaces are disabled (sysctl user.max_user_namespaces = 0)");
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        hints.push("unprivileged user namespaces are disabled (sysctl kernel.unprivileged_userns_clone = 0)");
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        hints.push("AppArmor restricts unprivileged user namespaces (sysctl kernel.apparmor_restrict_unprivileged_userns = 1)");
+    }
+    if hints.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({}; run the agent as root or allow them)",
+            hints.join("; ")
+        )
+    }
+}
+
+/// Finds out whether this process can run sandboxes, by running a throwaway one: an
+/// empty lower directory, a command that does not exist, everything else as for a real
+/// task. `scratch` is a directory on the helper's disk where the probe may create (and
+/// then removes) a few directories.
+///
+/// Returns the [`Mode`] when a sandbox comes up, or [`SandboxError::Unsupported`] with
+/// the step that failed and, in rootless mode, hints about what blocks user namespaces.
+pub fn probe(helper_exe: &Path, scratch: &Path) -> Result<Mode, SandboxError> {
+    let mode = Mode::current();
+    let dir = scratch.join(format!("herd-sandbox-probe-{}", std::process::id()));
+    let made = (|| -> std::io::Result<()> {
+        for d in ["lower/proc", "lower/dev", "lower/tmp", "upper", "work"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = made {
+        remove_tree(&dir);
+        return Err(SandboxError::io("create", &dir, e));
+    }
+    let mut spec = SandboxSpec::new(
+        dir.join("lower"),
+        dir.join("upper"),
+        dir.join("work"),
+        vec!["/herd-sandbox-probe".into()],
+    );
+    spec.stdio = TaskStdio {
+        stdin: StdioFd::Null,
+        stdout: StdioFd::Null,
+        stderr: StdioFd::Null,
+    };
+    if mode == Mode::Rootless {
+        // SAFETY: geteuid/getegid have no preconditions.
+        (spec.uid, spec.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    }
+    let what = match mode {
+        Mode::Root => "as root",
+        Mode::Rootless => "rootless",
+    };
+    let result = spawn(helper_exe, &spec).and_then(Sandbox::wait);
+    remove_tree(&dir);
+    match result {
+        Ok(TaskExit::Exited(EXIT_NOT_FOUND)) => Ok(mode),
+        Ok(other) => Err(SandboxError::Unsupported(format!(
+            "{what}: the probe task ended with status {} instead of {EXIT_NOT_FOUND}",
+            other.code()
+        ))),
+        Err(e) => {
+            let hint = if mode == Mode::Rootless {
+                userns_hint()
+            } else {
+                String::new()
+            };
+            Err(SandboxError::Unsupported(format!("{what}: {e}{hint}")))
+        }
+    }
+}
+
+/// Removes a directory tree, first making directories searchable (overlayfs leaves a
+/// mode-000 `work/work` directory behind).
+fn remove_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fn open_up(d: &Path) {
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(d) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(dir);
+    let _ = std::fs::remove_dir_all(dir);
+}

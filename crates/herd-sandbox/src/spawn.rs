@@ -1,0 +1,383 @@
+//! The spawner's side: start the init helper, follow its status pipe, signal, wait.
+//!
+//! The status pipe carries one line per event from the init to the spawner:
+//!
+//! | line | from | meaning |
+//! |---|---|---|
+//! | `cgroup DIR` | supervisor | created this cgroup directory |
+//! | `pid1 PID` | supervisor | the namespace's pid 1 has this (helper) pid |
+//! | `started` | pid 1 | the task exec'd (or its exec failed: exit 127/126 follows) |
+//! | `error MSG` | any | setup failed; nothing of the task ran |
+//! | `cwd PATH\tMSG` | task | the working directory could not be entered |
+//! | `exit code N` / `exit signal N` | pid 1 / supervisor | how the task ended |
+//! | `warn MSG` | supervisor | cleanup trouble after the task ended |
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use crate::cgroup;
+use crate::spec::{SandboxSpec, StdioFd, WireSpec};
+use crate::{INIT_ARG, SandboxError};
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskExit {
+    /// It exited with this code (127: command not found, 126: not executable).
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl TaskExit {
+    /// The status as a shell reports it: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            TaskExit::Exited(c) => c,
+            TaskExit::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// Process handles that stay valid (pidfds) however long they are kept.
+#[derive(Debug)]
+struct Pids {
+    init: OwnedFd,
+    pid1: Option<OwnedFd>,
+}
+
+/// A cloneable, thread-safe handle to signal or kill a running sandbox from another
+/// thread while one thread blocks in [`Sandbox::wait`]. Signals are sent through pidfds,
+/// so a handle kept after the sandbox ended can never hit a recycled pid.
+#[derive(Debug, Clone)]
+pub struct SandboxHandle {
+    pids: Arc<Pids>,
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn pidfd_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: a valid pidfd, a signal number, a null siginfo and no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // The process is already gone: nothing left to signal.
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+impl SandboxHandle {
+    /// Sends signal `sig` to the task (the process started from `argv`). It travels
+    /// through the supervisor and the namespace's pid 1, which forward every signal
+    /// they can catch. SIGKILL kills the whole tree ([`SandboxHandle::kill_tree`]);
+    /// SIGSTOP cannot be forwarded and would stop only the supervisor, so it is refused
+    /// (use SIGTSTP). Signalling a sandbox that has ended is not an error.
+    pub fn signal(&self, sig: i32) -> Result<(), SandboxError> {
+        if sig == libc::SIGKILL {
+            self.kill_tree();
+            return Ok(());
+        }
+        if sig == libc::SIGSTOP {
+            return Err(SandboxError::io(
+                "signal",
+                "sandbox (SIGSTOP)",
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "SIGSTOP cannot be forwarded; send SIGTSTP",
+                ),
+            ));
+        }
+        pidfd_signal(&self.pids.init, sig)
+            .map_err(|e| SandboxError::io("signal", format!("sandbox ({sig})"), e))
+    }
+
+    /// Kills the whole task tree at once: SIGKILL to the namespace's pid 1, which makes
+    /// the kernel kill every process in the namespace. The supervisor then removes the
+    /// cgroup and exits; [`Sandbox::wait`] reports `Signaled(9)`.
+    pub fn kill_tree(&self) {
+        match self.pids.pid1.as_ref() {
+            Some(fd) => {
+                let _ = pidfd_signal(fd, libc::SIGKILL);
+            }
+            None => {
+                // Before pid 1 exists: the supervisor dies, and pid 1 (if it was just
+                // forked) follows through its parent-death signal.
+                let _ = pidfd_signal(&self.pids.init, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A running sandbox: one task tree on this host.
+#[derive(Debug)]
+pub struct Sandbox {
+    child: Child,
+    handle: SandboxHandle,
+    status: BufReader<File>,
+    cgroups: Vec<PathBuf>,
+    pid1: i32,
+    waited: bool,
+}
+
+impl Drop for Sandbox {
+    /// A sandbox dropped without [`Sandbox::wait`] is killed (the whole tree) and reaped,
+    /// so losing track of a task never leaves it running.
+    fn drop(&mut self) {
+        if !self.waited {
+            self.kill_tree();
+            let _ = self.finish();
+        }
+    }
+}
+
+impl Sandbox {
+    /// The pid of the sandbox's supervisor process (the spawner's child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The pid, on this host, of the task namespace's pid 1 (the task's parent).
+    pub fn pid1(&self) -> u32 {
+        self.pid1 as u32
+    }
+
+    /// The cgroup directories made for the task (empty without [`crate::CgroupSpec`]).
+    pub fn cgroups(&self) -> &[PathBuf] {
+        &self.cgroups
+    }
+
+    /// A handle to signal or kill the sandbox from other threads.
+    pub fn handle(&self) -> SandboxHandle {
+        self.handle.clone()
+    }
+
+    /// Sends signal `sig` to the task; see [`SandboxHandle::signal`].
+    pub fn signal(&self, sig: i32) -> Result<(), SandboxError> {
+        self.handle.signal(sig)
+    }
+
+    /// Kills the whole task tree; see [`SandboxHandle::kill_tree`].
+    pub fn kill_tree(&self) {
+        self.handle.kill_tree()
+    }
+
+    /// Waits until the task tree has exited and its cgroup is gone, and returns how the
+    /// task (the process started from `argv`) ended. When this returns, no process of
+    /// the tree is left.
+    pub fn wait(mut self) -> Result<TaskExit, SandboxError> {
+        self.waited = true;
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<TaskExit, SandboxError> {
+        let status = self.child.wait().map_err(|e| {
+            SandboxError::io("wait for", format!("sandbox pid {}", self.child.id()), e)
+        })?;
+        let mut exit = None;
+        for line in read_lines(&mut self.status) {
+            if let Some(rest) = line.strip_prefix("exit code ") {
+                exit = rest.parse().ok().map(TaskExit::Exited);
+            } else if let Some(rest) = line.strip_prefix("exit signal ") {
+                exit = rest.parse().ok().map(TaskExit::Signaled);
+            } else if let Some(rest) = line.strip_prefix("warn ") {
+                tracing::warn!(sandbox = self.child.id(), "{rest}");
+            }
+        }
+        // If the supervisor itself was killed, its cgroups are left: remove them here.
+        let left: Vec<cgroup::Group> = self
+            .cgroups
+            .iter()
+            .filter(|d| d.exists())
+            .map(|d| cgroup::Group { dir: d.clone() })
+            .collect();
+        if let Some(e) = cgroup::remove(&left) {
+            tracing::warn!(sandbox = self.child.id(), "{e}");
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Ok(
+            exit.unwrap_or_else(|| match (status.code(), status.signal()) {
+                (Some(c), _) => TaskExit::Exited(c),
+                (None, Some(s)) => TaskExit::Signaled(s),
+                (None, None) => TaskExit::Exited(crate::EXIT_SETUP_FAILED),
+            }),
+        )
+    }
+}
+
+/// Reads complete lines until EOF (all writers gone) or an error.
+fn read_lines(r: &mut BufReader<File>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return out,
+            Ok(_) => {
+                while line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                out.push(String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+    }
+}
+
+fn stdio(s: &StdioFd) -> Result<Stdio, SandboxError> {
+    Ok(match s {
+        StdioFd::Inherit => Stdio::inherit(),
+        StdioFd::Null => Stdio::null(),
+        StdioFd::Fd(fd) => Stdio::from(
+            fd.try_clone()
+                .map_err(|e| SandboxError::io("duplicate", format!("fd {}", fd.as_raw_fd()), e))?,
+        ),
+    })
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| SandboxError::io("create", "pipe", io::Error::from(e)))
+}
+
+/// Starts a sandbox running `spec` by executing `helper_exe __sandbox-init` (the herd
+/// binary itself, `/proc/self/exe`, in production), and returns once the task has been
+/// exec'd.
+///
+/// Safe to call from a multi-threaded program: the only work between fork and exec is
+/// clearing the close-on-exec flag of the two pipes passed to the helper. Blocks while
+/// the sandbox is set up (mounting the overlay may wait on the FUSE lower layer).
+///
+/// Errors: [`SandboxError::Setup`] or [`SandboxError::Cwd`] when the init reports a
+/// failure (nothing of the task ran, nothing is left behind), [`SandboxError::Io`] when
+/// the helper cannot be started, [`SandboxError::InitDied`] when it died silently.
+/// A command that does not exist or cannot be executed is *not* an error here: the task
+/// exits with 127 or 126 and says so on its stderr, like a shell.
+pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+    if spec.argv.is_empty() {
+        return Err(SandboxError::Spec("empty command line".into()));
+    }
+    let data = WireSpec::from_spec(spec).encode()?;
+    let (spec_r, spec_w) = cloexec_pipe()?;
+    let (status_r, status_w) = cloexec_pipe()?;
+    let passed = [spec_r.as_raw_fd(), status_w.as_raw_fd()];
+    let mut cmd = Command::new(helper_exe);
+    cmd.arg(INIT_ARG)
+        .arg(passed[0].to_string())
+        .arg(passed[1].to_string())
+        .env_clear()
+        .stdin(stdio(&spec.stdio.stdin)?)
+        .stdout(stdio(&spec.stdio.stdout)?)
+        .stderr(stdio(&spec.stdio.stderr)?);
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
+    // that are open in the child (fork copied them).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for fd in passed {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    drop(spec_r);
+    drop(status_w);
+    let init = match pidfd_open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::io(
+                "open pidfd of",
+                format!("pid {}", child.id()),
+                e,
+            ));
+        }
+    };
+    // A write error means the helper died early; its status line or exit says why.
+    let _ = File::from(spec_w).write_all(&data);
+
+    let mut status = BufReader::new(File::from(status_r));
+    let mut cgroups = Vec::new();
+    let mut pid1_fd = None;
+    let mut pid1 = 0;
+    let fail = |mut child: Child, err: SandboxError, cgroups: &[PathBuf]| {
+        let _ = child.wait();
+        let left: Vec<cgroup::Group> = cgroups
+            .iter()
+            .map(|d| cgroup::Group { dir: d.clone() })
+            .collect();
+        cgroup::remove(&left);
+        Err(err)
+    };
+    loop {
+        let mut raw = Vec::new();
+        let n = status.read_until(b'\n', &mut raw).unwrap_or(0);
+        if n == 0 {
+            let _ = child.kill();
+            let how = match child.wait() {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return fail(child, SandboxError::InitDied(how), &cgroups);
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches('\n');
+        if let Some(dir) = line.strip_prefix("cgroup ") {
+            cgroups.push(PathBuf::from(dir));
+        } else if let Some(pid) = line.strip_prefix("pid1 ") {
+            pid1 = pid.parse().unwrap_or(0);
+            // pid 1 cannot have been reaped yet: it waits for the supervisor's go-ahead,
+            // which comes after this line, and only the supervisor can reap it.
+            pid1_fd = pidfd_open(pid1).ok();
+        } else if line == "started" {
+            break;
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            return fail(child, SandboxError::Setup(msg.to_owned()), &cgroups);
+        } else if let Some(rest) = line.strip_prefix("cwd ") {
+            let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
+            let err = SandboxError::Cwd {
+                path: PathBuf::from(p),
+                message: msg.to_owned(),
+            };
+            return fail(child, err, &cgroups);
+        }
+    }
+    Ok(Sandbox {
+        child,
+        handle: SandboxHandle {
+            pids: Arc::new(Pids {
+                init,
+                pid1: pid1_fd,
+            }),
+        },
+        status,
+        cgroups,
+        pid1,
+        waited: false,
+    })
+}

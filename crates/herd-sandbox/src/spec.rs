@@ -1,0 +1,249 @@
+//! What to run and how: [`SandboxSpec`] and its wire form for the init helper.
+//!
+//! The wire form is a private contract between [`crate::spawn`] and [`crate::init_main`]
+//! of the *same* binary (the agent re-executes itself), so it is not versioned; it only
+//! has to round-trip every path and argument byte for byte, including non-UTF-8 ones.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+/// Everything needed to run one task in a sandbox.
+///
+/// Paths `lower`, `upper` and `work` are paths on the helper; `cwd` and `hidden` are
+/// paths *in the task's view* (that is, inside `lower`).
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The read-only root the task sees: in production the FUSE view of the
+    /// workstation's `/`; in tests `/` itself or a prepared directory. Only this one
+    /// filesystem is visible: mounts below it on the helper are not.
+    pub lower: PathBuf,
+    /// The overlayfs upper directory (on the helper's disk): every write of the task
+    /// lands here, deletions as overlayfs whiteouts. Must be empty and on the same
+    /// filesystem as `work`.
+    pub upper: PathBuf,
+    /// The overlayfs work directory (empty, same filesystem as `upper`). The init also
+    /// mounts the composed root on top of it, in its private mount namespace, so no
+    /// other directory is needed.
+    pub work: PathBuf,
+    /// The command and its arguments; `argv[0]` is looked up in the task's `PATH` (from
+    /// `env`) when it contains no `/`, like a shell does.
+    pub argv: Vec<OsString>,
+    /// The task's whole environment (nothing of the helper's environment is passed).
+    pub env: Vec<(OsString, OsString)>,
+    /// The task's working directory in its view. If it cannot be entered, spawning fails
+    /// with [`SandboxError::Cwd`] and the init exits with [`crate::EXIT_NOT_FOUND`].
+    pub cwd: PathBuf,
+    /// The task's user id (the submitter's uid on the workstation).
+    pub uid: u32,
+    /// The task's primary group id.
+    pub gid: u32,
+    /// The task's supplementary groups (ignored in rootless mode, see the crate docs).
+    pub groups: Vec<u32>,
+    /// The task's umask (only the low 9 bits count).
+    pub umask: u32,
+    /// Resource limits as `(RLIMIT_*, soft, hard)`; `u64::MAX` means unlimited. In
+    /// rootless mode a limit above the helper's own hard limit is lowered to it.
+    pub rlimits: Vec<(i32, u64, u64)>,
+    /// Paths in the view made unreadable: a directory becomes an empty read-only
+    /// directory, a file an empty read-only file. Paths that do not exist are skipped.
+    pub hidden: Vec<PathBuf>,
+    /// The task's hostname (its own UTS namespace); `None` keeps the helper's.
+    pub hostname: Option<String>,
+    /// The cgroup to run the task tree in, with its limits; `None` runs it in the
+    /// spawner's own cgroup without limits.
+    pub cgroup: Option<CgroupSpec>,
+    /// Run at idle priority: `SCHED_IDLE` and nice 19.
+    pub idle: bool,
+    /// The task's stdin, stdout and stderr.
+    pub stdio: TaskStdio,
+    /// Make the task's stdin its controlling terminal (`setsid` + `TIOCSCTTY`); stdin
+    /// must then be a terminal, typically the slave side of a PTY the agent allocated.
+    pub tty: bool,
+}
+
+impl SandboxSpec {
+    /// A spec with the given layers and command and everything else neutral: cwd `/`,
+    /// uid/gid 65534 (nobody), no groups, umask 022, no limits, nothing hidden, no
+    /// cgroup, normal priority, stdio inherited from the spawner, no terminal.
+    pub fn new(
+        lower: impl Into<PathBuf>,
+        upper: impl Into<PathBuf>,
+        work: impl Into<PathBuf>,
+        argv: Vec<OsString>,
+    ) -> Self {
+        SandboxSpec {
+            lower: lower.into(),
+            upper: upper.into(),
+            work: work.into(),
+            argv,
+            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+            cwd: PathBuf::from("/"),
+            uid: 65534,
+            gid: 65534,
+            groups: Vec::new(),
+            umask: 0o022,
+            rlimits: Vec::new(),
+            hidden: Vec::new(),
+            hostname: None,
+            cgroup: None,
+            idle: false,
+            stdio: TaskStdio::default(),
+            tty: false,
+        }
+    }
+}
+
+/// The cgroup a task tree runs in.
+///
+/// The init creates `<parent>/<name>` in every hierarchy it uses (cgroup v2: the unified
+/// hierarchy; v1: the hierarchies carrying `cpu` and `memory`), sets the limits, moves
+/// the task tree's pid 1 into it before anything of the task runs, and removes it after
+/// the whole tree has exited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupSpec {
+    /// The parent group as a cgroup path (`/system.slice/herd.service`), the same in
+    /// every hierarchy; `None` means the spawner's own group in each hierarchy. On
+    /// cgroup v2 the parent must not hold processes itself once controllers are enabled
+    /// for its children (the "no internal processes" rule): run the agent in a leaf such
+    /// as `<parent>/agent`.
+    pub parent: Option<PathBuf>,
+    /// The group's name, conventionally `herd-task-<id>`.
+    pub name: String,
+    /// CPU quota in CPUs (1.5 = one and a half CPUs' worth of time per period).
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+}
+
+/// One of the task's standard streams.
+#[derive(Debug, Clone, Default)]
+pub enum StdioFd {
+    /// The spawner's own stream of the same number.
+    #[default]
+    Inherit,
+    /// `/dev/null` of the helper.
+    Null,
+    /// This file descriptor (a pipe, a socket, a PTY slave, a file); it is duplicated
+    /// for the task, so the caller keeps (and may close) its own.
+    Fd(Arc<OwnedFd>),
+}
+
+/// The task's stdin, stdout and stderr.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStdio {
+    /// Standard input (fd 0).
+    pub stdin: StdioFd,
+    /// Standard output (fd 1).
+    pub stdout: StdioFd,
+    /// Standard error (fd 2).
+    pub stderr: StdioFd,
+}
+
+/// The serialized spec sent to the init helper: bytes instead of OS strings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireSpec {
+    pub lower: Vec<u8>,
+    pub upper: Vec<u8>,
+    pub work: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub cwd: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub rlimits: Vec<(i32, u64, u64)>,
+    pub hidden: Vec<Vec<u8>>,
+    pub hostname: Option<String>,
+    pub cgroup: Option<WireCgroup>,
+    pub idle: bool,
+    pub tty: bool,
+}
+
+/// The wire form of [`CgroupSpec`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireCgroup {
+    pub parent: Option<Vec<u8>>,
+    pub name: String,
+    pub cpus: Option<f64>,
+    pub memory: Option<u64>,
+}
+
+fn bytes(p: &std::path::Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+impl WireSpec {
+    pub(crate) fn from_spec(spec: &SandboxSpec) -> Self {
+        WireSpec {
+            lower: bytes(&spec.lower),
+            upper: bytes(&spec.upper),
+            work: bytes(&spec.work),
+            argv: spec.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            cwd: bytes(&spec.cwd),
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            umask: spec.umask,
+            rlimits: spec.rlimits.clone(),
+            hidden: spec.hidden.iter().map(|p| bytes(p)).collect(),
+            hostname: spec.hostname.clone(),
+            cgroup: spec.cgroup.as_ref().map(|c| WireCgroup {
+                parent: c.parent.as_deref().map(bytes),
+                name: c.name.clone(),
+                cpus: c.cpus,
+                memory: c.memory,
+            }),
+            idle: spec.idle,
+            tty: spec.tty,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, SandboxError> {
+        postcard::to_stdvec(self).map_err(|e| SandboxError::Spec(e.to_string()))
+    }
+
+    pub(crate) fn decode(data: &[u8]) -> Result<Self, SandboxError> {
+        postcard::from_bytes(data).map_err(|e| SandboxError::Spec(e.to_string()))
+    }
+}
+
+/// Turns wire bytes back into a path.
+pub(crate) fn path(b: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(b.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spec_round_trips_non_utf8() {
+        let mut spec =
+            SandboxSpec::new("/l", "/u", "/w", vec![OsString::from_vec(vec![0xff, b'x'])]);
+        spec.hidden = vec![path(&[b'/', 0xfe])];
+        spec.cgroup = Some(CgroupSpec {
+            parent: None,
+            name: "herd-task-1".into(),
+            cpus: Some(1.5),
+            memory: Some(1 << 30),
+        });
+        let wire = WireSpec::from_spec(&spec);
+        let back = WireSpec::decode(&wire.encode().unwrap()).unwrap();
+        assert_eq!(back.argv, vec![vec![0xff, b'x']]);
+        assert_eq!(back.hidden, vec![vec![b'/', 0xfe]]);
+        assert_eq!(back.cgroup.unwrap().cpus, Some(1.5));
+    }
+}

@@ -1,0 +1,767 @@
+//! End-to-end tests of the sandbox: real namespaces, mounts, cgroups and processes.
+//!
+//! They need root (CI runs them as root) and fail, not skip, without it. Most use the
+//! machine's own root filesystem as the lower layer; some a prepared minimal root (a copy
+//! of dash and its libraries). Layers live under /tmp, which the task's private /tmp
+//! hides from it.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+
+use herd_sandbox::{
+    CgroupSpec, DEV_ENTRIES, Mode, SandboxError, SandboxSpec, StdioFd, TaskExit, TaskStdio, probe,
+    spawn,
+};
+use tempfile::TempDir;
+
+const INIT: &str = env!("CARGO_BIN_EXE_herd-sandbox-init");
+const RUN: &str = env!("CARGO_BIN_EXE_herd-sandbox-run");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the sandbox tests must run as root (they mount, unshare and set uids)"
+    );
+}
+
+/// A scratch directory under /tmp holding `upper` and `work` (and whatever else).
+struct Layers {
+    dir: TempDir,
+}
+
+impl Layers {
+    fn new() -> Layers {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("herd-sandbox-test")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(dir.path().join("upper")).unwrap();
+        fs::create_dir(dir.path().join("work")).unwrap();
+        Layers { dir }
+    }
+    fn upper(&self) -> PathBuf {
+        self.dir.path().join("upper")
+    }
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+    /// A spec with lower `lower` running `sh -c script` as nobody.
+    fn spec(&self, lower: &Path, script: &str) -> SandboxSpec {
+        SandboxSpec::new(
+            lower,
+            self.upper(),
+            self.work(),
+            argv(&["/bin/sh", "-c", script]),
+        )
+    }
+}
+
+impl Drop for Layers {
+    fn drop(&mut self) {
+        // overlayfs leaves a mode-000 work/work directory.
+        let _ = Command::new("chmod")
+            .arg("-R")
+            .arg("u+rwx")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn argv(a: &[&str]) -> Vec<OsString> {
+    a.iter().map(OsString::from).collect()
+}
+
+/// A minimal root: dash as /bin/sh with its libraries, /proc, /dev, /tmp, and the given
+/// files; everything owned by `owner`.
+fn minimal_root(base: &Path, owner: u32, files: &[(&str, &str)]) -> PathBuf {
+    let root = base.join("lower");
+    for d in [
+        "bin",
+        "lib/x86_64-linux-gnu",
+        "lib64",
+        "proc",
+        "dev",
+        "tmp",
+        "home/u",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy("/usr/bin/dash", root.join("bin/sh")).unwrap();
+    let ldd = Command::new("ldd").arg("/usr/bin/dash").output().unwrap();
+    for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+        if word.starts_with('/') {
+            let to = root.join(word.trim_start_matches('/'));
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(word, &to).unwrap();
+        }
+    }
+    for (name, content) in files {
+        let p = root.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+    Command::new("chown")
+        .arg("-R")
+        .arg(format!("{owner}:{owner}"))
+        .arg(&root)
+        .status()
+        .unwrap();
+    root
+}
+
+struct Output {
+    exit: TaskExit,
+    stdout: String,
+    stderr: String,
+}
+
+fn pipe() -> (std::io::PipeReader, Arc<OwnedFd>) {
+    let (r, w) = std::io::pipe().unwrap();
+    (r, Arc::new(OwnedFd::from(w)))
+}
+
+fn reader(mut r: std::io::PipeReader) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        s
+    })
+}
+
+/// Runs the spec to the end, capturing stdout and stderr.
+fn run(mut spec: SandboxSpec) -> Output {
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    spec.stdio = TaskStdio {
+        stdin: StdioFd::Null,
+        stdout: StdioFd::Fd(out_w),
+        stderr: StdioFd::Fd(err_w),
+    };
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap_or_else(|e| panic!("spawn: {e}"));
+    drop(spec);
+    let (out, err) = (reader(out_r), reader(err_r));
+    let exit = sandbox.wait().unwrap();
+    Output {
+        exit,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn run_ok(spec: SandboxSpec) -> String {
+    let out = run(spec);
+    assert_eq!(
+        out.exit,
+        TaskExit::Exited(0),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// A unique name for files and markers of one test.
+fn unique(tag: &str) -> String {
+    format!("herd-sbx-{tag}-{}", std::process::id())
+}
+
+/// Host pids of `sleep MARKER` processes.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.starts_with(&format!("sleep {marker}")) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn writes_land_in_upper_and_not_in_lower() {
+    let l = Layers::new();
+    let name = unique("write");
+    let mut spec = l.spec(
+        Path::new("/"),
+        &format!("echo hello > /var/tmp/{name} && echo root > /etc/{name}"),
+    );
+    spec.uid = 0;
+    spec.gid = 0;
+    run_ok(spec);
+    assert_eq!(
+        fs::read_to_string(l.upper().join("var/tmp").join(&name)).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        fs::read_to_string(l.upper().join("etc").join(&name)).unwrap(),
+        "root\n"
+    );
+    assert!(!Path::new("/var/tmp").join(&name).exists());
+    assert!(!Path::new("/etc").join(&name).exists());
+}
+
+#[test]
+fn deletes_and_renames_appear_as_whiteouts_in_upper() {
+    let l = Layers::new();
+    let data = Path::new("/var/tmp").join(unique("delete"));
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("a"), "a\n").unwrap();
+    fs::write(data.join("b"), "b\n").unwrap();
+    let d = data.display();
+    let mut spec = l.spec(
+        Path::new("/"),
+        &format!("rm {d}/a && mv {d}/b {d}/c && ls {d}"),
+    );
+    spec.uid = 0;
+    spec.gid = 0;
+    let out = run(spec);
+    let upper = l.upper().join(data.strip_prefix("/").unwrap());
+    let whiteouts: Vec<bool> = ["a", "b"]
+        .iter()
+        .map(|gone| {
+            let meta = fs::symlink_metadata(upper.join(gone)).unwrap();
+            std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) && meta.rdev() == 0
+        })
+        .collect();
+    let moved = fs::read_to_string(upper.join("c")).unwrap();
+    let lower_intact = (
+        fs::read_to_string(data.join("a")).unwrap(),
+        fs::read_to_string(data.join("b")).unwrap(),
+    );
+    fs::remove_dir_all(&data).unwrap();
+    assert_eq!(out.exit, TaskExit::Exited(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "c\n");
+    assert_eq!(whiteouts, [true, true], "a and b are 0:0 whiteouts");
+    assert_eq!(moved, "b\n");
+    assert_eq!(lower_intact, ("a\n".to_owned(), "b\n".to_owned()));
+}
+
+#[test]
+fn tmp_is_private_empty_and_not_committed() {
+    let l = Layers::new();
+    let name = unique("tmp");
+    let out = run_ok(l.spec(
+        Path::new("/"),
+        &format!("ls -A /tmp | wc -l; echo x > /tmp/{name}; ls /tmp"),
+    ));
+    assert_eq!(out, format!("0\n{name}\n"));
+    assert!(!l.upper().join("tmp").join(&name).exists());
+    assert!(!Path::new("/tmp").join(&name).exists());
+}
+
+#[test]
+fn proc_shows_only_the_task_pid_namespace() {
+    let l = Layers::new();
+    let out = run_ok(l.spec(
+        Path::new("/"),
+        "echo $$; ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '; echo; tr '\\0' ' ' < /proc/1/cmdline",
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "2", "the task is pid 2, its init pid 1");
+    let pids: Vec<u32> = lines[1]
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids[0], 1);
+    assert!(
+        pids.len() <= 6 && pids.iter().all(|&p| p < 10),
+        "pids: {pids:?}"
+    );
+    assert!(
+        lines[2].contains("herd-sandbox-init"),
+        "pid 1: {}",
+        lines[2]
+    );
+}
+
+#[test]
+fn dev_holds_exactly_the_minimal_set() {
+    let l = Layers::new();
+    let out = run(l.spec(
+        Path::new("/"),
+        "ls -A /dev; echo discard > /dev/null && head -c 3 /dev/zero | wc -c && head -c 3 /dev/urandom | wc -c; \
+         ls -A /dev/pts | tr '\\n' ' '; echo; touch /dev/new",
+    ));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(&lines[..DEV_ENTRIES.len()], DEV_ENTRIES);
+    assert_eq!(&lines[DEV_ENTRIES.len()..], ["3", "3", "ptmx "]);
+    assert_ne!(out.exit, TaskExit::Exited(0), "/dev is read-only");
+}
+
+#[test]
+fn hidden_paths_are_empty_and_unreadable() {
+    let l = Layers::new();
+    let secret = Path::new("/var/tmp").join(unique("secret"));
+    fs::create_dir_all(secret.join(".ssh")).unwrap();
+    fs::write(secret.join(".ssh/id_ed25519"), "PRIVATE").unwrap();
+    fs::write(secret.join("token"), "TOKEN").unwrap();
+    fs::write(secret.join("visible"), "ok").unwrap();
+    let s = secret.display();
+    for uid in [65534, 0] {
+        let mut spec = l.spec(
+            Path::new("/"),
+            &format!(
+                "ls -A {s}/.ssh | wc -l; cat {s}/token | wc -c; cat {s}/visible; echo; \
+                 cat {s}/.ssh/id_ed25519 2>/dev/null || echo unreadable; echo x > {s}/token || echo readonly"
+            ),
+        );
+        spec.uid = uid;
+        spec.gid = uid;
+        spec.hidden = vec![
+            secret.join(".ssh"),
+            secret.join("token"),
+            PathBuf::from("/nonexistent/secret"),
+        ];
+        let out = run(spec);
+        assert_eq!(
+            out.stdout, "0\n0\nok\nunreadable\nreadonly\n",
+            "uid {uid}: {}",
+            out.stderr
+        );
+    }
+    fs::remove_dir_all(&secret).unwrap();
+}
+
+#[test]
+fn task_runs_with_the_given_uid_gids_and_umask() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "id -u; id -g; id -G; umask");
+    spec.uid = 65534;
+    spec.gid = 65534;
+    spec.groups = vec![65534, 100];
+    spec.umask = 0o027;
+    assert_eq!(run_ok(spec), "65534\n65534\n65534 100\n0027\n");
+}
+
+#[test]
+fn cwd_and_env_are_as_given() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "pwd; env | grep -v '^PWD=' | sort");
+    spec.cwd = PathBuf::from("/usr/share");
+    spec.env = vec![
+        ("PATH".into(), "/usr/bin:/bin".into()),
+        ("HERD_TEST".into(), "a b=c".into()),
+    ];
+    assert_eq!(
+        run_ok(spec),
+        "/usr/share\nHERD_TEST=a b=c\nPATH=/usr/bin:/bin\n"
+    );
+}
+
+#[test]
+fn missing_cwd_is_a_clear_error() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "true");
+    spec.cwd = PathBuf::from("/nonexistent/dir");
+    match spawn(Path::new(INIT), &spec) {
+        Err(SandboxError::Cwd { path, message }) => {
+            assert_eq!(path, PathBuf::from("/nonexistent/dir"));
+            assert!(message.contains("No such file"), "{message}");
+        }
+        other => panic!("expected a cwd error, got {other:?}"),
+    }
+}
+
+#[test]
+fn exit_codes_pass_through_like_a_shell() {
+    let l = Layers::new();
+    assert_eq!(
+        run(l.spec(Path::new("/"), "exit 7")).exit,
+        TaskExit::Exited(7)
+    );
+    let killed = run(l.spec(Path::new("/"), "kill -TERM $$"));
+    assert_eq!(killed.exit, TaskExit::Signaled(libc::SIGTERM));
+    assert_eq!(killed.exit.code(), 143);
+
+    let mut missing = l.spec(Path::new("/"), "");
+    missing.argv = argv(&["herd-no-such-command", "x"]);
+    let out = run(missing);
+    assert_eq!(out.exit, TaskExit::Exited(127));
+    assert_eq!(
+        out.stderr,
+        "herd: herd-no-such-command: command not found\n"
+    );
+
+    let mut not_exec = l.spec(Path::new("/"), "");
+    not_exec.argv = argv(&["/etc/passwd"]);
+    assert_eq!(run(not_exec).exit, TaskExit::Exited(126));
+}
+
+#[test]
+fn a_script_without_shebang_runs_with_sh() {
+    let l = Layers::new();
+    let dir = Path::new("/var/tmp").join(unique("script"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("script"), "echo from script \"$1\"\n").unwrap();
+    fs::set_permissions(dir.join("script"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = l.spec(Path::new("/"), "");
+    spec.argv = argv(&["script", "arg one"]);
+    spec.env = vec![("PATH".into(), dir.clone().into_os_string())];
+    let out = run(spec);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.stdout, "from script arg one\n", "{}", out.stderr);
+}
+
+#[test]
+fn signals_reach_the_task() {
+    let l = Layers::new();
+    let mut spec = l.spec(
+        Path::new("/"),
+        "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
+    );
+    let (out_r, out_w) = pipe();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let mut lines = BufReader::new(out_r).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    sandbox.signal(libc::SIGUSR1).unwrap();
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(3));
+    assert_eq!(lines.next().unwrap().unwrap(), "got USR1");
+}
+
+#[test]
+fn a_background_tree_is_reaped_when_the_task_exits() {
+    let l = Layers::new();
+    let marker = format!("1000.{}1", std::process::id());
+    let mut spec = l.spec(
+        Path::new("/"),
+        &format!("sleep {marker} & setsid sleep {marker} & (sleep {marker} &) ; echo started"),
+    );
+    let (out_r, out_w) = pipe();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    spec.stdio.stderr = StdioFd::Null;
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let out = reader(out_r);
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+    assert_eq!(out.join().unwrap(), "started\n");
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+}
+
+#[test]
+fn kill_tree_kills_every_process() {
+    let l = Layers::new();
+    let marker = format!("1000.{}2", std::process::id());
+    let mut spec = l.spec(
+        Path::new("/"),
+        &format!("sleep {marker} & setsid sleep {marker} & echo ready; wait"),
+    );
+    let (out_r, out_w) = pipe();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let mut lines = BufReader::new(out_r).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // The background processes exec sleep on their own schedule: wait until both have.
+    let mut rounds = 0;
+    while processes_with(&marker).len() < 2 {
+        rounds += 1;
+        assert!(rounds < 10_000, "the task's sleeps never started");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    sandbox.handle().kill_tree();
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Signaled(libc::SIGKILL));
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+}
+
+#[test]
+fn cgroup_gets_the_limits_and_is_removed_afterwards() {
+    let l = Layers::new();
+    let name = unique("cg");
+    let mut spec = l.spec(
+        Path::new("/"),
+        "cat /proc/self/cgroup; echo ready; read line || true",
+    );
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: name.clone(),
+        cpus: Some(0.5),
+        memory: Some(256 << 20),
+    });
+    let (out_r, out_w) = pipe();
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    spec.stdio.stdin = StdioFd::Fd(Arc::new(OwnedFd::from(in_r)));
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let mut lines = BufReader::new(out_r).lines();
+    let mut inside = Vec::new();
+    loop {
+        let line = lines.next().unwrap().unwrap();
+        if line == "ready" {
+            break;
+        }
+        inside.push(line);
+    }
+    let dirs = sandbox.cgroups().to_vec();
+    assert!(!dirs.is_empty());
+    let mut saw_cpu = false;
+    let mut saw_memory = false;
+    for dir in &dirs {
+        assert!(dir.ends_with(&name), "{}", dir.display());
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs
+                .split_whitespace()
+                .any(|p| p == sandbox.pid1().to_string()),
+            "pid 1 is in {}",
+            dir.display()
+        );
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        if let Some(q) = read("cpu.cfs_quota_us") {
+            assert_eq!(q, "50000");
+            saw_cpu = true;
+        }
+        if let Some(q) = read("cpu.max") {
+            assert_eq!(q, "50000 100000");
+            saw_cpu = true;
+        }
+        if let Some(m) = read("memory.limit_in_bytes").or_else(|| read("memory.max")) {
+            assert_eq!(m, (256u64 << 20).to_string());
+            saw_memory = true;
+        }
+    }
+    assert!(saw_cpu && saw_memory, "groups: {dirs:?}");
+    assert!(
+        inside.iter().any(|l| l.ends_with(&format!("/{name}"))),
+        "inside: {inside:?}"
+    );
+    drop(in_w);
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} was removed", dir.display());
+    }
+}
+
+#[test]
+fn idle_priority_is_observed_inside() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "cat /proc/self/stat");
+    spec.idle = true;
+    let out = run_ok(spec);
+    // Fields after the command name: state is field 3, nice 19, policy 41.
+    let after = out.rsplit_once(") ").unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    assert_eq!(fields[19 - 3], "19", "nice");
+    assert_eq!(fields[41 - 3], libc::SCHED_IDLE.to_string(), "policy");
+}
+
+#[test]
+fn no_new_privs_keeps_setuid_binaries_powerless() {
+    let l = Layers::new();
+    let dir = Path::new("/var/tmp").join(unique("suid"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let id = dir.join("id");
+    fs::copy("/usr/bin/id", &id).unwrap();
+    chown(&id, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = run_ok(l.spec(
+        Path::new("/"),
+        &format!("grep NoNewPrivs /proc/self/status; {} -u", id.display()),
+    ));
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out, "NoNewPrivs:\t1\n65534\n");
+}
+
+#[test]
+fn hostname_is_the_task_own() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "hostname");
+    spec.hostname = Some("herd-task".into());
+    assert_eq!(run_ok(spec), "herd-task\n");
+}
+
+#[test]
+fn setup_failure_names_the_path() {
+    let l = Layers::new();
+    let spec = l.spec(Path::new("/nonexistent-lower"), "true");
+    match spawn(Path::new(INIT), &spec) {
+        Err(SandboxError::Setup(msg)) => assert!(msg.contains("/nonexistent-lower"), "{msg}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+}
+
+#[test]
+fn probe_as_root_says_root() {
+    let l = Layers::new();
+    assert_eq!(probe(Path::new(INIT), l.dir.path()).unwrap(), Mode::Root);
+    assert_eq!(
+        fs::read_dir(l.dir.path()).unwrap().count(),
+        2,
+        "the probe cleans up"
+    );
+}
+
+#[test]
+fn probe_says_why_not() {
+    let l = Layers::new();
+    let err = probe(Path::new("/nonexistent/herd"), l.dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SandboxError::Unsupported(_)), "{err:?}");
+    assert!(msg.contains("/nonexistent/herd"), "{msg}");
+}
+
+/// Runs `herd-sandbox-run` as uid/gid 65534 (a plain user, so the sandbox is rootless).
+fn as_nobody(args: &[&OsString]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(RUN)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rootless_mode_works_for_a_plain_user() {
+    let l = Layers::new();
+    let lower = minimal_root(l.dir.path(), 65534, &[("home/u/data", "lower data\n")]);
+    // FIXME(rootless copy-up): a directory owned by anyone but the agent's user cannot be
+    // copied up, however open its mode; this pins today's behaviour (see the crate docs).
+    fs::create_dir(lower.join("shared")).unwrap();
+    fs::set_permissions(lower.join("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(lower.join("rootfile"), "root only").unwrap();
+    fs::set_permissions(lower.join("rootfile"), fs::Permissions::from_mode(0o600)).unwrap();
+    chown(lower.join("rootfile"), Some(0), Some(0)).unwrap();
+    for d in [l.upper(), l.work()] {
+        chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let scratch = l.dir.path().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    chown(&scratch, Some(65534), Some(65534)).unwrap();
+    let probe = as_nobody(&[&"--probe".into(), &scratch.into()]);
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout),
+        "rootless\n",
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    let script = "while read k a b; do case $k in Uid:|Gid:|NoNewPrivs:) echo $k $a;; esac; done < /proc/self/status; \
+                  echo written > /home/u/out; echo more >> /home/u/data; read x < /rootfile || echo denied; \
+                  { echo x > /shared/f; } 2>/tmp/err || { read e < /tmp/err; case $e in *'Value too large'*) echo overflow;; esac; }; \
+                  echo $(echo /dev/*)";
+    let out = as_nobody(&[
+        &lower.clone().into(),
+        &l.upper().into(),
+        &l.work().into(),
+        &"1000".into(),
+        &"1000".into(),
+        &"/home/u".into(),
+        &"--".into(),
+        &"/bin/sh".into(),
+        &"-c".into(),
+        &script.into(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev: Vec<String> = DEV_ENTRIES.iter().map(|e| format!("/dev/{e}")).collect();
+    assert_eq!(
+        stdout,
+        format!(
+            "Uid: 1000\nGid: 1000\nNoNewPrivs: 1\ndenied\noverflow\n{}\n",
+            dev.join(" ")
+        )
+    );
+    let written = l.upper().join("home/u/out");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "written\n");
+    assert_eq!(
+        fs::metadata(&written).unwrap().uid(),
+        65534,
+        "files belong to the agent's user"
+    );
+    assert_eq!(
+        fs::read_to_string(l.upper().join("home/u/data")).unwrap(),
+        "lower data\nmore\n"
+    );
+    assert_eq!(
+        fs::read_to_string(lower.join("home/u/data")).unwrap(),
+        "lower data\n"
+    );
+}
+
+/// Opens a new PTY of the host: (master, slave).
+fn open_pty() -> (fs::File, OwnedFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc PTY calls; the returned descriptors are checked and owned once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0);
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(slave >= 0);
+        (fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+    }
+}
+
+#[test]
+fn tty_makes_stdin_the_controlling_terminal() {
+    let l = Layers::new();
+    for tty in [true, false] {
+        let (mut master, slave) = open_pty();
+        let slave = Arc::new(slave);
+        // Fields after the command name: tty_nr is field 7, tpgid 8, pgrp 5.
+        let mut spec = l.spec(
+            Path::new("/"),
+            "read pid comm state ppid pgrp session tty tpgid rest < /proc/self/stat; \
+             [ -t 0 ] && echo isatty; [ $tty != 0 ] && [ $tpgid = $pgrp ] && echo controlling; \
+             echo done",
+        );
+        spec.tty = tty;
+        spec.stdio = TaskStdio {
+            stdin: StdioFd::Fd(slave.clone()),
+            stdout: StdioFd::Fd(slave.clone()),
+            stderr: StdioFd::Fd(slave),
+        };
+        let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+        drop(spec);
+        let mut out = String::new();
+        let mut buf = [0u8; 256];
+        while !out.contains("done") {
+            let n = master.read(&mut buf).unwrap();
+            assert!(n > 0);
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+        let expected = if tty {
+            "isatty\r\ncontrolling\r\ndone"
+        } else {
+            "isatty\r\ndone"
+        };
+        assert_eq!(out.trim_end(), expected, "tty {tty}");
+    }
+}
