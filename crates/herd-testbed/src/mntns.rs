@@ -5,8 +5,9 @@
 //! joined by every process started on the host. Its mounts are slaves of the machine's:
 //! the host sees what the machine mounts, but what the host mounts (say, herd's FUSE
 //! view) stays on that host, visible to all its processes and to nobody else. A minimal
-//! host's namespace also holds its root's fresh `/proc` and bind-mounted `/dev` and
-//! `/sys`, mounted once when the host is made.
+//! host's namespace also holds its root as a bind mount of itself (so that, as in a
+//! container, the root its processes see is a mount point), with a fresh `/proc` and
+//! bind-mounted `/dev` and `/sys`, mounted once when the host is made.
 
 use std::ffi::CString;
 use std::fs;
@@ -68,6 +69,7 @@ const HOLDER_STEPS: &[&str] = &[
     "mounting /proc in the host root",
     "bind-mounting /dev into the host root",
     "bind-mounting /sys into the host root",
+    "bind-mounting the host root onto itself",
 ];
 
 /// Creates the mount namespace of a host and pins it at `file` (inside a directory
@@ -78,6 +80,7 @@ pub(crate) fn create(file: &Path, dir: &Path, minimal_root: Option<&Path>) -> Re
     let dir_c = cstr(dir)?;
     let minimal = match minimal_root {
         Some(root) => Some((
+            cstr(root)?,
             cstr(&root.join("proc"))?,
             cstr(&root.join("dev"))?,
             cstr(&root.join("sys"))?,
@@ -107,6 +110,24 @@ pub(crate) fn create(file: &Path, dir: &Path, minimal_root: Option<&Path>) -> Re
         unsafe {
             libc::close(release_w.as_raw_fd());
             libc::close(ready_r.as_raw_fd());
+            // This child lives as long as the host: close every descriptor it inherited
+            // from other threads (a file another test is writing would otherwise stay
+            // open for writing, and executing it would fail with ETXTBSY).
+            let (a, b) = {
+                let (x, y) = (
+                    ready_w.as_raw_fd() as libc::c_uint,
+                    release_r.as_raw_fd() as libc::c_uint,
+                );
+                (x.min(y), x.max(y))
+            };
+            let close_range = |lo: libc::c_uint, hi: libc::c_uint| {
+                if lo <= hi {
+                    libc::syscall(libc::SYS_close_range, lo, hi, 0);
+                }
+            };
+            close_range(3, a.saturating_sub(1));
+            close_range(a + 1, b - 1);
+            close_range(b + 1, libc::c_uint::MAX);
             let fail = |step: u8| -> ! {
                 let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 let mut msg = [0u8; 5];
@@ -131,12 +152,17 @@ pub(crate) fn create(file: &Path, dir: &Path, minimal_root: Option<&Path>) -> Re
             // Drop this namespace's copy of the testbed's namespace files: otherwise
             // every host's namespace would pin the namespaces of the hosts made before it.
             libc::umount2(dir_c.as_ptr(), libc::MNT_DETACH);
-            if let Some((proc_dir, dev_dir, sys_dir)) = &minimal {
+            if let Some((root_dir, proc_dir, dev_dir, sys_dir)) = &minimal {
+                // The root is a mount of its own, as a container's is: a process
+                // chrooted there sees `/` as a mount point (sandboxes need that).
+                let bind = libc::MS_BIND | libc::MS_REC;
+                if raw_mount(root_dir.as_ptr(), root_dir.as_ptr(), null, bind) != 0 {
+                    fail(6);
+                }
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 if raw_mount(proc_c.as_ptr(), proc_dir.as_ptr(), proc_c.as_ptr(), flags) != 0 {
                     fail(3);
                 }
-                let bind = libc::MS_BIND | libc::MS_REC;
                 if raw_mount(dev_c.as_ptr(), dev_dir.as_ptr(), null, bind) != 0 {
                     fail(4);
                 }

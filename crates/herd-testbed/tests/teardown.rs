@@ -172,12 +172,23 @@ fn testbed_new_fails_clearly_without_root() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let probe = dir.join("probe");
     std::fs::copy(PROBE, &probe).unwrap();
-    let out = Command::new(&probe)
-        .arg("testbed-new")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // Another test's fork may briefly hold the copy open for writing (ETXTBSY): retry.
+    let out = (0..50)
+        .find_map(|_| {
+            match Command::new(&probe)
+                .arg("testbed-new")
+                .uid(65534)
+                .gid(65534)
+                .output()
+            {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                }
+                r => Some(r.unwrap()),
+            }
+        })
+        .expect("the probe copy stayed busy");
     std::fs::remove_dir_all(&dir).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");

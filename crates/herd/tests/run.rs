@@ -1,0 +1,324 @@
+//! End-to-end tests of `herd run` on the testbed: the workstation is a host with the
+//! machine's real filesystem, the helper a host whose root holds only the herd binary.
+//! Everything the task runs (sh, python3, gcc, ...) comes from the workstation through
+//! herd's view. Needs root; fails, never skips, without it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use herd_testbed::cluster::{Node, all_see, sigterm, wait_for};
+use herd_testbed::{HostSpec, Testbed};
+
+const CONVERGE: Duration = Duration::from_secs(40);
+
+fn herd_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_herd"))
+}
+
+struct Cluster {
+    bed: Testbed,
+    agents: Vec<Child>,
+    /// A project directory on the workstation (not under /tmp: tasks get a private /tmp).
+    project: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut bed = Testbed::new().expect("the testbed needs root");
+        bed.add_host(HostSpec::real_fs("ws")).unwrap();
+        bed.add_host(HostSpec::minimal("h1", herd_bin())).unwrap();
+        let (ws, h1) = (
+            Node::new(bed.host("ws"), herd_bin()),
+            Node::new(bed.host("h1"), herd_bin()),
+        );
+        let token = ws.init();
+        let agents = vec![ws.agent(&["--no-mdns"]), h1.join(&token)];
+        wait_for("h1 alive at ws", CONVERGE, || all_see(&[ws], "h1", "alive"));
+        let project = tempfile::Builder::new()
+            .prefix("herd-run-test")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        Cluster {
+            bed,
+            agents,
+            project,
+        }
+    }
+
+    fn ws(&self) -> Node<'_> {
+        Node::new(self.bed.host("ws"), herd_bin())
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.project.path().join(rel)
+    }
+
+    /// `herd run ARGS` on the workstation, in the project directory.
+    fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let state = self.ws().state();
+        let mut argv = vec!["run", "--state", state.as_str(), "-T", "--"];
+        argv.extend_from_slice(args);
+        let mut cmd = self
+            .bed
+            .host("ws")
+            .command(herd_bin().to_str().unwrap(), &argv);
+        cmd.current_dir(self.project.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().unwrap();
+        if let Some(data) = stdin {
+            let mut si = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = si.write_all(&data);
+            });
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, None)
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.run(&["/bin/sh", "-c", script])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in &self.agents {
+            sigterm(a);
+        }
+        for a in &mut self.agents {
+            let _ = a.wait();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn the_workstations_tools_run_on_a_helper_that_has_only_herd() {
+    let c = Cluster::start();
+    // The helper's root really is empty but for herd.
+    let h1_root = c.bed.host("h1").root_dir().unwrap().to_path_buf();
+    assert!(!h1_root.join("bin/sh").exists() && !h1_root.join("usr/bin/gcc").exists());
+
+    assert_eq!(ok(&c.sh("echo $HERD_NODE")).trim(), "h1");
+    assert_eq!(ok(&c.run(&["python3", "-c", "print(6*7)"])).trim(), "42");
+
+    std::fs::write(c.p("data.txt"), "some data\n").unwrap();
+    let local = std::process::Command::new("sha256sum")
+        .arg("data.txt")
+        .current_dir(c.project.path())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&c.run(&["sha256sum", "data.txt"])), text(&local.stdout));
+
+    ok(&c.run(&["tar", "czf", "data.tgz", "data.txt"]));
+    let listing = std::process::Command::new("tar")
+        .args(["tzf", "data.tgz"])
+        .current_dir(c.project.path())
+        .output()
+        .unwrap();
+    assert_eq!(text(&listing.stdout).trim(), "data.txt");
+
+    // gcc on the helper; the binary comes back and runs on the workstation.
+    std::fs::write(
+        c.p("hello.c"),
+        "#include <stdio.h>\nint main(void){puts(\"hello from gcc\");return 0;}\n",
+    )
+    .unwrap();
+    ok(&c.run(&["gcc", "-O2", "-o", "hello", "hello.c"]));
+    let out = std::process::Command::new(c.p("hello")).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "hello from gcc");
+}
+
+#[test]
+fn exit_codes_streams_and_environment_behave_as_locally() {
+    let c = Cluster::start();
+    assert_eq!(c.sh("exit 3").status.code(), Some(3));
+    assert_eq!(c.sh("kill -TERM $$").status.code(), Some(128 + 15));
+    let missing = c.run(&["no-such-command-anywhere"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(127),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    // stdout and stderr stay apart.
+    let out = c.sh("echo out; echo err >&2");
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    // cwd, environment and umask are the workstation's.
+    let out = ok(&c.run_with(&["/bin/sh", "-c", "pwd; echo $HERD_TEST_VAR; umask"], None));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], c.project.path().to_str().unwrap());
+    assert_eq!(lines[1], "");
+    let state = c.ws().state();
+    let out = c
+        .bed
+        .host("ws")
+        .command(
+            herd_bin().to_str().unwrap(),
+            &[
+                "run",
+                "--state",
+                &state,
+                "-T",
+                "--env",
+                "HERD_TEST_VAR=v1",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo $HERD_TEST_VAR",
+            ],
+        )
+        .current_dir(c.project.path())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "v1");
+
+    // A large stdin goes through and comes back hashed.
+    let big = vec![b'x'; 20 << 20];
+    let out = c.run_with(&["sha256sum"], Some(&big));
+    let local = {
+        use std::io::Write;
+        let mut ch = std::process::Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ch.stdin.take().unwrap().write_all(&big).unwrap();
+        ch.wait_with_output().unwrap()
+    };
+    assert_eq!(ok(&out), text(&local.stdout));
+
+    // A large stdout comes back whole.
+    let out = c.sh("head -c 30000000 /dev/zero");
+    assert_eq!(ok(&out).len(), 30_000_000);
+}
+
+#[test]
+fn file_changes_are_committed_back_and_secrets_stay_hidden() {
+    let c = Cluster::start();
+    std::fs::write(c.p("keep.txt"), "keep\n").unwrap();
+    std::fs::write(c.p("edit.txt"), "v1\n").unwrap();
+    std::fs::write(c.p("gone.txt"), "bye\n").unwrap();
+    std::fs::write(c.p("old-name.txt"), "moved\n").unwrap();
+    std::fs::create_dir(c.p("dir")).unwrap();
+    std::fs::write(c.p("dir/inner.txt"), "inner\n").unwrap();
+
+    ok(&c.sh(
+        "echo v2 >> edit.txt; rm gone.txt; mv old-name.txt new-name.txt; \
+         mkdir -p made/deeper; echo deep > made/deeper/f; ln -s keep.txt link; \
+         chmod 600 keep.txt; rm -r dir; touch -d 2001-02-03T04:05:06Z dated.txt; \
+         echo scratch > /tmp/scratch-file",
+    ));
+    assert_eq!(
+        std::fs::read_to_string(c.p("edit.txt")).unwrap(),
+        "v1\nv2\n"
+    );
+    assert!(!c.p("gone.txt").exists());
+    assert!(!c.p("old-name.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(c.p("new-name.txt")).unwrap(),
+        "moved\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.p("made/deeper/f")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_link(c.p("link")).unwrap(),
+        PathBuf::from("keep.txt")
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        std::fs::metadata(c.p("keep.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(!c.p("dir").exists());
+    assert_eq!(
+        std::fs::metadata(c.p("dated.txt")).unwrap().mtime(),
+        981173106
+    );
+    // The task's /tmp is its own and is not committed.
+    assert!(!Path::new("/tmp/scratch-file").exists());
+
+    // A task cannot read the workstation's secrets: ~/.ssh is hidden.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let ssh = Path::new(&home).join(".ssh");
+    let created = !ssh.exists();
+    if created {
+        std::fs::create_dir(&ssh).unwrap();
+    }
+    std::fs::write(ssh.join("herd-test-secret"), "secret").unwrap();
+    let out = c.run(&["cat", ssh.join("herd-test-secret").to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!text(&out.stdout).contains("secret"));
+    let out = ok(&c.run(&["ls", "-a", &home]));
+    assert!(!out.lines().any(|l| l == ".ssh"), "{out}");
+    std::fs::remove_file(ssh.join("herd-test-secret")).unwrap();
+    if created {
+        std::fs::remove_dir(&ssh).unwrap();
+    }
+
+    // The helper's own files are not visible: its root holds /herd, the workstation's does not.
+    assert!(!Path::new("/herd").exists());
+    assert_ne!(c.run(&["ls", "/herd"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_cwd_that_does_not_exist_gives_a_clear_error() {
+    let c = Cluster::start();
+    let state = c.ws().state();
+    // A cwd under /tmp is the workstation's, but tasks get a private /tmp.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let out = c
+        .bed
+        .host("ws")
+        .command(
+            herd_bin().to_str().unwrap(),
+            &["run", "--state", &state, "-T", "--", "true"],
+        )
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("herd: ") && err.contains("working directory"),
+        "{err}"
+    );
+}
