@@ -555,6 +555,16 @@ impl Agent {
                 roles: self.roles.iter().map(|r| r.as_str().to_string()).collect(),
                 uptime_secs: self.started.elapsed().as_secs_f64(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                tasks_submitted: self
+                    .shared
+                    .tasks
+                    .submitted
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                fs_requests: self
+                    .shared
+                    .tasks
+                    .fs_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }),
         };
         let _ = call.reply.send(resp);

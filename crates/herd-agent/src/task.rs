@@ -47,6 +47,10 @@ struct Entry {
 
 /// The workstation's running tasks and its per-user file services.
 pub struct Tasks {
+    /// Tasks sent to helpers so far.
+    pub submitted: std::sync::atomic::AtomicU64,
+    /// File questions answered so far.
+    pub fs_requests: std::sync::atomic::AtomicU64,
     exe: PathBuf,
     extra_hidden: Vec<Vec<u8>>,
     running: Mutex<HashMap<u64, Entry>>,
@@ -58,6 +62,8 @@ impl Tasks {
     /// (herd's state directories) besides each user's secrets.
     pub fn new(exe: PathBuf, extra_hidden: Vec<Vec<u8>>) -> Self {
         Tasks {
+            submitted: Default::default(),
+            fs_requests: Default::default(),
             exe,
             extra_hidden,
             running: Mutex::new(HashMap::new()),
@@ -93,6 +99,8 @@ impl Tasks {
     /// Answers a file question from `peer` for `task`: only the node the task was sent
     /// to may ask, and only while it runs.
     pub async fn serve_fs(&self, peer: &str, task: u64, req: FsRequest) -> FsResponse {
+        self.fs_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fs = {
             let Ok(running) = self.running.lock() else {
                 return FsResponse::Errno(libc::EIO);
@@ -164,6 +172,9 @@ pub async fn run_from_cli(
     tasks: Arc<Tasks>,
 ) {
     let task: u64 = rand::random();
+    tasks
+        .submitted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (name, addr, conn) = helper;
     let result = drive(
         &mut cli, spec, caller, &name, addr, conn, endpoint, &tasks, task,

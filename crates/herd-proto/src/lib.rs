@@ -449,6 +449,10 @@ pub struct AgentStatus {
     pub uptime_secs: f64,
     /// herd version string.
     pub version: String,
+    /// Tasks this agent has sent to helpers since it started.
+    pub tasks_submitted: u64,
+    /// File questions from helpers this agent has answered since it started.
+    pub fs_requests: u64,
 }
 
 #[cfg(test)]

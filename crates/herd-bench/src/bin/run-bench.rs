@@ -1,0 +1,310 @@
+//! `herd run` against running locally and against ssh, on the testbed.
+//!
+//! Hosts: `ws` (the machine's filesystem, the workstation), `h1` (a root holding only
+//! herd, the zero-install helper), `h2` (like h1, behind a `--link-mbit` link, default
+//! 200 Mbit/s, for the bulk-read test) and, when `/usr/sbin/sshd` exists (Debian's
+//! openssh-server), `sshd` (the machine's filesystem, running sshd with key auth).
+//!
+//! Reported, each as the median of `--runs` (default 15) runs with min and max:
+//! * `true` and `python3 -c pass`: locally, through `herd run` (first run = cold, the
+//!   rest warm), and `ssh host CMD`; the overhead over local; the network round trips
+//!   on the critical path (the run request plus one per file question the workstation
+//!   answered, from `herd status --json`);
+//! * `sha256sum` of a 256 MB workstation file read on h2, against the link rate.
+//!
+//! ```sh
+//! cargo build --release -p herd -p herd-bench
+//! target/release/run-bench [--runs 15] [--link-mbit 200] [--json PATH]
+//! ```
+//!
+//! Latency is not emulated on the testbed (no netem): round trips are counted so that
+//! a reader can add their own network's RTT.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use herd_bench::{Summary, arg, herd_binary, write_json};
+use herd_testbed::cluster::{Node, all_see, sigterm, wait_for};
+use herd_testbed::{HostSpec, Testbed};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    what: String,
+    how: String,
+    time: Option<Summary>,
+    overhead_ms: Option<f64>,
+    round_trips: Option<f64>,
+    note: String,
+}
+
+fn timed(mut cmd: herd_testbed::HostCommand) -> (Duration, Output) {
+    let t = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    (t.elapsed(), out)
+}
+
+fn status_fs(ws: &Node) -> u64 {
+    let out = ws.herd(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["fs_requests"].as_u64().unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let herd = herd_binary(&args)?;
+    let runs: usize = arg(&args, "--runs", 15);
+    let mbit: u32 = arg(&args, "--link-mbit", 200);
+    let with_ssh = Path::new("/usr/sbin/sshd").exists();
+
+    let mut bed = Testbed::new()?;
+    bed.add_host(HostSpec::real_fs("ws"))?;
+    bed.add_host(HostSpec::minimal("h1", &herd))?;
+    bed.add_host(HostSpec::minimal("h2", &herd).bandwidth_mbit(mbit))?;
+    if with_ssh {
+        bed.add_host(HostSpec::real_fs("sshd"))?;
+    }
+    let n = |name: &str| Node::new(bed.host(name), &herd);
+    let (ws, h1, h2) = (n("ws"), n("h1"), n("h2"));
+    let token = ws.init();
+    let mut agents = vec![ws.agent(&["--no-mdns"]), h1.join(&token), h2.join(&token)];
+    wait_for("helpers alive", Duration::from_secs(60), || {
+        all_see(&[ws], "h1", "alive") && all_see(&[ws], "h2", "alive")
+    });
+    let project = tempfile::Builder::new()
+        .prefix("herd-bench")
+        .tempdir_in("/var/tmp")?;
+    let state = ws.state();
+    let herd_s = herd.to_str().unwrap_or("herd").to_string();
+    let run_cmd = |on: &str, cmd: &[&str]| {
+        let mut argv = vec!["run", "--state", state.as_str(), "--on", on, "-T", "--"];
+        argv.extend_from_slice(cmd);
+        let mut c = bed.host("ws").command(&herd_s, &argv);
+        c.current_dir(project.path());
+        c
+    };
+    let local_cmd = |cmd: &[&str]| {
+        let mut c = bed.host("ws").command(cmd[0], &cmd[1..]);
+        c.current_dir(project.path());
+        c
+    };
+
+    // ssh baseline: sshd on its own host with a throwaway key.
+    let ssh_dir = tempfile::tempdir()?;
+    let mut sshd = None;
+    if with_ssh {
+        let key = ssh_dir.path().join("id");
+        let hostkey = ssh_dir.path().join("hostkey");
+        for k in [&key, &hostkey] {
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(k)
+                .status()?;
+        }
+        let auth = ssh_dir.path().join("authorized_keys");
+        std::fs::copy(key.with_extension("pub"), &auth)?;
+        let host = bed.host("sshd");
+        let cfg = format!(
+            "-oHostKey={} -oAuthorizedKeysFile={} -oPasswordAuthentication=no -oStrictModes=no -oUsePAM=no -oPermitRootLogin=yes -oListenAddress={}:22 -oPidFile=none",
+            hostkey.display(),
+            auth.display(),
+            host.addr()
+        );
+        let argv: Vec<&str> = std::iter::once("-D").chain(cfg.split(' ')).collect();
+        std::fs::create_dir_all("/run/sshd")?;
+        sshd = Some(host.command("/usr/sbin/sshd", &argv).spawn()?);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ssh_cmd = |cmd: &[&str]| {
+        let target = format!("root@{}", bed.host("sshd").addr());
+        let key = ssh_dir.path().join("id");
+        let key = key.to_str().unwrap_or("").to_string();
+        let mut argv = vec![
+            "-q",
+            "-i",
+            &key,
+            "-oStrictHostKeyChecking=no",
+            "-oUserKnownHostsFile=/dev/null",
+            "-oBatchMode=yes",
+            &target,
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        argv.extend(cmd.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
+        bed.host("ws").command("/usr/bin/ssh", &argv)
+    };
+
+    let mut rows = Vec::new();
+    for (label, cmd) in [
+        ("true", vec!["true"]),
+        ("python3 -c pass", vec!["python3", "-c", "pass"]),
+    ] {
+        let mut local = Vec::new();
+        for _ in 0..runs {
+            let (t, o) = timed(local_cmd(&cmd));
+            anyhow::ensure!(o.status.success(), "local {label} failed");
+            local.push(t);
+        }
+        let local_s = Summary::of(&local);
+        let (mut cold, mut warm, mut rtts) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let before = status_fs(&ws);
+            let (t, o) = timed(run_cmd("h1", &cmd));
+            anyhow::ensure!(
+                o.status.success(),
+                "herd run {label} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let q = status_fs(&ws) - before;
+            rtts.push(Duration::from_secs_f64(1.0 + q as f64));
+            if i == 0 { cold.push(t) } else { warm.push(t) }
+        }
+        let med_local = local_s.as_ref().map(|s| s.median).unwrap_or(0.0);
+        let over = |s: &Option<Summary>| s.as_ref().map(|s| (s.median - med_local) * 1000.0);
+        let rtt = Summary::of(&rtts).map(|s| s.median);
+        rows.push(Row {
+            what: label.into(),
+            how: "local".into(),
+            time: local_s.clone(),
+            overhead_ms: None,
+            round_trips: None,
+            note: String::new(),
+        });
+        let c = Summary::of(&cold);
+        rows.push(Row {
+            what: label.into(),
+            how: "herd run, cold (first)".into(),
+            overhead_ms: over(&c),
+            time: c,
+            round_trips: rtts.first().map(|d| d.as_secs_f64()),
+            note: String::new(),
+        });
+        let w = Summary::of(&warm);
+        rows.push(Row {
+            what: label.into(),
+            how: "herd run, warm".into(),
+            overhead_ms: over(&w),
+            time: w,
+            round_trips: rtt,
+            note: "no helper-side cache yet: warm = cold".into(),
+        });
+        if with_ssh {
+            let mut s = Vec::new();
+            for _ in 0..runs {
+                let (t, o) = timed(ssh_cmd(&cmd));
+                anyhow::ensure!(
+                    o.status.success(),
+                    "ssh {label} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                s.push(t);
+            }
+            let s = Summary::of(&s);
+            rows.push(Row {
+                what: label.into(),
+                how: "ssh host CMD (key auth)".into(),
+                overhead_ms: over(&s),
+                time: s,
+                round_trips: None,
+                note: "helper has the tools installed".into(),
+            });
+        }
+    }
+
+    // Bulk read: sha256 of a 256 MB workstation file on h2 behind the limited link.
+    let big = project.path().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big)?;
+        let chunk: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        for _ in 0..256 {
+            f.write_all(&chunk)?;
+        }
+    }
+    let (t_local, _) = timed(local_cmd(&["sha256sum", "big.bin"]));
+    let (t, o) = timed(run_cmd("h2", &["sha256sum", "big.bin"]));
+    anyhow::ensure!(
+        o.status.success(),
+        "herd run sha256sum failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let link = f64::from(mbit) * 1e6 / 8.0;
+    let rate = 256.0 * 1048576.0 / t.as_secs_f64();
+    rows.push(Row {
+        what: "sha256sum 256 MB file".into(),
+        how: "local".into(),
+        time: Summary::of(&[t_local]),
+        overhead_ms: None,
+        round_trips: None,
+        note: String::new(),
+    });
+    rows.push(Row {
+        what: "sha256sum 256 MB file".into(),
+        how: format!("herd run on h2 ({mbit} Mbit/s link)"),
+        time: Summary::of(&[t]),
+        overhead_ms: None,
+        round_trips: None,
+        note: format!(
+            "{:.1} MB/s = {:.0}% of the link rate",
+            rate / 1e6,
+            100.0 * rate / link
+        ),
+    });
+
+    for a in &agents {
+        sigterm(a);
+    }
+    for a in &mut agents {
+        let _ = a.wait();
+    }
+    if let Some(mut s) = sshd {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+
+    println!("herd run on the testbed: median of {runs} runs (min-max), overhead over local");
+    println!(
+        "{:<22} {:<34} {:>9} {:>19} {:>10} {:>6}  note",
+        "command", "how", "median", "min-max", "overhead", "RTTs"
+    );
+    for r in &rows {
+        let (med, range) = match &r.time {
+            Some(s) => (
+                format!("{:.1}ms", s.median * 1000.0),
+                format!("{:.1}-{:.1}ms", s.min * 1000.0, s.max * 1000.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<22} {:<34} {:>9} {:>19} {:>10} {:>6}  {}",
+            r.what,
+            r.how,
+            med,
+            range,
+            r.overhead_ms
+                .map(|o| format!("{o:+.1}ms"))
+                .unwrap_or_default(),
+            r.round_trips.map(|x| format!("{x:.0}")).unwrap_or_default(),
+            r.note
+        );
+    }
+    if !with_ssh {
+        println!("(ssh baseline skipped: install openssh-server to include it)");
+    }
+    println!(
+        "(outrun baseline not run: it needs root and Python on every helper and is not packaged for Debian)"
+    );
+    let path = write_json(&args, "run", &rows)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
