@@ -40,6 +40,9 @@ use crate::{AgentError, net};
 /// Bytes of a file sent per `Data` frame.
 const CHUNK: usize = 256 * 1024;
 
+/// Free space below which a finished task is taken to have filled the helper's disk.
+const DISK_RESERVE: u64 = 4 << 20;
+
 struct Entry {
     helper: String,
     fs: Arc<FsClient>,
@@ -687,6 +690,28 @@ async fn run_here(
         let _ = vd;
     })
     .await;
+    // A task that filled the helper's disk may have lost writes (ENOSPC): its changes
+    // cannot be trusted, so none are committed.
+    if let Ok(st) = rustix::fs::statvfs(&upper)
+        && st.f_bavail.saturating_mul(st.f_frsize) < DISK_RESERVE
+    {
+        tracing::warn!(
+            task = format!("{task:016x}"),
+            "the task filled the disk; nothing committed"
+        );
+        out(
+            send,
+            &TaskOutput::Failed {
+                message: format!(
+                    "the helper {} ran out of disk space for the task's files (exit code {code}); nothing was committed",
+                    ctx.name
+                ),
+                code: 255,
+            },
+        )
+        .await?;
+        return Ok(());
+    }
     out(send, &TaskOutput::Exited { code }).await?;
     let up = upper.clone();
     let changes =

@@ -375,18 +375,27 @@ fn signals_reach_the_task_and_nothing_outlives_it() {
         (nix::sys::signal::Signal::SIGTERM, "TERM", 8),
         (nix::sys::signal::Signal::SIGUSR1, "USR1", 9),
     ] {
-        let script = format!("trap 'echo got {name}; exit {code}' {name}; echo ready; while :; do sleep 0.1; done");
+        let script = format!(
+            "trap 'echo got {name}; exit {code}' {name}; echo ready; while :; do sleep 0.1; done"
+        );
         let mut child = c.spawn_run(&["/bin/sh", "-c", &script]);
         assert_eq!(read_line(&mut child).trim(), "ready");
         signal(&child, sig);
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{name}: {}",
+            text(&out.stderr)
+        );
         assert!(text(&out.stdout).contains(&format!("got {name}")), "{name}");
     }
 
     // A task that leaves a background tree behind has it reaped when it exits.
     ok(&c.sh("sleep 1000 & sleep 1000 & echo started"));
-    wait_for("background tree reaped on h1", CONVERGE, || c.h1_task_processes() == 0);
+    wait_for("background tree reaped on h1", CONVERGE, || {
+        c.h1_task_processes() == 0
+    });
 
     // Killing `herd run` kills the task on the helper and removes its traces.
     let mut child = c.spawn_run(&["/bin/sh", "-c", "echo ready; sleep 1000"]);
@@ -408,7 +417,16 @@ fn a_terminal_is_given_with_dash_t() {
         .host("ws")
         .command(
             herd_bin().to_str().unwrap(),
-            &["run", "--state", &state, "-t", "--", "/bin/sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty"],
+            &[
+                "run",
+                "--state",
+                &state,
+                "-t",
+                "--",
+                "/bin/sh",
+                "-c",
+                "tty; stty size; test -t 0 && echo stdin-is-tty",
+            ],
         )
         .current_dir(c.project.path())
         .stdin(Stdio::null())
@@ -425,4 +443,57 @@ fn a_terminal_is_given_with_dash_t() {
     // Without -t (and without a local terminal) there is none.
     let stdout = ok(&c.sh("tty || true"));
     assert!(stdout.contains("not a tty"), "{stdout}");
+}
+
+#[test]
+fn a_full_disk_on_the_helper_fails_the_task_cleanly_and_commits_nothing() {
+    let c = Cluster::start();
+    // Give h1's task area a 24 MB filesystem of its own (in h1's mount namespace).
+    let h1 = c.bed.host("h1");
+    let tasks = h1.machine_path("/var/lib/herd/tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let st = std::process::Command::new("nsenter")
+        .arg(format!("--mount={}", h1.mntns_path().display()))
+        .args(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&tasks)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let out = c.sh("echo small > small.txt; head -c 64000000 /dev/zero > big.bin; echo written");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ran out of disk space") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert!(!c.p("small.txt").exists() && !c.p("big.bin").exists());
+
+    // The helper keeps serving.
+    ok(&c.sh("echo fine > after.txt"));
+    assert_eq!(std::fs::read_to_string(c.p("after.txt")).unwrap(), "fine\n");
+}
+
+#[test]
+fn a_file_deleted_while_the_task_reads_it_gives_an_error_not_a_crash() {
+    let c = Cluster::start();
+    std::fs::write(c.p("vanishing.txt"), vec![b'v'; 1 << 20]).unwrap();
+    // The task looks the file up, then (after the workstation deletes it) reads it.
+    let mut child = c.spawn_run(&[
+        "/bin/sh",
+        "-c",
+        "test -f vanishing.txt && echo found; sleep 1; cat vanishing.txt >/dev/null; echo cat=$?",
+    ]);
+    assert_eq!(read_line(&mut child).trim(), "found");
+    std::fs::remove_file(c.p("vanishing.txt")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("cat=1"), "{stdout} / {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("No such file") || err.contains("Input/output error"),
+        "{err}"
+    );
+    // Everything still works afterwards.
+    assert_eq!(ok(&c.sh("echo alive")).trim(), "alive");
 }
