@@ -56,6 +56,8 @@ pub struct AgentOptions {
     pub memory: Option<u64>,
     /// Announce and discover peers on the LAN by mDNS.
     pub mdns: bool,
+    /// Bytes of workstation files the helper keeps cached (default 4 GiB).
+    pub cache_size: Option<u64>,
 }
 
 /// Everything that can happen to the agent.
@@ -206,6 +208,20 @@ pub async fn run_agent(
             tasks_dir: dir.root().join("tasks"),
             grant: grant.clone(),
             exec: info.roles.contains(&Role::Exec),
+            cgroup_parent: match herd_sandbox::prepare_agent_cgroup("agent") {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("cannot prepare cgroups for tasks: {e}");
+                    None
+                }
+            },
+            cache: Arc::new(
+                herd_fs::cache::Cache::open(
+                    &dir.root().join("cache"),
+                    opts.cache_size.unwrap_or(4 << 30),
+                )
+                .map_err(|e| AgentError::io(&dir.root().join("cache"), e))?,
+            ),
         }),
     });
     tokio::spawn(accept_loop(shared.clone(), events.clone()));

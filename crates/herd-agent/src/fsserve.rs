@@ -143,6 +143,23 @@ fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
         FsRequest::ReadLink { path: p } => src
             .readlink(&path(&p))
             .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
+        FsRequest::Validate { items } => {
+            let stale = items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, (p, cached, digest))| {
+                    let now = src.stat(&path(&p)).ok();
+                    let now_v = now.as_ref().map(herd_proto::fs::Version::from);
+                    let listing_changed = digest.is_some_and(|d| {
+                        src.list(&path(&p))
+                            .map(|l| herd_fs::cache::listing_digest(&l) != d)
+                            .unwrap_or(true)
+                    });
+                    (now_v != cached || listing_changed).then_some((i as u32, now))
+                })
+                .collect();
+            Ok(FsResponse::Stale(stale))
+        }
     };
     r.unwrap_or_else(FsResponse::Errno)
 }

@@ -427,6 +427,10 @@ pub struct HelperCtx {
     pub grant: Grant,
     /// Whether this node has the exec role.
     pub exec: bool,
+    /// The persistent cache of workstations' files.
+    pub cache: Arc<herd_fs::cache::Cache>,
+    /// The cgroup task groups nest under (`None`: the agent's own).
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 async fn out(send: &mut quinn::SendStream, o: &TaskOutput) -> Result<(), AgentError> {
@@ -444,7 +448,7 @@ pub async fn serve_run(
     ctx: Arc<HelperCtx>,
 ) {
     let dir = ctx.tasks_dir.join(format!("{}-{task:016x}", peer.name));
-    let result = run_here(&conn, &mut send, recv, task, spec, &ctx, &dir).await;
+    let result = run_here(&conn, &peer.name, &mut send, recv, task, spec, &ctx, &dir).await;
     if let Err(e) = result {
         tracing::warn!(task = format!("{task:016x}"), from = %peer.name, "task failed: {e}");
         let _ = out(
@@ -466,8 +470,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
         .map_err(|e| AgentError::Net(format!("pipe: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_here(
     conn: &quinn::Connection,
+    ws: &str,
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
     task: u64,
@@ -485,11 +491,51 @@ async fn run_here(
     for d in [&view_dir, &upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
     }
-    let src = RemoteSource {
+    let remote = RemoteSource {
         conn: conn.clone(),
         task,
         rt: tokio::runtime::Handle::current(),
     };
+    // Validate the command's working set from earlier runs in one round trip.
+    let set_key =
+        String::from_utf8_lossy(spec.run.argv.first().map(|a| a.as_slice()).unwrap_or(b""))
+            .to_string();
+    let mut trusted = ctx.cache.working_set(ws, &set_key);
+    if !trusted.is_empty() {
+        let items = trusted
+            .iter()
+            .map(|(p, f)| {
+                (
+                    p.clone(),
+                    f.attr.as_ref().map(herd_proto::fs::Version::from),
+                    f.listing.as_deref().map(herd_fs::cache::listing_digest),
+                )
+            })
+            .collect();
+        let req = PeerRequest::Fs {
+            task,
+            req: FsRequest::Validate { items },
+        };
+        match net::request::<_, FsResponse>(conn, &req).await {
+            Ok(FsResponse::Stale(stale)) => {
+                for (i, now) in stale {
+                    if let Some(entry) = trusted.get_mut(i as usize) {
+                        entry.1 = herd_fs::cache::Fact {
+                            attr: now,
+                            ..Default::default()
+                        };
+                    }
+                }
+            }
+            _ => trusted.clear(),
+        }
+    }
+    let cached = Arc::new(herd_fs::cached::CachedSource::new(
+        remote,
+        ctx.cache.clone(),
+        trusted,
+    ));
+    let src = cached.clone();
     let vd = view_dir.clone();
     let (mounted, seen) = tokio::task::spawn_blocking(move || {
         let view = View::new(src)
@@ -519,7 +565,7 @@ async fn run_here(
     sb.hidden = spec.hidden.iter().map(|h| PathBuf::from(os(h))).collect();
     sb.idle = true;
     sb.cgroup = Some(herd_sandbox::CgroupSpec {
-        parent: None,
+        parent: ctx.cgroup_parent.clone(),
         name: format!("herd-task-{task:016x}"),
         cpus: Some(f64::from(ctx.grant.cpus)),
         memory: Some(ctx.grant.memory),
@@ -684,10 +730,10 @@ async fn run_here(
         }
     }
     let code = exit.unwrap_or(255);
-    let vd = view_dir.clone();
+    let ws_name = ws.to_string();
     let _ = tokio::task::spawn_blocking(move || {
         let _ = mounted.unmount();
-        let _ = vd;
+        cached.finish(&ws_name, &set_key);
     })
     .await;
     // A task that filled the helper's disk may have lost writes (ENOSPC): its changes

@@ -51,6 +51,7 @@ async fn start_cluster() -> Cluster {
         cpus: Some(1.0),
         memory: Some(1 << 30),
         mdns: false,
+        cache_size: None,
     };
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
@@ -231,6 +232,7 @@ async fn second_agent_on_same_state_dir_is_refused() {
         cpus: None,
         memory: None,
         mdns: false,
+        cache_size: None,
     };
     let err = run_agent(opts, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");

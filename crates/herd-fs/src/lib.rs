@@ -8,7 +8,10 @@
 //! * [`view`]: [`View`], a FUSE filesystem (fuser) over any source, mounted once per
 //!   task; what it learns is kept for the task's lifetime, and a directory listing
 //!   brings the attributes of all its entries.
-//!
+//! * [`cache`]: the helper's persistent cache of facts and contents, validated in one
+//!   round trip per task.
+//! * [`cached`]: a source that answers validated facts from the cache and asks for
+//!   the rest.
 //! * [`changes`]: a task's changes, scanned from its overlay upper layer on the helper
 //!   and committed on the workstation all at once, with conflict detection.
 //!
@@ -20,6 +23,8 @@
 
 #![deny(missing_docs)]
 
+pub mod cache;
+pub mod cached;
 pub mod changes;
 pub mod source;
 pub mod view;

@@ -70,6 +70,10 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// A cached fact to validate: path, cached version (`None`: was absent) and, for a
+/// directory whose listing is cached, the listing's digest.
+pub type CachedFact = (Vec<u8>, Option<Version>, Option<[u8; 32]>);
+
 /// A request to the workstation's file service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsRequest {
@@ -97,6 +101,13 @@ pub enum FsRequest {
         /// The link.
         path: Vec<u8>,
     },
+    /// Which of these cached facts are stale? `None` means "was absent". One round
+    /// trip validates a task's whole warm working set.
+    Validate {
+        /// Paths, the versions the helper has cached, and for a directory whose
+        /// listing is cached, the digest of that listing (see `herd_fs::listing_digest`).
+        items: Vec<CachedFact>,
+    },
 }
 
 /// The file service's answer.
@@ -110,6 +121,9 @@ pub enum FsResponse {
     Data(Vec<u8>),
     /// Answer to `ReadLink`.
     Target(Vec<u8>),
+    /// Answer to `Validate`: the indexes of the stale items with what is there now
+    /// (`None`: nothing).
+    Stale(Vec<(u32, Option<Attr>)>),
     /// The operation failed with this `errno`.
     Errno(i32),
 }

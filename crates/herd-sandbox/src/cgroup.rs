@@ -8,7 +8,9 @@
 //! * otherwise the **v2** hierarchy whose `cgroup.controllers` offers `cpu` / `memory`
 //!   gets it, with `cpu.max` and `memory.max`; the controllers are enabled in
 //!   `cgroup.subtree_control` from the root down to the parent. A v2 mount without
-//!   controllers (the "unified" mount of a hybrid machine) is not used.
+//!   controllers (the "unified" mount of a hybrid machine) serves only as the freezer.
+//! * the **freezer** is v1's `freezer` hierarchy when mounted, else the v2 hierarchy
+//!   (`cgroup.freeze` is built into v2).
 //!
 //! Errors are plain strings here: they travel to the spawner as one line.
 
@@ -100,7 +102,10 @@ fn hierarchies(
                 .map(str::to_owned)
                 .collect(),
         };
-        if controllers.is_empty() || out.iter().any(|h| h.mount == mount) {
+        // A v1 mount without controllers is a named one (name=systemd): nothing for us.
+        // A v2 mount without controllers still freezes (the unified mount of hybrids).
+        let unusable = version == Version::V1 && controllers.is_empty();
+        if unusable || out.iter().any(|h| h.mount == mount) {
             continue;
         }
         let own = proc_cgroup.lines().find_map(|l| {
@@ -132,11 +137,7 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 /// Creates the group in every hierarchy it needs and sets the limits. On error, groups
 /// already created are removed again.
 pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cgroup: read /proc/self/mountinfo: {e}"))?;
-    let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cgroup: read /proc/self/cgroup: {e}"))?;
-    let all = hierarchies(&mountinfo, &proc_cgroup, &|p| fs::read_to_string(p).ok());
+    let all = detect()?;
     if spec.name.is_empty() || spec.name.contains('/') || spec.name.starts_with('.') {
         return Err(format!("cgroup: bad group name {:?}", spec.name));
     }
@@ -156,6 +157,11 @@ pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
     if spec.memory.is_some() && mem_h.is_none() {
         return Err(no_controller("memory", &all));
     }
+    // The freezer: v1's controller, or any v2 hierarchy (freezing is built into v2).
+    let freezer_h = v1("freezer").or(v2);
+    if let Some(h) = freezer_h {
+        plan.push((h, false, false));
+    }
     for (h, is_cpu) in [(cpu_h, true), (mem_h, false)] {
         let Some(h) = h else { continue };
         match plan.iter_mut().find(|(p, _, _)| p.mount == h.mount) {
@@ -170,7 +176,7 @@ pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
         }
     }
     if plan.is_empty() {
-        return Err(no_controller("cpu or memory", &all));
+        return Err(no_controller("cpu, memory or freezer", &all));
     }
     let mut made: Vec<Group> = Vec::new();
     for (h, cpu, mem) in plan {
@@ -301,6 +307,80 @@ fn create_in(h: &Hierarchy, spec: &WireCgroup, cpu: bool, mem: bool) -> Result<G
     }
 }
 
+/// Reads this machine's hierarchies.
+fn detect() -> Result<Vec<Hierarchy>, String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cgroup: read /proc/self/mountinfo: {e}"))?;
+    let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cgroup: read /proc/self/cgroup: {e}"))?;
+    Ok(hierarchies(&mountinfo, &proc_cgroup, &|p| {
+        fs::read_to_string(p).ok()
+    }))
+}
+
+/// See [`crate::prepare_agent_cgroup`].
+pub(crate) fn prepare_agent(leaf: &str) -> Result<Option<PathBuf>, String> {
+    prepare_agent_in(&detect()?, leaf)
+}
+
+fn prepare_agent_in(all: &[Hierarchy], leaf: &str) -> Result<Option<PathBuf>, String> {
+    let has = |h: &Hierarchy| h.controllers.iter().any(|c| c == "cpu" || c == "memory");
+    if all.iter().any(|h| h.version == Version::V1 && has(h)) {
+        // v1 groups may hold processes and children alike.
+        return Ok(None);
+    }
+    let Some(h) = all.iter().find(|h| h.version == Version::V2 && has(h)) else {
+        return Ok(None);
+    };
+    let own = h.mount.join(&h.own);
+    let parent = Path::new("/").join(&h.own);
+    if h.own.as_os_str().is_empty() {
+        // The root group may hold processes and hand out controllers.
+        return Ok(Some(parent));
+    }
+    let target = own.join(leaf);
+    match fs::create_dir(&target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cgroup: create {}: {e}", target.display())),
+    }
+    let procs = fs::read_to_string(own.join("cgroup.procs"))
+        .map_err(|e| format!("cgroup: read {}: {e}", own.join("cgroup.procs").display()))?;
+    for pid in procs.split_whitespace() {
+        match fs::write(target.join("cgroup.procs"), pid) {
+            Ok(()) => {}
+            // Exited meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                return Err(format!(
+                    "cgroup: move pid {pid} to {}: {e}",
+                    target.display()
+                ));
+            }
+        }
+    }
+    Ok(Some(parent))
+}
+
+/// Freezes (`true`) or thaws the processes of the groups through whichever freezer one
+/// of them offers: v2's `cgroup.freeze` or v1's `freezer.state`. Returns whether one
+/// was found.
+pub(crate) fn freeze(dirs: &[PathBuf], frozen: bool) -> Result<bool, String> {
+    for dir in dirs {
+        let v2 = dir.join("cgroup.freeze");
+        if v2.exists() {
+            write(&v2, if frozen { "1" } else { "0" })?;
+            return Ok(true);
+        }
+        let v1 = dir.join("freezer.state");
+        if v1.exists() {
+            write(&v1, if frozen { "FROZEN" } else { "THAWED" })?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Moves process `pid` (a host pid) into every group.
 pub(crate) fn attach(groups: &[Group], pid: i32) -> Result<(), String> {
     for g in groups {
@@ -359,9 +439,14 @@ mod tests {
     const HYBRID_CG: &str = "9:name=systemd:/\n4:memory:/agent/x\n1:cpu:/\n0::/\n";
 
     #[test]
-    fn hybrid_uses_v1_with_own_paths_and_skips_empty_unified() {
+    fn hybrid_uses_v1_with_own_paths_and_keeps_the_unified_mount() {
         let h = hierarchies(HYBRID, HYBRID_CG, &|_| Some(String::new()));
-        assert_eq!(h.len(), 2);
+        assert_eq!(
+            h.len(),
+            3,
+            "cpu, memory and the unified mount; not name=systemd"
+        );
+        assert_eq!(h[2].version, Version::V2);
         assert_eq!(h[0].mount, PathBuf::from("/sys/fs/cgroup/cpu"));
         assert_eq!(h[0].own, PathBuf::from(""));
         assert_eq!(h[1].own, PathBuf::from("agent/x"));
@@ -390,6 +475,34 @@ mod tests {
         assert_eq!(read("herd.slice/cgroup.subtree_control"), "+cpu +memory");
         assert_eq!(read("herd.slice/herd-task-7/cpu.max"), "150000 100000");
         assert_eq!(read("herd.slice/herd-task-7/memory.max"), "1073741824");
+    }
+
+    #[test]
+    fn preparing_the_agent_on_v2_moves_its_processes_to_a_leaf() {
+        let root = tempfile::tempdir().unwrap();
+        let own = root.path().join("system.slice/herd.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join("cgroup.procs"), "41\n42\n").unwrap();
+        let v2 = Hierarchy {
+            version: Version::V2,
+            mount: root.path().to_path_buf(),
+            controllers: vec!["cpu".into(), "memory".into()],
+            own: PathBuf::from("system.slice/herd.service"),
+        };
+        let parent = prepare_agent_in(std::slice::from_ref(&v2), "agent").unwrap();
+        assert_eq!(parent, Some(PathBuf::from("/system.slice/herd.service")));
+        // A plain file stands in for cgroup.procs: it holds the last pid written.
+        assert_eq!(
+            fs::read_to_string(own.join("agent/cgroup.procs")).unwrap(),
+            "42"
+        );
+
+        let v1 = Hierarchy {
+            version: Version::V1,
+            controllers: vec!["cpu".into()],
+            ..v2.clone()
+        };
+        assert_eq!(prepare_agent_in(&[v1, v2], "agent").unwrap(), None);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum SandboxError {
         /// Why it could not be entered.
         message: String,
     },
+    /// A cgroup operation outside a sandbox's setup failed (freeze, thaw, preparing the
+    /// agent's group).
+    #[error("{0}")]
+    Cgroup(String),
     /// The init process died without saying why (for example killed before it reported).
     #[error("sandbox init exited unexpectedly ({0}) before the task started")]
     InitDied(String),

@@ -6,6 +6,8 @@
 //!   cgroup, enters a user namespace when not root, unshares the pid namespace and forks
 //!   the pid-1 process; moves it into the cgroup before letting it go on; then forwards
 //!   signals to it, waits for it, removes the cgroup and exits with the task's status.
+//!   The lifeline pipe raises SIGIO when the spawner's end closes; the supervisor then
+//!   kills pid 1 (and with it the whole namespace).
 //! * **pid 1** of the new pid namespace: unshares mount, IPC and UTS namespaces, builds
 //!   the root (overlay, /proc, /tmp, /dev, hidden paths), `pivot_root`s into it, forks
 //!   the task, forwards signals to it, reaps every orphan, and exits with the task's
@@ -20,7 +22,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -154,12 +156,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", errno_str(e)))
 }
 
-/// Entry point after re-exec: `argv = [exe, INIT_ARG, spec_fd, status_fd]`.
+/// Entry point after re-exec: `argv = [exe, INIT_ARG, spec_fd, status_fd, lifeline_fd]`.
 pub(crate) fn main() -> ! {
     block_signals();
     let args: Vec<OsString> = std::env::args_os().collect();
     let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
-    let (Some(spec_fd), Some(status_fd)) = (fd(2), fd(3)) else {
+    let (Some(spec_fd), Some(status_fd), Some(lifeline)) = (fd(2), fd(3), fd(4)) else {
         eprintln!("herd-sandbox: this entry point is started by the herd agent, not by hand");
         exit(EXIT_SETUP_FAILED);
     };
@@ -176,10 +178,30 @@ pub(crate) fn main() -> ! {
         Ok(s) => s,
         Err(e) => status.fail(&e.to_string()),
     };
-    supervisor(&spec, status)
+    supervisor(&spec, status, lifeline)
 }
 
-fn supervisor(spec: &WireSpec, status: Status) -> ! {
+/// Arms the lifeline: SIGIO arrives when the spawner's end closes.
+fn arm_lifeline(fd: RawFd) {
+    set_cloexec(fd);
+    // SAFETY: fcntl on our own descriptor with integer arguments.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC | libc::O_NONBLOCK);
+    }
+}
+
+/// Whether the spawner is gone: its end of the lifeline is closed (read sees EOF).
+fn spawner_gone(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a valid buffer.
+    let n = unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+    n == 0
+}
+
+fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd) -> ! {
+    arm_lifeline(lifeline);
     // Detach from the agent's session: its terminal's signals are not the task's.
     // SAFETY: setsid has no preconditions.
     unsafe { libc::setsid() };
@@ -264,6 +286,12 @@ fn supervisor(spec: &WireSpec, status: Status) -> ! {
             drop(go);
             null_stdio();
             let code = loop {
+                // Checked first, so a spawner that died before the lifeline was armed
+                // is noticed too.
+                if spawner_gone(lifeline) {
+                    // SAFETY: kill with our unreaped child's pid; its namespace dies with it.
+                    unsafe { libc::kill(child.as_raw(), libc::SIGKILL) };
+                }
                 let sig = wait_signal();
                 if sig == libc::SIGCHLD {
                     match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -274,6 +302,9 @@ fn supervisor(spec: &WireSpec, status: Status) -> ! {
                         }
                         _ => continue,
                     }
+                }
+                if sig == libc::SIGIO && spawner_gone(lifeline) {
+                    continue;
                 }
                 // SAFETY: kill with a pid we own (our unreaped child) and a signal number.
                 unsafe { libc::kill(child.as_raw(), sig) };
@@ -335,6 +366,23 @@ fn absolute(p: &Path, what: &str) -> Result<PathBuf, String> {
     fs::canonicalize(p).map_err(|e| format!("{what} {}: {e}", p.display()))
 }
 
+/// The root directory of an overlay takes its owner and mode from the upper layer: make
+/// them the lower root's, so that an upper made with mode 0700 by the agent does not lock
+/// the task out of `/`. (Rootless: the owner cannot be changed; the mode is.)
+fn match_root_attributes(lower: &Path, upper: &Path, rootless: bool) -> Result<(), String> {
+    let want = fs::metadata(lower).map_err(|e| format!("stat lower {}: {e}", lower.display()))?;
+    let have = fs::metadata(upper).map_err(|e| format!("stat upper {}: {e}", upper.display()))?;
+    if !rootless && (have.uid() != want.uid() || have.gid() != want.gid()) {
+        std::os::unix::fs::chown(upper, Some(want.uid()), Some(want.gid()))
+            .map_err(|e| format!("chown upper {}: {e}", upper.display()))?;
+    }
+    if have.mode() & 0o7777 != want.mode() & 0o7777 {
+        fs::set_permissions(upper, fs::Permissions::from_mode(want.mode() & 0o7777))
+            .map_err(|e| format!("chmod upper {}: {e}", upper.display()))?;
+    }
+    Ok(())
+}
+
 /// Builds the task's root at `work` (overlay + /proc + /tmp + /dev) and pivots into it.
 fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     mount(
@@ -348,6 +396,7 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     let lower = absolute(&path(&spec.lower), "lower")?;
     let upper = absolute(&path(&spec.upper), "upper")?;
     let work = absolute(&path(&spec.work), "work")?;
+    match_root_attributes(&lower, &upper, rootless)?;
     let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         escape_overlay(&lower),
@@ -398,8 +447,21 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     )?;
     for name in DEVICES {
         let target = dev.join(name);
-        fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
         let host = Path::new("/dev").join(name);
+        if !rootless {
+            // As root, a device node of the same number (cheaper than a bind mount).
+            let meta = fs::metadata(&host).map_err(|e| format!("stat {}: {e}", host.display()))?;
+            let c = CString::new(target.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("bad path {}", target.display()))?;
+            // SAFETY: c is a NUL-terminated path; mode and device are plain integers.
+            let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, meta.rdev()) };
+            if made == 0 {
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o666))
+                    .map_err(|e| format!("chmod {}: {e}", target.display()))?;
+                continue;
+            }
+        }
+        fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
         mnt(
             host.to_str().unwrap_or("/dev/null"),
             &target,

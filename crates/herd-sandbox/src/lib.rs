@@ -11,15 +11,19 @@
 //!
 //! The agent is a threaded async daemon, and `unshare`/`fork` do not mix with threads.
 //! So [`spawn`] only starts a fresh process: `helper_exe __sandbox-init SPEC_FD
-//! STATUS_FD` (the herd binary re-executing itself, `/proc/self/exe`), hands it the
-//! serialized [`SandboxSpec`] on one pipe and reads one-line reports from it on another.
+//! STATUS_FD LIFELINE_FD` (the herd binary re-executing itself, `/proc/self/exe`), hands
+//! it the serialized [`SandboxSpec`] on one pipe, reads one-line reports from it on
+//! another, and holds the write end of a third, the *lifeline*: if the spawner dies
+//! without waiting for the sandbox (an agent crash), the lifeline closes and the
+//! supervisor kills the task tree, so no task outlives its agent.
 //! The herd binary's `main()` calls [`init_main`] first thing when `argv[1]` is
 //! [`INIT_ARG`]. Then, single-threaded:
 //!
 //! 1. **Supervisor** (the spawner's child, [`Sandbox::pid`]): creates the cgroup
 //!    `<parent>/<name>` with `cpu.max`/`memory.max` (v2) or `cpu.cfs_quota_us` /
 //!    `memory.limit_in_bytes` (v1, nested under the agent's own group of each
-//!    hierarchy); when not root, enters a new user namespace (see *Rootless* below);
+//!    hierarchy, plus the v1 `freezer` hierarchy or the v2 mount for
+//!    [`SandboxHandle::freeze`]); when not root, enters a new user namespace (see *Rootless* below);
 //!    unshares the pid namespace and forks **pid 1**, which it moves into the cgroup
 //!    before letting it continue. It forwards signals to pid 1, waits for it, removes
 //!    the cgroup and exits with the task's status.
@@ -47,7 +51,8 @@
 //! * `/tmp`: a private, empty tmpfs per task, **not** committed back and gone when the
 //!   task ends (sized by the kernel default, half of RAM, and charged to the cgroup).
 //! * `/dev`: a read-only tmpfs holding exactly `null`, `zero`, `full`, `random`,
-//!   `urandom`, `tty` (the helper's devices, bind-mounted), `pts` (a new devpts
+//!   `urandom`, `tty` (nodes of the helper's devices; bind mounts of them when
+//!   rootless), `pts` (a new devpts
 //!   instance), `ptmx` (→ `pts/ptmx`), `shm` (a private tmpfs) and the symlinks `fd`,
 //!   `stdin`, `stdout`, `stderr` into `/proc/self/fd` ([`DEV_ENTRIES`]).
 //! * The helper's network (there is no network namespace), its own IPC namespace and
@@ -138,8 +143,9 @@
 //!
 //! # Known gaps
 //!
-//! * The supervisor does not die with the agent: an agent that crashes leaves running
-//!   sandboxes behind (kill them by their `herd-task-*` cgroups on restart).
+//! * An agent that crashes takes its tasks with it (the lifeline), but their upper and
+//!   work directories and any cgroup left by a supervisor killed with SIGKILL remain for
+//!   the restarted agent to clean up.
 //! * With a PTY from the helper's devpts, `ttyname()` inside the task does not resolve
 //!   (the task has its own devpts instance); `/dev/tty` works.
 //! * [`spawn`] blocks until the task has been exec'd; a lower layer that hangs (an
@@ -199,6 +205,21 @@ pub fn init_if_requested() {
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
         init_main()
     }
+}
+
+/// Prepares the agent's own cgroup for nesting task groups, and returns the parent to
+/// put in [`CgroupSpec::parent`].
+///
+/// On cgroup v2 a group that holds processes cannot hand controllers to children (the
+/// "no internal processes" rule), so task groups cannot nest under the agent's own
+/// group (`/system.slice/herd.service`, say) while the agent runs in it. This moves every
+/// process of that group into a leaf child named `leaf` (conventionally `"agent"`)
+/// and returns the group itself, under which tasks then get their limits. Call it once
+/// at agent startup, before starting sandboxes. On cgroup v1 or hybrid machines (v1
+/// groups may hold processes and children alike) it does nothing and returns `None`,
+/// which is also the right [`CgroupSpec::parent`] there.
+pub fn prepare_agent_cgroup(leaf: &str) -> Result<Option<std::path::PathBuf>, SandboxError> {
+    cgroup::prepare_agent(leaf).map_err(SandboxError::Cgroup)
 }
 
 /// How this agent runs sandboxes.

@@ -47,6 +47,8 @@ impl TaskExit {
 struct Pids {
     init: OwnedFd,
     pid1: Option<OwnedFd>,
+    /// The task's cgroup directories (for the freezer).
+    cgroups: Vec<PathBuf>,
 }
 
 /// A cloneable, thread-safe handle to signal or kill a running sandbox from another
@@ -114,6 +116,29 @@ impl SandboxHandle {
             .map_err(|e| SandboxError::io("signal", format!("sandbox ({sig})"), e))
     }
 
+    /// Suspends every process of the task tree at once through the cgroup freezer (v2
+    /// `cgroup.freeze`, or the v1 `freezer` hierarchy), for example while the helper's
+    /// owner needs the machine. Needs a [`crate::CgroupSpec`]; signals sent meanwhile are
+    /// delivered after [`SandboxHandle::thaw`].
+    pub fn freeze(&self) -> Result<(), SandboxError> {
+        self.set_frozen(true)
+    }
+
+    /// Resumes a task tree suspended by [`SandboxHandle::freeze`].
+    pub fn thaw(&self) -> Result<(), SandboxError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), SandboxError> {
+        match cgroup::freeze(&self.pids.cgroups, frozen) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SandboxError::Cgroup(
+                "the task has no cgroup with a freezer (give it a CgroupSpec)".into(),
+            )),
+            Err(e) => Err(SandboxError::Cgroup(e)),
+        }
+    }
+
     /// Kills the whole task tree at once: SIGKILL to the namespace's pid 1, which makes
     /// the kernel kill every process in the namespace. The supervisor then removes the
     /// cgroup and exits; [`Sandbox::wait`] reports `Signaled(9)`.
@@ -128,6 +153,8 @@ impl SandboxHandle {
                 let _ = pidfd_signal(&self.pids.init, libc::SIGKILL);
             }
         }
+        // A v1-frozen process only dies once thawed.
+        let _ = cgroup::freeze(&self.pids.cgroups, false);
     }
 }
 
@@ -140,11 +167,14 @@ pub struct Sandbox {
     cgroups: Vec<PathBuf>,
     pid1: i32,
     waited: bool,
+    /// Held open while the sandbox is ours; see `spawn`.
+    _lifeline: OwnedFd,
 }
 
 impl Drop for Sandbox {
     /// A sandbox dropped without [`Sandbox::wait`] is killed (the whole tree) and reaped,
-    /// so losing track of a task never leaves it running.
+    /// so losing track of a task never leaves it running. Dropping blocks until the
+    /// supervisor has exited (normally a few milliseconds).
     fn drop(&mut self) {
         if !self.waited {
             self.kill_tree();
@@ -265,7 +295,7 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// exec'd.
 ///
 /// Safe to call from a multi-threaded program: the only work between fork and exec is
-/// clearing the close-on-exec flag of the two pipes passed to the helper. Blocks while
+/// clearing the close-on-exec flag of the three pipes passed to the helper. Blocks while
 /// the sandbox is set up (mounting the overlay may wait on the FUSE lower layer).
 ///
 /// Errors: [`SandboxError::Setup`] or [`SandboxError::Cwd`] when the init reports a
@@ -280,11 +310,15 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
     let data = WireSpec::from_spec(spec).encode()?;
     let (spec_r, spec_w) = cloexec_pipe()?;
     let (status_r, status_w) = cloexec_pipe()?;
-    let passed = [spec_r.as_raw_fd(), status_w.as_raw_fd()];
+    // The lifeline: the supervisor kills the tree when its write end (ours) closes, that
+    // is when the spawner dies without waiting for the sandbox.
+    let (life_r, life_w) = cloexec_pipe()?;
+    let passed = [spec_r.as_raw_fd(), status_w.as_raw_fd(), life_r.as_raw_fd()];
     let mut cmd = Command::new(helper_exe);
     cmd.arg(INIT_ARG)
         .arg(passed[0].to_string())
         .arg(passed[1].to_string())
+        .arg(passed[2].to_string())
         .env_clear()
         .stdin(stdio(&spec.stdio.stdin)?)
         .stdout(stdio(&spec.stdio.stdout)?)
@@ -306,6 +340,7 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
         .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
     drop(spec_r);
     drop(status_w);
+    drop(life_r);
     let init = match pidfd_open(child.id() as i32) {
         Ok(fd) => fd,
         Err(e) => {
@@ -373,11 +408,13 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
             pids: Arc::new(Pids {
                 init,
                 pid1: pid1_fd,
+                cgroups: cgroups.clone(),
             }),
         },
         status,
         cgroups,
         pid1,
         waited: false,
+        _lifeline: life_w,
     })
 }

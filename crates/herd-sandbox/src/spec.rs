@@ -112,7 +112,7 @@ pub struct CgroupSpec {
     /// every hierarchy; `None` means the spawner's own group in each hierarchy. On
     /// cgroup v2 the parent must not hold processes itself once controllers are enabled
     /// for its children (the "no internal processes" rule): run the agent in a leaf such
-    /// as `<parent>/agent`.
+    /// as `<parent>/agent`, which [`crate::prepare_agent_cgroup`] arranges.
     pub parent: Option<PathBuf>,
     /// The group's name, conventionally `herd-task-<id>`.
     pub name: String,

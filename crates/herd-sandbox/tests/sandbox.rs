@@ -217,6 +217,35 @@ fn writes_land_in_upper_and_not_in_lower() {
 }
 
 #[test]
+fn a_private_upper_directory_does_not_lock_the_task_out_of_root() {
+    let l = Layers::new();
+    fs::set_permissions(l.upper(), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(run_ok(l.spec(Path::new("/"), "stat -c %a /")), "755\n");
+}
+
+#[test]
+fn many_sandboxes_start_concurrently_from_a_threaded_spawner() {
+    let layers: Vec<Layers> = (0..8).map(|_| Layers::new()).collect();
+    let exits: Vec<(TaskExit, String)> = thread::scope(|s| {
+        let runs: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                s.spawn(move || {
+                    let out = run(l.spec(Path::new("/"), &format!("echo {i}; exit {i}")));
+                    (out.exit, out.stdout)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (i, (exit, stdout)) in exits.into_iter().enumerate() {
+        assert_eq!(exit, TaskExit::Exited(i as i32));
+        assert_eq!(stdout, format!("{i}\n"));
+    }
+}
+
+#[test]
 fn deletes_and_renames_appear_as_whiteouts_in_upper() {
     let l = Layers::new();
     let data = Path::new("/var/tmp").join(unique("delete"));
@@ -336,6 +365,40 @@ fn hidden_paths_are_empty_and_unreadable() {
         );
     }
     fs::remove_dir_all(&secret).unwrap();
+}
+
+#[test]
+fn a_hidden_symlink_hides_its_target_in_the_view() {
+    let l = Layers::new();
+    let secret = Path::new("/var/tmp").join(unique("symlinked-secret"));
+    fs::create_dir_all(secret.join("real-ssh")).unwrap();
+    fs::write(secret.join("real-ssh/id_rsa"), "PRIVATE").unwrap();
+    std::os::unix::fs::symlink("real-ssh", secret.join(".ssh")).unwrap();
+    let mut spec = l.spec(
+        Path::new("/"),
+        &format!("ls -A {}/real-ssh | wc -l", secret.display()),
+    );
+    spec.hidden = vec![secret.join(".ssh")];
+    let out = run(spec);
+    fs::remove_dir_all(&secret).unwrap();
+    assert_eq!(out.stdout, "0\n", "{}", out.stderr);
+}
+
+#[test]
+fn arguments_and_environment_need_not_be_utf8() {
+    use std::os::unix::ffi::OsStringExt;
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "");
+    spec.argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "printf '%s|%s' \"$1\" \"$HERD_BYTES\" | od -An -tx1".into(),
+        "sh".into(),
+        OsString::from_vec(vec![0xff, b'a']),
+    ];
+    spec.env
+        .push(("HERD_BYTES".into(), OsString::from_vec(vec![0xfe])));
+    assert_eq!(run_ok(spec).trim(), "ff 61 7c fe");
 }
 
 #[test]
@@ -482,6 +545,45 @@ fn kill_tree_kills_every_process() {
 }
 
 #[test]
+fn a_spawner_that_dies_takes_its_sandboxes_with_it() {
+    let l = Layers::new();
+    let marker = format!("1000.{}3", std::process::id());
+    let mut spawner = Command::new(RUN)
+        .args([
+            "/".as_ref(),
+            l.upper().as_os_str(),
+            l.work().as_os_str(),
+            "65534".as_ref(),
+            "65534".as_ref(),
+            "/".as_ref(),
+            "--".as_ref(),
+            "/bin/sh".as_ref(),
+            "-c".as_ref(),
+            std::ffi::OsStr::new(&format!("sleep {marker} & echo ready; wait")),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(spawner.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut rounds = 0;
+    while processes_with(&marker).is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000, "the task's sleep never started");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    spawner.kill().unwrap();
+    spawner.wait().unwrap();
+    // The supervisor notices the closed lifeline and kills the tree: wait for it.
+    let mut rounds = 0;
+    while !processes_with(&marker).is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000, "the task outlived its spawner");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
 fn cgroup_gets_the_limits_and_is_removed_afterwards() {
     let l = Layers::new();
     let name = unique("cg");
@@ -489,8 +591,22 @@ fn cgroup_gets_the_limits_and_is_removed_afterwards() {
         Path::new("/"),
         "cat /proc/self/cgroup; echo ready; read line || true",
     );
+    // On a pure cgroup v2 machine the test's own group holds processes, so it cannot
+    // hand controllers to children ("no internal processes"): use a fresh parent under
+    // the root instead. On v1 (and hybrid) machines nest under the test's own groups.
+    let pure_v2 = fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .all(|l| l.starts_with("0::"));
+    let v2_parent = pure_v2.then(|| {
+        let p = PathBuf::from("/sys/fs/cgroup").join(unique("parent"));
+        fs::create_dir(&p).unwrap();
+        p
+    });
     spec.cgroup = Some(CgroupSpec {
-        parent: None,
+        parent: v2_parent
+            .as_ref()
+            .map(|p| Path::new("/").join(p.file_name().unwrap())),
         name: name.clone(),
         cpus: Some(0.5),
         memory: Some(256 << 20),
@@ -552,6 +668,89 @@ fn cgroup_gets_the_limits_and_is_removed_afterwards() {
     for dir in &dirs {
         assert!(!dir.exists(), "{} was removed", dir.display());
     }
+    if let Some(p) = v2_parent {
+        fs::remove_dir(p).unwrap();
+    }
+}
+
+#[test]
+fn freeze_suspends_the_whole_tree_until_thaw() {
+    let l = Layers::new();
+    let mut spec = l.spec(
+        Path::new("/"),
+        "sleep 1000 & echo ready; read line; echo after",
+    );
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: unique("freeze"),
+        cpus: None,
+        memory: None,
+    });
+    let (out_r, out_w) = pipe();
+    let (in_r, mut in_w) = std::io::pipe().unwrap();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    spec.stdio.stdin = StdioFd::Fd(Arc::new(OwnedFd::from(in_r)));
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let mut lines = BufReader::new(out_r).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let handle = sandbox.handle();
+    handle.freeze().unwrap();
+    // Wait until the kernel reports the tree frozen (v1 passes through FREEZING).
+    let frozen = |dir: &Path| {
+        let v1 = fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
+        let v2 = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        v1.trim() == "FROZEN" || v2.lines().any(|l| l == "frozen 1")
+    };
+    let mut rounds = 0;
+    while !sandbox.cgroups().iter().any(|d| frozen(d)) {
+        rounds += 1;
+        assert!(rounds < 10_000, "the tree never froze");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::io::Write::write_all(&mut in_w, b"go\n").unwrap();
+    handle.thaw().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "after");
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+}
+
+#[test]
+fn kill_tree_kills_a_frozen_tree() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "echo ready; sleep 1000");
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: unique("frozen-kill"),
+        cpus: None,
+        memory: None,
+    });
+    let (out_r, out_w) = pipe();
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    assert_eq!(
+        BufReader::new(out_r).lines().next().unwrap().unwrap(),
+        "ready"
+    );
+    sandbox.handle().freeze().unwrap();
+    sandbox.kill_tree();
+    let dirs = sandbox.cgroups().to_vec();
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Signaled(libc::SIGKILL));
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+}
+
+#[test]
+fn freeze_without_a_cgroup_says_why() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "read line");
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    spec.stdio.stdin = StdioFd::Fd(Arc::new(OwnedFd::from(in_r)));
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let err = sandbox.handle().freeze().unwrap_err();
+    assert!(err.to_string().contains("no cgroup"), "{err}");
+    drop(in_w);
+    sandbox.wait().unwrap();
 }
 
 #[test]

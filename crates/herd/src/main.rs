@@ -91,6 +91,9 @@ enum Command {
         /// Do not announce or discover peers on the LAN by mDNS
         #[arg(long)]
         no_mdns: bool,
+        /// Bytes of workstation files a helper keeps cached, e.g. 10G
+        #[arg(long, value_name = "SIZE", default_value = "4G")]
+        cache_size: String,
     },
     /// Print a new join token; list or revoke tokens (on the node that ran `herd init`).
     Token {
@@ -228,8 +231,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cpus,
             memory,
             no_mdns,
+            cache_size,
         } => {
             init_logging();
+            let cache_size = host::parse_size(&cache_size).ok_or_else(|| {
+                AgentError::Usage(format!("invalid --cache-size {cache_size:?}: use e.g. 4G"))
+            })?;
             let memory = match memory {
                 Some(m) => Some(host::parse_size(&m).ok_or_else(|| {
                     AgentError::Usage(format!("invalid --memory {m:?}: use e.g. 512M or 4G"))
@@ -253,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cpus,
                 memory,
                 mdns: !no_mdns,
+                cache_size: Some(cache_size),
             };
             runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
             Ok(ExitCode::SUCCESS)
