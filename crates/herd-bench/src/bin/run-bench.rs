@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             overhead_ms: over(&w),
             time: w,
             round_trips: rtt,
-            note: "no helper-side cache yet: warm = cold".into(),
+            note: "working set validated in one round trip".into(),
         });
         if with_ssh {
             let mut s = Vec::new();
