@@ -481,6 +481,7 @@ async fn run_here(
     ctx: &HelperCtx,
     dir: &Path,
 ) -> Result<(), AgentError> {
+    let t0 = std::time::Instant::now();
     if !ctx.exec {
         return Err(AgentError::Net(format!(
             "{} does not execute tasks (no exec role)",
@@ -530,6 +531,7 @@ async fn run_here(
             _ => trusted.clear(),
         }
     }
+    let t_validated = t0.elapsed();
     let cached = Arc::new(herd_fs::cached::CachedSource::new(
         remote,
         ctx.cache.clone(),
@@ -611,6 +613,7 @@ async fn run_here(
         stderr: task_err,
     };
     let exe = ctx.exe.clone();
+    let t_mounted = t0.elapsed();
     let sandbox = tokio::task::spawn_blocking(move || {
         let r = herd_sandbox::spawn(&exe, &sb);
         drop(sb); // close our copies of the task's ends
@@ -637,6 +640,7 @@ async fn run_here(
             return Ok(());
         }
     };
+    let t_started = t0.elapsed();
     let handle = sandbox.handle();
     out(
         send,
@@ -730,6 +734,7 @@ async fn run_here(
         }
     }
     let code = exit.unwrap_or(255);
+    let t_exited = t0.elapsed();
     let ws_name = ws.to_string();
     let _ = tokio::task::spawn_blocking(move || {
         let _ = mounted.unmount();
@@ -782,5 +787,14 @@ async fn run_here(
         }
     }
     out(send, &TaskOutput::Done).await?;
+    tracing::debug!(
+        task = format!("{task:016x}"),
+        validated_ms = t_validated.as_secs_f64() * 1e3,
+        mounted_ms = t_mounted.as_secs_f64() * 1e3,
+        started_ms = t_started.as_secs_f64() * 1e3,
+        exited_ms = t_exited.as_secs_f64() * 1e3,
+        done_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "task phases"
+    );
     Ok(())
 }
