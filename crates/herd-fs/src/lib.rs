@@ -12,6 +12,7 @@
 //!   round trip per task.
 //! * [`cached`]: a source that answers validated facts from the cache and asks for
 //!   the rest.
+//! * [`elf`]: the dynamic-loading closure of an executable, sent to a helper at once.
 //! * [`changes`]: a task's changes, scanned from its overlay upper layer on the helper
 //!   and committed on the workstation all at once, with conflict detection.
 //!
@@ -26,6 +27,7 @@
 pub mod cache;
 pub mod cached;
 pub mod changes;
+pub mod elf;
 pub mod source;
 pub mod view;
 
