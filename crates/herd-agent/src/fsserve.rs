@@ -143,6 +143,7 @@ fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
         FsRequest::ReadLink { path: p } => src
             .readlink(&path(&p))
             .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
+        FsRequest::Prefetch { path: p } => Ok(FsResponse::Bundle(src.prefetch_closure(&path(&p)))),
         FsRequest::Validate { items } => {
             let stale = items
                 .into_iter()

@@ -104,6 +104,7 @@ impl Tasks {
     pub async fn serve_fs(&self, peer: &str, task: u64, req: FsRequest) -> FsResponse {
         self.fs_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!(%peer, task = format!("{task:016x}"), ?req, "file question");
         let fs = {
             let Ok(running) = self.running.lock() else {
                 return FsResponse::Errno(libc::EIO);
@@ -402,6 +403,14 @@ impl Source for RemoteSource {
             FsResponse::Data(d) => Ok(d),
             FsResponse::Errno(e) => Err(e),
             _ => Err(libc::EIO),
+        }
+    }
+    fn prefetch(&self, path: &Path) -> Vec<herd_proto::fs::Prefetched> {
+        match self.ask(FsRequest::Prefetch {
+            path: path_bytes(path),
+        }) {
+            FsResponse::Bundle(items) => items,
+            _ => Vec::new(),
         }
     }
     fn readlink(&self, path: &Path) -> Result<PathBuf, i32> {

@@ -87,6 +87,29 @@ impl<S: Source> CachedSource<S> {
         let _ = self.cache.save();
     }
 
+    fn take_prefetch(&self, path: &Path) {
+        for item in self.inner.prefetch(path) {
+            let blob = item
+                .data
+                .as_deref()
+                .and_then(|d| self.cache.put(d).ok())
+                .map(|(h, _)| h);
+            let p = item.path.clone();
+            // Facts about other paths become known (trusted for this task) without
+            // counting as used until the task looks them up.
+            if let Ok(mut k) = self.known.lock() {
+                let f = k.entry(p).or_default();
+                f.attr = item.attr;
+                if item.target.is_some() {
+                    f.target = item.target.clone();
+                }
+                if blob.is_some() {
+                    f.blob = blob;
+                }
+            }
+        }
+    }
+
     fn fetch_whole(&self, path: &Path, size: u64) -> Result<PathBuf, Errno> {
         let mut data = Vec::with_capacity(size as usize);
         loop {
@@ -125,18 +148,31 @@ impl<S: Source> Source for CachedSource<S> {
 
     fn list(&self, path: &Path) -> Result<Vec<DirEntry>, Errno> {
         let k = key(path);
-        if let Some(l) = self.fact(&k).and_then(|f| f.listing) {
-            self.touch(&k);
-            return Ok(l);
-        }
-        let entries = self.inner.list(path)?;
-        // The entries' attributes are fresh too: trust them for this task.
-        for e in &entries {
-            let child = path.join(std::ffi::OsStr::from_bytes(&e.name));
-            let attr = e.attr;
-            if let Ok(mut known) = self.known.lock() {
-                known.entry(key(&child)).or_default().attr = Some(attr);
+        let cached = self.fact(&k).and_then(|f| f.listing);
+        let from_cache = cached.is_some();
+        let entries = match cached {
+            Some(l) => {
+                self.touch(&k);
+                l
             }
+            None => self.inner.list(path)?,
+        };
+        // The entries' attributes are current (fresh, or validated with the listing's
+        // digest): trust them for this task, keeping what else is known about them.
+        if let Ok(mut known) = self.known.lock() {
+            for e in &entries {
+                let child = key(&path.join(std::ffi::OsStr::from_bytes(&e.name)));
+                let f = known.entry(child).or_default();
+                if f.attr.map(|a| herd_proto::fs::Version::from(&a)) != Some((&e.attr).into()) {
+                    *f = Fact {
+                        attr: Some(e.attr),
+                        ..Default::default()
+                    };
+                }
+            }
+        }
+        if from_cache {
+            return Ok(entries);
         }
         let l = entries.clone();
         self.learn(k, |f| f.listing = Some(l));
@@ -145,9 +181,20 @@ impl<S: Source> Source for CachedSource<S> {
 
     fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
         let k = key(path);
+        self.touch(&k);
         let fact = self.fact(&k).unwrap_or_default();
         let attr = fact.attr;
         let cached = fact.blob.and_then(|h| self.cache.blob(&h));
+        // An executable read for the first time comes with its loader and libraries.
+        let cached = match (cached, attr) {
+            (None, Some(a)) if a.kind == FileKind::File && a.mode & 0o111 != 0 => {
+                self.take_prefetch(path);
+                self.fact(&k)
+                    .and_then(|f| f.blob)
+                    .and_then(|h| self.cache.blob(&h))
+            }
+            (c, _) => c,
+        };
         let file = match (cached, attr) {
             (Some(f), _) => Some(f),
             (None, Some(a)) if a.kind == FileKind::File && a.size <= WHOLE_FILE => {
@@ -199,5 +246,8 @@ impl<S: Source> Source for Arc<CachedSource<S>> {
     }
     fn readlink(&self, path: &Path) -> Result<PathBuf, Errno> {
         (**self).readlink(path)
+    }
+    fn prefetch(&self, path: &Path) -> Vec<herd_proto::fs::Prefetched> {
+        (**self).prefetch(path)
     }
 }

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use herd_proto::fs::{Attr, DirEntry, FileKind};
+use herd_proto::fs::{Attr, DirEntry, FileKind, Prefetched};
 
 /// An `errno` value (positive).
 pub type Errno = i32;
@@ -27,10 +27,73 @@ pub trait Source: Send + Sync + 'static {
     fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, Errno>;
     /// Target of symlink `path`.
     fn readlink(&self, path: &Path) -> Result<PathBuf, Errno>;
+    /// Executable `path` with its dynamic-loading closure, in one question; empty if
+    /// the source cannot do that (callers then read the file as usual).
+    fn prefetch(&self, _path: &Path) -> Vec<Prefetched> {
+        Vec::new()
+    }
+}
+
+/// Bytes of file contents one prefetch answer carries at most.
+pub const PREFETCH_BUDGET: usize = 12 << 20;
+
+impl LocalSource {
+    /// Answers a prefetch: `exe` and everything [`crate::elf::closure`] finds, with the
+    /// directories on their paths; contents of regular files while within
+    /// [`PREFETCH_BUDGET`]. Hidden paths stay hidden.
+    pub fn prefetch_closure(&self, exe: &Path) -> Vec<Prefetched> {
+        let mut paths: Vec<PathBuf> = vec![exe.to_path_buf()];
+        if !self.is_hidden(exe)
+            && let Ok(c) = crate::elf::closure(&self.root, exe)
+        {
+            paths.extend(c.files);
+        }
+        let mut all: Vec<PathBuf> = Vec::new();
+        for p in &paths {
+            for a in p.ancestors().collect::<Vec<_>>().into_iter().rev() {
+                if !all.iter().any(|x| x == a) {
+                    all.push(a.to_path_buf());
+                }
+            }
+        }
+        let mut budget = PREFETCH_BUDGET;
+        all.into_iter()
+            .map(|p| {
+                let attr = self.stat(&p).ok();
+                let target = match attr {
+                    Some(a) if a.kind == FileKind::Symlink => self
+                        .readlink(&p)
+                        .ok()
+                        .map(|t| t.into_os_string().into_encoded_bytes()),
+                    _ => None,
+                };
+                let data = match attr {
+                    Some(a) if a.kind == FileKind::File && (a.size as usize) <= budget => {
+                        let mut d = Vec::with_capacity(a.size as usize);
+                        while (d.len() as u64) < a.size {
+                            match self.read(&p, d.len() as u64, MAX_READ) {
+                                Ok(c) if !c.is_empty() => d.extend_from_slice(&c),
+                                _ => break,
+                            }
+                        }
+                        budget -= d.len().min(budget);
+                        Some(d)
+                    }
+                    _ => None,
+                };
+                Prefetched {
+                    path: p.as_os_str().as_bytes().to_vec(),
+                    attr,
+                    target,
+                    data,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Largest single read served, in bytes.
-pub const MAX_READ: u32 = 1 << 20;
+pub const MAX_READ: u32 = 4 << 20;
 
 /// This machine's filesystem, minus hidden paths.
 #[derive(Clone, Debug)]

@@ -101,6 +101,12 @@ pub enum FsRequest {
         /// The link.
         path: Vec<u8>,
     },
+    /// An executable about to be read: send it with its dynamic loader and shared
+    /// libraries (and the directories and symlinks on their paths) in one answer.
+    Prefetch {
+        /// The executable.
+        path: Vec<u8>,
+    },
     /// Which of these cached facts are stale? `None` means "was absent". One round
     /// trip validates a task's whole warm working set.
     Validate {
@@ -121,6 +127,8 @@ pub enum FsResponse {
     Data(Vec<u8>),
     /// Answer to `ReadLink`.
     Target(Vec<u8>),
+    /// Answer to `Prefetch`: the executable first, then its closure.
+    Bundle(Vec<Prefetched>),
     /// Answer to `Validate`: the indexes of the stale items with what is there now
     /// (`None`: nothing).
     Stale(Vec<(u32, Option<Attr>)>),
@@ -221,6 +229,19 @@ impl Change {
             | Change::Remove { path, .. } => path,
         }
     }
+}
+
+/// One file of a prefetched closure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefetched {
+    /// Path.
+    pub path: Vec<u8>,
+    /// Attributes (`None`: nothing there).
+    pub attr: Option<Attr>,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+    /// A regular file's whole contents (absent when over the answer's size budget).
+    pub data: Option<Vec<u8>>,
 }
 
 /// A question to the workstation's per-user file service (agent to child process).

@@ -36,9 +36,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 /// Version byte leading every frame payload. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Largest frame payload accepted or produced, in bytes (control messages only;
-/// bulk data will travel on dedicated streams).
-pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest frame payload accepted or produced, in bytes. A receiver refuses a longer
+/// announced length before allocating anything.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// ALPN identifier of herd's QUIC protocol.
 pub const ALPN: &[u8] = b"herd/1";

@@ -497,3 +497,59 @@ fn a_file_deleted_while_the_task_reads_it_gives_an_error_not_a_crash() {
     // Everything still works afterwards.
     assert_eq!(ok(&c.sh("echo alive")).trim(), "alive");
 }
+
+impl Cluster {
+    fn fs_requests(&self) -> u64 {
+        let out = self.ws().herd(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["fs_requests"].as_u64().unwrap()
+    }
+
+    /// Runs `args` and returns (stdout, file questions the workstation answered).
+    fn counted(&self, args: &[&str]) -> (String, u64) {
+        let before = self.fs_requests();
+        let out = ok(&self.run(args));
+        (out, self.fs_requests() - before)
+    }
+}
+
+#[test]
+fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files() {
+    let mut c = Cluster::start();
+    std::fs::write(c.p("data.txt"), "first\n").unwrap();
+    let (_, cold) = c.counted(&["cat", "data.txt"]);
+    let (out, warm) = c.counted(&["cat", "data.txt"]);
+    assert_eq!(out, "first\n");
+    assert!(cold > 5, "a cold run asks about every file ({cold})");
+    assert_eq!(
+        warm, 1,
+        "a warm, unchanged run validates its working set in one question"
+    );
+
+    // Changed on the workstation: the next run sees the change.
+    std::fs::write(c.p("data.txt"), "second, longer\n").unwrap();
+    let (out, _) = c.counted(&["cat", "data.txt"]);
+    assert_eq!(out, "second, longer\n");
+    // A new file in a directory the task listed before shows up; a deleted one goes.
+    std::fs::write(c.p("a.txt"), "a").unwrap();
+    let (out, _) = c.counted(&["ls"]);
+    assert!(out.lines().any(|l| l == "a.txt"), "{out}");
+    std::fs::remove_file(c.p("a.txt")).unwrap();
+    std::fs::write(c.p("b.txt"), "b").unwrap();
+    let (out, _) = c.counted(&["ls"]);
+    assert!(
+        !out.lines().any(|l| l == "a.txt") && out.lines().any(|l| l == "b.txt"),
+        "{out}"
+    );
+
+    // The cache outlives the helper's agent.
+    let h1 = Node::new(c.bed.host("h1"), herd_bin());
+    sigterm(&c.agents[1]);
+    let _ = c.agents[1].wait();
+    c.agents[1] = h1.agent(&[]);
+    let ws = c.ws();
+    wait_for("h1 back", CONVERGE, || all_see(&[ws], "h1", "alive"));
+    let (out, warm) = c.counted(&["cat", "data.txt"]);
+    assert_eq!(out, "second, longer\n");
+    assert_eq!(warm, 1, "still warm after the helper's agent restarted");
+}
