@@ -193,12 +193,10 @@ impl StateDir {
             path: self.path("node.crt"),
             why: e.to_string(),
         })?;
-        for (f, der) in [("ca.crt", &id.ca_der)] {
-            herd_pki::peer_cert(der).map_err(|e| AgentError::Corrupt {
-                path: self.path(f),
-                why: e.to_string(),
-            })?;
-        }
+        herd_pki::peer_cert(&id.ca_der).map_err(|e| AgentError::Corrupt {
+            path: self.path("ca.crt"),
+            why: e.to_string(),
+        })?;
         // The key must parse and match the certificate: building a config checks both.
         id.client_config().map_err(|e| AgentError::Corrupt {
             path: self.path("node.key"),

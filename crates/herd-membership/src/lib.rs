@@ -49,14 +49,16 @@
 //!
 //! Foca's member states map to [`NodeState`]: Alive → `Alive`, Suspect → `Suspect`,
 //! Down → `Dead`, unless that very incarnation announced a graceful [`Membership::leave`],
-//! in which case it is `Left`. Down/Up transitions are reported the moment foca applies
-//! them; Suspect (and a refuted suspicion going back to Alive) is picked up once per probe
-//! period, because foca does not notify it.
+//! in which case it is `Left`. Foca only reports Up/Down transitions; Suspect and a
+//! refuted suspicion going back to Alive are read from foca's member list whenever a
+//! probe fails or an update about suspicion arrives (and everything is re-checked every
+//! ten probe periods). A node's [`NodeView`] never goes back to an older incarnation.
 //!
 //! # Wire
 //!
-//! Datagrams are `[tag][version][body]` (see the `wire` module docs): tag 0 carries a
-//! foca packet encoded with foca's postcard codec, tag 1 a "left" notice. Unknown tags,
+//! Datagrams are `[tag][version][body]`, every body starting with the sender's
+//! [`NodeId`]: tag 0 carries a foca packet encoded with foca's postcard codec, tag 1 a
+//! "left" notice, tags 2 and 3 a member-list sync request and its answer. Unknown tags,
 //! other versions, oversized or malformed packets are rejected with an [`Error`];
 //! [`Membership::handle_data`] and [`Membership::peek_sender`] never panic, whatever the
 //! input (property-tested). Every datagram produced fits in
@@ -76,7 +78,34 @@
 //! few nodes it believes dead) every [`Config::seed_announce_period`], so a node that
 //! booted before its seed, or ended up alone, finds the cluster again.
 //!
-//! # Memory
+//! # What this crate adds to foca (each found by the simulator)
+//!
+//! * **Member-list sync** (anti-entropy). Right after joining, then at growing intervals
+//!   up to [`Config::sync_period`], a node fetches the whole member list of one random
+//!   live member (as many packets as needed). A node joining a settled cluster learns
+//!   everybody in one round trip instead of ~45 members per announce reply, and whatever
+//!   gossip failed to deliver is repaired. Dead entries in a sync are not believed but
+//!   verified: the member is asked to speak up, and declared down only if it stays silent.
+//! * **Local suspicion timeouts.** In SWIM only the prober that raised a suspicion times
+//!   it out; a node that missed its verdict would keep the member Suspect until it
+//!   probes it itself, up to n periods later. Here a suspicion older than
+//!   `suspect_to_down_after` is checked directly and settled one period later.
+//! * **No spurious renewals.** Foca 2.0.0 tells a member "you are dead" when a suspicion
+//!   expires even if the member refuted it in time, forcing a healthy node to renew its
+//!   identity; those messages are dropped. A node that renews forgets its (stale) view
+//!   and joins afresh, instead of declaring healthy nodes dead from it. A "you are dead"
+//!   from a node we consider dead is only honoured by the smaller side of a partition
+//!   (or after ten seconds of insisting), so that when one node comes back from being cut
+//!   off, only that node changes identity.
+//! * **Stale identities corrected.** A packet addressed to an older incarnation of ours
+//!   (foca drops those silently) is answered with an announce that introduces the
+//!   current one.
+//! * **Cheaper duplicates.** Every update reaches each node about `max_transmissions`
+//!   times and foca checks each copy with a linear scan of its member list; copies of
+//!   updates already applied are cut out of a packet before foca sees it (the 1,000-node
+//!   simulated join went from 269 s to 23 s).
+//!
+//! //! # Memory
 //!
 //! Dead and Left nodes are forgotten [`Config::forget_after`] (1 h) after they went away;
 //! every queue is bounded (the driver is expected to drain events and transmits after

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::wire::{TAG_LEFT, TAG_SWIM, WIRE_VERSION};
+use crate::wire::{TAG_LEFT, TAG_SWIM, TAG_SYNC, TAG_SYNC_REQUEST, WIRE_VERSION};
 use crate::{Config, Error, Event, LoadReport, Membership, NodeId, NodeState};
 
 const MS: Duration = Duration::from_millis(1);
@@ -38,6 +38,11 @@ struct Net {
 impl Net {
     /// `n` nodes (not joined yet), bump 1 each.
     fn new(n: usize) -> Self {
+        Net::with_config(n, Config::lan())
+    }
+
+    /// `n` nodes using `config`.
+    fn with_config(n: usize, config: Config) -> Self {
         let mut net = Net {
             now: Duration::ZERO,
             nodes: Vec::new(),
@@ -51,14 +56,19 @@ impl Net {
         for i in 0..n {
             let me = NodeId::new(name(i), addr(i), 1);
             net.nodes
-                .push(Some(Membership::new(me, Config::lan(), i as u64, net.now)));
+                .push(Some(Membership::new(me, config.clone(), i as u64, net.now)));
         }
         net
     }
 
     /// `n` nodes, all joined through node 0, run until converged.
     fn joined(n: usize) -> Self {
-        let mut net = Net::new(n);
+        Net::joined_with(n, Config::lan())
+    }
+
+    /// `n` nodes using `config`, all joined through node 0, run until converged.
+    fn joined_with(n: usize, config: Config) -> Self {
+        let mut net = Net::with_config(n, config);
         for i in 1..n {
             net.join(i, 0);
         }
@@ -458,6 +468,59 @@ fn partitioned_node_is_dead_then_rejoins_after_heal() {
 }
 
 #[test]
+fn refuted_suspicion_does_not_force_a_renewal() {
+    // Regression: foca 2.0.0 sends "you are dead" when a suspicion expires even if it was
+    // refuted in time; the node would then renew its identity for nothing.
+    let mut net = Net::joined(3);
+    net.block(0, 2);
+    net.block(1, 2);
+    // Long enough for a probe of n2 to fail, short of suspect_to_down_after.
+    let t = net.run_until(net.now + Duration::from_secs(3), |net| {
+        net.state(0, 2) == Some(NodeState::Suspect) || net.state(1, 2) == Some(NodeState::Suspect)
+    });
+    assert!(t.is_some(), "n2 was never suspected");
+    net.blocked.clear();
+    net.run(Duration::from_secs(15));
+    assert_eq!(net.m(2).me().bump, 1, "n2 renewed its identity");
+    assert!(!net.saw(2, |e| matches!(e, Event::Rejoined(_))));
+    for i in [0, 1] {
+        assert_eq!(net.state(i, 2), Some(NodeState::Alive));
+        assert!(!net.saw(i, |e| matches!(e, Event::NodeDown(id) if id.name == "n2")));
+    }
+    assert!(
+        net.saw(
+            0,
+            |e| matches!(e, Event::NodeSuspect(id) if id.name == "n2")
+        ) || net.saw(
+            1,
+            |e| matches!(e, Event::NodeSuspect(id) if id.name == "n2")
+        )
+    );
+}
+
+#[test]
+fn dead_nodes_are_forgotten() {
+    let config = Config {
+        forget_after: Duration::from_secs(90),
+        ..Config::lan()
+    };
+    let mut net = Net::joined_with(3, config);
+    net.kill(2);
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.state(0, 2), Some(NodeState::Dead));
+    assert_eq!(net.m(0).counts().dead, 1);
+    net.run(Duration::from_secs(150));
+    assert_eq!(net.state(0, 2), None, "still remembered");
+    assert_eq!(net.m(0).counts().dead, 0);
+    assert_eq!(net.m(0).nodes().len(), 2);
+    // A restart with a fresh bump is welcome again.
+    net.restart(2, 7, 0);
+    net.run(Duration::from_secs(3));
+    assert_eq!(net.bump(0, 2), Some(7));
+    assert_eq!(net.state(0, 2), Some(NodeState::Alive));
+}
+
+#[test]
 fn every_sent_packet_decodes_its_sender() {
     let mut net = Net::joined(3);
     let now = net.now;
@@ -472,7 +535,10 @@ fn every_sent_packet_decodes_its_sender() {
         assert!(names.contains(&id.name), "{id:?}");
         tags.insert(data[0]);
     }
-    assert_eq!(tags, BTreeSet::from([TAG_SWIM, TAG_LEFT]));
+    assert_eq!(
+        tags,
+        BTreeSet::from([TAG_SWIM, TAG_LEFT, TAG_SYNC_REQUEST, TAG_SYNC])
+    );
 }
 
 fn sample_packet() -> Bytes {

@@ -1,14 +1,18 @@
 //! Wire format: herd framing around foca packets, the "left" notice, broadcast items.
 //!
-//! Every datagram is `[tag: u8][version: u8][body]`:
+//! Every datagram is `[tag: u8][version: u8][body]`, and every body starts with the
+//! sender's [`NodeId`] (so [`peek_sender`] works on all of them):
 //!
-//! | tag | body                                                                      |
-//! |-----|---------------------------------------------------------------------------|
-//! | 0   | a foca packet (postcard header whose first field is the sender [`NodeId`]) |
-//! | 1   | a [`LeftNotice`] (postcard), sent directly to every live member on leave   |
+//! | tag | body                                                                          |
+//! |-----|-------------------------------------------------------------------------------|
+//! | 0   | a foca packet (postcard header whose first field is the sender)               |
+//! | 1   | a [`LeftNotice`] (postcard), sent directly to every live member on leave      |
+//! | 2   | a [`SyncRequest`] (postcard): "send me your member list"                      |
+//! | 3   | a sync chunk: sender, `u16` big-endian count, that many postcard foca `Member`s |
 //!
 //! Unknown tags and other versions are rejected with an [`Error`]. Custom broadcast items
 //! (load reports and "left" records) travel inside foca packets, encoded as [`Item`].
+//! Sync chunks use the same member encoding as foca's piggybacked updates.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,12 @@ use crate::id::{MAX_NAME_LEN, NodeId};
 pub(crate) const TAG_SWIM: u8 = 0;
 /// Tag of a [`LeftNotice`].
 pub(crate) const TAG_LEFT: u8 = 1;
+/// Tag of a [`SyncRequest`].
+pub(crate) const TAG_SYNC_REQUEST: u8 = 2;
+/// Tag of a sync chunk (part of the answer to a [`SyncRequest`]).
+pub(crate) const TAG_SYNC: u8 = 3;
+/// Bytes of framing (tag, version) before the body.
+pub(crate) const FRAME_LEN: usize = 2;
 /// Current wire version (second byte of every packet).
 pub const WIRE_VERSION: u8 = 1;
 
@@ -64,6 +74,13 @@ pub(crate) struct LeftNotice {
     pub id: NodeId,
 }
 
+/// Asks the receiver for its whole member list (answered with sync chunks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SyncRequest {
+    /// The requesting node (also the sender).
+    pub from: NodeId,
+}
+
 /// A custom broadcast item disseminated by foca alongside membership updates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Item {
@@ -97,7 +114,7 @@ pub(crate) fn split_frame(data: &[u8], max: usize) -> Result<(u8, &[u8]), Error>
         });
     }
     let tag = data[0];
-    if tag != TAG_SWIM && tag != TAG_LEFT {
+    if tag > TAG_SYNC {
         return Err(Error::UnknownTag(tag));
     }
     match data.get(1) {
@@ -140,13 +157,15 @@ pub(crate) fn peek_sender(data: &[u8]) -> Result<NodeId, Error> {
     // The size limit is checked again by `handle_data`; here only u16 matters.
     let (tag, body) = split_frame(data, u16::MAX as usize)?;
     let id = match tag {
-        // foca::Header's first field is `src`, postcard encodes fields in order.
-        TAG_SWIM => {
+        // foca::Header's first field is `src`, postcard encodes fields in order; a sync
+        // chunk starts with its sender too.
+        TAG_SWIM | TAG_SYNC => {
             postcard::take_from_bytes::<NodeId>(body)
                 .map_err(malformed)?
                 .0
         }
-        _ => decode_exact::<LeftNotice>(body)?.id,
+        TAG_LEFT => decode_exact::<LeftNotice>(body)?.id,
+        _ => decode_exact::<SyncRequest>(body)?.from,
     };
     check_name(&id)?;
     Ok(id)
@@ -165,4 +184,59 @@ pub(crate) fn decode_exact<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<
 /// which every receiver rejects).
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Splits a member list (`u16` big-endian count, then postcard `Member`s) into the
+/// encoded members and what follows them.
+pub(crate) fn split_members(data: &[u8]) -> Result<(Vec<&[u8]>, &[u8]), Error> {
+    let [hi, lo, rest @ ..] = data else {
+        return Err(Error::Malformed("member list truncated".into()));
+    };
+    let count = usize::from(u16::from_be_bytes([*hi, *lo]));
+    let mut cursor = rest;
+    let mut members = Vec::with_capacity(count.min(256));
+    for _ in 0..count {
+        let (_, after) =
+            postcard::take_from_bytes::<foca::Member<NodeId>>(cursor).map_err(malformed)?;
+        members.push(&cursor[..cursor.len() - after.len()]);
+        cursor = after;
+    }
+    Ok((members, cursor))
+}
+
+/// Encodes `members` as sync chunks from `from`, each at most `max` bytes.
+pub(crate) fn sync_chunks<'a>(
+    from: &NodeId,
+    members: impl Iterator<Item = &'a foca::Member<NodeId>>,
+    max: usize,
+) -> Vec<Bytes> {
+    let head = encode(from);
+    let start = || {
+        let mut b = Vec::with_capacity(max);
+        b.extend_from_slice(&[TAG_SYNC, WIRE_VERSION]);
+        b.extend_from_slice(&head);
+        b.extend_from_slice(&[0, 0]);
+        (b, 0u16)
+    };
+    let count_at = FRAME_LEN + head.len();
+    let mut chunks = Vec::new();
+    let (mut buf, mut count) = start();
+    for member in members {
+        let bytes = encode(member);
+        if bytes.is_empty() || count_at + 2 + bytes.len() > max {
+            continue; // cannot ever fit (absurdly long name)
+        }
+        if buf.len() + bytes.len() > max || count == u16::MAX {
+            buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+            chunks.push(Bytes::from(std::mem::replace(&mut buf, start().0)));
+            count = 0;
+        }
+        buf.extend_from_slice(&bytes);
+        count += 1;
+    }
+    if count > 0 {
+        buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+        chunks.push(Bytes::from(buf));
+    }
+    chunks
 }

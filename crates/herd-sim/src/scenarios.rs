@@ -1,7 +1,7 @@
 //! Measured experiments on the membership protocol, shared by the tests and the
 //! `membership-report` binary. Each returns numbers; the callers decide the bounds.
 //!
-//! Times are virtual and also given in **protocol periods** (`probe_period`, 1 s by
+//! Times are virtual and also given in **protocol periods** (`probe_period`, 700 ms by
 //! default). Each experiment panics through [`Sim::fail`] (seed in the message) when the
 //! thing it measures never happens within its generous limit.
 //!
@@ -52,7 +52,7 @@ pub fn join(n: usize, seed: u64) -> (Sim, Join) {
 /// Starts `sim` and waits for convergence.
 pub fn converge(sim: &mut Sim) -> Join {
     sim.start_all();
-    let Some(t) = sim.run_until(Duration::from_secs(300), RESOLUTION, Sim::converged) else {
+    let Some(t) = sim.run_until(Duration::from_secs(300), RESOLUTION, Sim::all_alive) else {
         sim.fail("cluster did not converge within 300 s")
     };
     let periods = sim.periods(t);
@@ -102,7 +102,7 @@ pub fn crash(n: usize, k: usize, seed: u64) -> Crash {
     for &v in &victims {
         sim.restart(v);
     }
-    let Some(rejoin) = sim.run_until(Duration::from_secs(120), RESOLUTION, Sim::converged) else {
+    let Some(rejoin) = sim.run_until(Duration::from_secs(120), RESOLUTION, Sim::all_alive) else {
         sim.fail(format!(
             "restarted {victims:?} not Alive everywhere within 120 s"
         ))
@@ -143,7 +143,7 @@ pub fn partition(n: usize, seed: u64) -> Partition {
     sim.run_for(Duration::from_secs(5));
     let rejoins = sim.stats().rejoins;
     sim.heal();
-    let Some(heal) = sim.run_until(Duration::from_secs(180), RESOLUTION, Sim::converged) else {
+    let Some(heal) = sim.run_until(Duration::from_secs(180), RESOLUTION, Sim::all_alive) else {
         sim.fail("cluster did not heal within 180 s")
     };
     Partition {
@@ -195,7 +195,7 @@ pub fn false_positives(
     let after = sim.stats().clone();
     sim.set_loss(0.0);
     let converged_after = sim
-        .run_until(Duration::from_secs(60), RESOLUTION, Sim::converged)
+        .run_until(Duration::from_secs(60), RESOLUTION, Sim::all_alive)
         .is_some();
     let periods = sim.periods(duration);
     let nf = n as f64;
@@ -272,12 +272,17 @@ pub struct Chaos {
     pub partitions: usize,
     /// Hosts still crashed at the end (seen Dead by everyone).
     pub down_at_end: Vec<usize>,
+    /// [`Sim::trace_hash`] at the end.
+    pub trace_hash: u64,
+    /// Counters at the end.
+    pub stats: crate::SimStats,
 }
 
 /// `n` nodes (3 seeds), then `fault_time` of random loss (0–15 %), delay (up to 80 ms),
 /// crashes (some restarted later), and partitions that heal; then faults stop (loss 0,
 /// partitions healed, most crashed nodes restarted) and we wait for convergence: every
-/// running node sees every running node Alive and every stopped node Dead.
+/// running node sees every running node Alive, and no stopped node as alive (a node
+/// that restarted after another crashed may never have heard of it).
 pub fn chaos(n: usize, seed: u64, fault_time: Duration) -> Chaos {
     let mut cfg = SimConfig::new(n, seed);
     cfg.seed_nodes = 3.min(n);
@@ -336,7 +341,7 @@ pub fn chaos(n: usize, seed: u64, fault_time: Duration) -> Chaos {
     }
     down.truncate(keep_down);
     let Some(settle) = sim.run_until(Duration::from_secs(120), RESOLUTION, |s| {
-        s.converged() && s.all_see(&down, NodeState::Dead)
+        s.converged() && s.none_see_active(&down)
     }) else {
         let report = describe_divergence(&sim);
         sim.fail(format!(
@@ -348,6 +353,8 @@ pub fn chaos(n: usize, seed: u64, fault_time: Duration) -> Chaos {
         crashes,
         partitions,
         down_at_end: down,
+        trace_hash: sim.trace_hash(),
+        stats: sim.stats().clone(),
     }
 }
 

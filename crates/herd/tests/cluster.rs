@@ -41,7 +41,7 @@ fn three_hosts_form_a_cluster_survive_kill_restart_partition_and_leave() {
     let (ws, h1, h2) = (node(&bed, "ws"), node(&bed, "h1"), node(&bed, "h2"));
     let token = ws.init();
     let mut ws_agent = ws.agent(&[]);
-    let _a1 = h1.join(&token);
+    let mut a1 = h1.join(&token);
     let mut a2 = h2.join(&token);
     let all = [ws, h1, h2];
 
@@ -124,8 +124,10 @@ fn three_hosts_form_a_cluster_survive_kill_restart_partition_and_leave() {
         all_see(&[ws, h1], "h2", "left")
     });
 
-    sigterm(&ws_agent);
-    assert!(ws_agent.wait().unwrap().success());
+    for a in [&mut a1, &mut ws_agent] {
+        sigterm(a);
+        assert!(a.wait().unwrap().success());
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Default JSON path: `target/membership-report.json`. All times are virtual (simulated);
-//! "periods" are protocol periods (`probe_period`, 1 s).
+//! "periods" are protocol periods (`probe_period`, 700 ms with `Config::lan`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ fn main() {
         let fp_window = Duration::from_secs(match n {
             0..=20 => 3600,
             21..=200 => 600,
-            _ => 120,
+            _ => 60,
         });
         let (mut join, mut join_msgs, mut det, mut rej, mut split, mut heal) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -145,7 +145,7 @@ fn main() {
     }
     print_table(&rows);
     let report = Report {
-        description: "herd membership simulation: medians over seeds; times in protocol periods (1 s) of virtual time; \
+        description: "herd membership simulation: medians over seeds; times in protocol periods (probe_period = 700 ms) of virtual time; \
                       fp_pair_period = false Dead events per (observer, live target) pair per period; \
                       fp_node_hour = live nodes declared dead (rejoins) per node-hour",
         rows,
