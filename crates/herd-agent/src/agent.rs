@@ -850,16 +850,31 @@ async fn serve_stream(
         && !peer.has(role)
     {
         tracing::warn!(peer = %peer.name, role = role.as_str(), "refused a request the peer's roles do not allow");
-        let resp = PeerResponse::Error(RemoteError {
-            kind: RemoteErrorKind::Forbidden,
-            message: format!(
-                "node {} lacks the {} role this request needs",
-                peer.name,
-                role.as_str()
-            ),
-        });
-        let _ = net::write_frame(&mut send, &resp).await;
+        let message = format!(
+            "node {} lacks the {} role this request needs (its certificate grants: {})",
+            peer.name,
+            role.as_str(),
+            Role::join(&peer.roles)
+        );
+        let _ = match req {
+            // A task's stream speaks TaskOutput.
+            PeerRequest::Run { .. } => {
+                net::write_frame(
+                    &mut send,
+                    &herd_proto::TaskOutput::Failed { message, code: 255 },
+                )
+                .await
+            }
+            _ => {
+                let resp = PeerResponse::Error(RemoteError {
+                    kind: RemoteErrorKind::Forbidden,
+                    message,
+                });
+                net::write_frame(&mut send, &resp).await
+            }
+        };
         let _ = send.finish();
+        let _ = send.stopped().await;
         return;
     }
     match req {

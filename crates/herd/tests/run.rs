@@ -553,3 +553,24 @@ fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files(
     assert_eq!(out, "second, longer\n");
     assert_eq!(warm, 1, "still warm after the helper's agent restarted");
 }
+
+#[test]
+fn a_node_without_the_submit_role_cannot_run_tasks_on_others() {
+    let c = Cluster::start();
+    // h1 joined with the default token: exec only. Its own `herd run` must be refused
+    // by the node it asks (the workstation checks h1's certificate).
+    let out = c
+        .bed
+        .host("h1")
+        .command(
+            herd_testbed::MINIMAL_BINARY,
+            &["run", "--state", "/var/lib/herd", "-T", "--", "true"],
+        )
+        .current_dir("/")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let err = text(&out.stderr);
+    assert!(err.contains("lacks the submit role"), "{err}");
+}
