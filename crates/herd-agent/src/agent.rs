@@ -204,10 +204,22 @@ pub async fn run_agent(
         tasks: Arc::new(Tasks::new(exe.clone(), hidden_everywhere)),
         helper: Arc::new(HelperCtx {
             name: nf.name.clone(),
-            exe,
+            exe: exe.clone(),
             tasks_dir: dir.root().join("tasks"),
             grant: grant.clone(),
             exec: info.roles.contains(&Role::Exec),
+            ready: if info.roles.contains(&Role::Exec) {
+                let (exe, scratch) = (exe.clone(), dir.root().join("tasks"));
+                let r = tokio::task::spawn_blocking(move || task::probe(&exe, &scratch))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                if let Err(why) = &r {
+                    tracing::warn!("this node cannot run tasks: {why}");
+                }
+                r
+            } else {
+                Err("this node has no exec role".into())
+            },
             cgroup_parent: match herd_sandbox::prepare_agent_cgroup("agent") {
                 Ok(p) => p,
                 Err(e) => {
@@ -503,7 +515,12 @@ impl Agent {
     fn report_load(&mut self, force: bool) {
         let report = LoadReport {
             seq: 0,
-            roles: self.roles.iter().map(|r| r.as_str().to_string()).collect(),
+            roles: self
+                .roles
+                .iter()
+                .filter(|r| **r != Role::Exec || self.shared.helper.ready.is_ok())
+                .map(|r| r.as_str().to_string())
+                .collect(),
             cpus: self.grant.cpus,
             speed: self.speed,
             load: host::load_average(),
@@ -590,12 +607,20 @@ impl Agent {
     /// one) with the most spare speed. Placement proper is the scheduler's job.
     fn pick_helper(&self, on: Option<&str>) -> Result<(String, SocketAddr), String> {
         let nodes = self.membership.nodes();
-        let is_exec = |n: &herd_membership::NodeView| match self.cert_roles.get(&n.id.name) {
-            Some(r) => r.contains(&Role::Exec),
-            None => n
+        // An exec node: its certificate says so (when known) and its load report (when
+        // one arrived) says it can run tasks now.
+        let is_exec = |n: &herd_membership::NodeView| {
+            let cert = self
+                .cert_roles
+                .get(&n.id.name)
+                .is_none_or(|r| r.contains(&Role::Exec));
+            // Before its first load report arrives, trust the certificate: the helper
+            // itself refuses a task it cannot run, saying why.
+            let ready = n
                 .load
                 .as_ref()
-                .is_some_and(|l| l.roles.iter().any(|r| r == "exec")),
+                .is_none_or(|l| l.roles.iter().any(|r| r == "exec"));
+            cert && ready
         };
         if let Some(name) = on {
             let n = nodes
@@ -611,7 +636,9 @@ impl Agent {
                 return Err(format!("node {name} is {:?}, not alive", n.state).to_lowercase());
             }
             if !is_exec(n) {
-                return Err(format!("node {name} does not execute tasks (no exec role)"));
+                return Err(format!(
+                    "node {name} does not execute tasks (no exec role, or it cannot run sandboxes: see its log)"
+                ));
             }
             return Ok((n.id.name.clone(), n.id.addr));
         }

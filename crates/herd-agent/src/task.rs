@@ -440,6 +440,31 @@ pub struct HelperCtx {
     pub cache: Arc<herd_fs::cache::Cache>,
     /// The cgroup task groups nest under (`None`: the agent's own).
     pub cgroup_parent: Option<PathBuf>,
+    /// Whether this host can run sandboxes and mount views, or why not.
+    pub ready: Result<(), String>,
+}
+
+/// Checks that this host can run tasks: a throwaway sandbox and a throwaway FUSE view.
+pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let mode = herd_sandbox::probe(exe, scratch).map_err(|e| e.to_string())?;
+    let empty = scratch.join(format!("probe-src-{}", std::process::id()));
+    let mnt = scratch.join(format!("probe-mnt-{}", std::process::id()));
+    let res = (|| {
+        std::fs::create_dir_all(&empty).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let view =
+            View::new(herd_fs::LocalSource::new(&empty, vec![])).map_err(|e| format!("{e:?}"))?;
+        let m = herd_fs::mount(view, &mnt).map_err(|e| {
+            format!("cannot mount FUSE ({e}); a helper needs root or access to /dev/fuse")
+        })?;
+        m.unmount().map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir(&mnt);
+    let _ = std::fs::remove_dir(&empty);
+    res?;
+    tracing::info!(mode = ?mode, "this node can run tasks");
+    Ok(())
 }
 
 async fn out(send: &mut quinn::SendStream, o: &TaskOutput) -> Result<(), AgentError> {
@@ -494,6 +519,12 @@ async fn run_here(
     if !ctx.exec {
         return Err(AgentError::Net(format!(
             "{} does not execute tasks (no exec role)",
+            ctx.name
+        )));
+    }
+    if let Err(why) = &ctx.ready {
+        return Err(AgentError::Net(format!(
+            "{} cannot run tasks: {why}",
             ctx.name
         )));
     }
