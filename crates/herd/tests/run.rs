@@ -574,3 +574,51 @@ fn a_node_without_the_submit_role_cannot_run_tasks_on_others() {
     let err = text(&out.stderr);
     assert!(err.contains("lacks the submit role"), "{err}");
 }
+
+#[test]
+fn herds_own_failures_exit_255_with_one_line() {
+    let mut c = Cluster::start();
+    let state = c.ws().state();
+    let run = |args: &[&str]| {
+        let mut argv = vec!["run", "--state", state.as_str(), "-T"];
+        argv.extend_from_slice(args);
+        c.bed
+            .host("ws")
+            .command(herd_bin().to_str().unwrap(), &argv)
+            .current_dir(c.project.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let check = |out: &Output, needle: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with("herd: ") && err.contains(needle),
+            "{needle:?} in {err}"
+        );
+    };
+    check(&run(&["--on", "nosuch", "--", "true"]), "no node named");
+    check(&run(&["--on", "ws", "--", "true"]), "workstation itself");
+    // The only helper leaves: nothing can take the task.
+    sigterm(&c.agents[1]);
+    let _ = c.agents[1].wait();
+    let ws = c.ws();
+    wait_for("h1 left", CONVERGE, || all_see(&[ws], "h1", "left"));
+    check(&run(&["--", "true"]), "no helper is available");
+    // No agent at all.
+    let out = c
+        .bed
+        .host("ws")
+        .command(
+            herd_bin().to_str().unwrap(),
+            &["run", "--state", "/nonexistent-herd-state", "--", "true"],
+        )
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    check(&out, "no herd agent is running");
+}
