@@ -69,20 +69,9 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
                 return;
             };
             let resp = match herd_proto::decode::<LocalRequest>(&frame) {
-                Ok(request @ LocalRequest::Run(_)) => {
-                    let (reply, _rx) = oneshot::channel();
-                    let call = LocalCall {
-                        request,
-                        uid,
-                        gid,
-                        pid,
-                        reply,
-                        stream: Some(framed),
-                    };
-                    let _ = tx.send(call).await;
-                    return;
-                }
                 Ok(request) => {
+                    // `Run` goes on talking on this connection: hand it over.
+                    let talks_on = matches!(request, LocalRequest::Run(_));
                     let (reply, rx) = oneshot::channel();
                     let call = LocalCall {
                         request,
@@ -92,6 +81,15 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
                         reply,
                         stream: None,
                     };
+                    if talks_on {
+                        let _ = tx
+                            .send(LocalCall {
+                                stream: Some(framed),
+                                ..call
+                            })
+                            .await;
+                        return;
+                    }
                     if tx.send(call).await.is_err() {
                         return;
                     }
