@@ -613,45 +613,22 @@ async fn run_here(
         memory: Some(ctx.grant.memory),
     });
 
-    // stdio: a terminal, or three pipes.
-    let (task_in, task_out, task_err, our_in, our_out, our_err);
+    // stdio: a terminal from the task's own devpts (its master comes back from the
+    // sandbox), or three pipes.
+    let mut pipes: Option<(OwnedFd, OwnedFd, OwnedFd)> = None;
     if let Some((rows, cols)) = run.tty {
-        let ws = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty =
-            nix::pty::openpty(Some(&ws), None).map_err(|e| AgentError::Net(format!("pty: {e}")))?;
-        let slave = Arc::new(pty.slave);
-        task_in = herd_sandbox::StdioFd::Fd(slave.clone());
-        task_out = herd_sandbox::StdioFd::Fd(slave.clone());
-        task_err = herd_sandbox::StdioFd::Fd(slave);
-        let master = pty.master;
-        let dup = master
-            .try_clone()
-            .map_err(|e| AgentError::Net(format!("pty: {e}")))?;
-        our_in = Some(dup);
-        our_out = master;
-        our_err = None;
-        sb.tty = true;
+        sb.console = Some((rows, cols));
     } else {
         let (ir, iw) = pipe()?;
         let (or, ow) = pipe()?;
         let (er, ew) = pipe()?;
-        task_in = herd_sandbox::StdioFd::Fd(Arc::new(ir));
-        task_out = herd_sandbox::StdioFd::Fd(Arc::new(ow));
-        task_err = herd_sandbox::StdioFd::Fd(Arc::new(ew));
-        our_in = Some(iw);
-        our_out = or;
-        our_err = Some(er);
+        sb.stdio = herd_sandbox::TaskStdio {
+            stdin: herd_sandbox::StdioFd::Fd(Arc::new(ir)),
+            stdout: herd_sandbox::StdioFd::Fd(Arc::new(ow)),
+            stderr: herd_sandbox::StdioFd::Fd(Arc::new(ew)),
+        };
+        pipes = Some((iw, or, er));
     }
-    sb.stdio = herd_sandbox::TaskStdio {
-        stdin: task_in,
-        stdout: task_out,
-        stderr: task_err,
-    };
     let exe = ctx.exe.clone();
     let t_mounted = t0.elapsed();
     let sandbox = tokio::task::spawn_blocking(move || {
@@ -681,6 +658,19 @@ async fn run_here(
         }
     };
     let t_started = t0.elapsed();
+    let mut sandbox = sandbox;
+    let (our_in, our_out, our_err) = match pipes {
+        Some((iw, or, er)) => (Some(iw), or, Some(er)),
+        None => {
+            let master = sandbox
+                .console()
+                .ok_or_else(|| AgentError::Net("the sandbox gave no terminal".into()))?;
+            let dup = master
+                .try_clone()
+                .map_err(|e| AgentError::Net(format!("terminal: {e}")))?;
+            (Some(dup), master, None)
+        }
+    };
     let handle = sandbox.handle();
     out(
         send,

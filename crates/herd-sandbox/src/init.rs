@@ -156,7 +156,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", errno_str(e)))
 }
 
-/// Entry point after re-exec: `argv = [exe, INIT_ARG, spec_fd, status_fd, lifeline_fd]`.
+/// Entry point after re-exec: `argv = [exe, INIT_ARG, spec_fd, status_fd, lifeline_fd]`,
+/// plus `console_fd` (the socket the task's terminal master goes back on) with a console.
 pub(crate) fn main() -> ! {
     block_signals();
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -167,6 +168,10 @@ pub(crate) fn main() -> ! {
     };
     set_cloexec(status_fd);
     let status = Status(status_fd);
+    let console = fd(5);
+    if let Some(c) = console {
+        set_cloexec(c);
+    }
     // SAFETY: the spawner passed us this descriptor for our exclusive use.
     let mut spec_file = unsafe { fs::File::from_raw_fd(spec_fd) };
     let mut data = Vec::new();
@@ -178,7 +183,10 @@ pub(crate) fn main() -> ! {
         Ok(s) => s,
         Err(e) => status.fail(&e.to_string()),
     };
-    supervisor(&spec, status, lifeline)
+    if spec.console.is_some() != console.is_some() {
+        status.fail("console requested without a console socket (or the reverse)");
+    }
+    supervisor(&spec, status, lifeline, console)
 }
 
 /// Arms the lifeline: SIGIO arrives when the spawner's end closes.
@@ -200,7 +208,7 @@ fn spawner_gone(fd: RawFd) -> bool {
     n == 0
 }
 
-fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd) -> ! {
+fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd, console: Option<RawFd>) -> ! {
     arm_lifeline(lifeline);
     // Detach from the agent's session: its terminal's signals are not the task's.
     // SAFETY: setsid has no preconditions.
@@ -271,10 +279,11 @@ fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd) -> ! {
                 exit(EXIT_SETUP_FAILED);
             }
             drop(go);
-            pid1(spec, status, rootless)
+            pid1(spec, status, rootless, console)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
+            close_console(console);
             if let Err(e) = cgroup::attach(&groups, child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = waitpid(child, None);
@@ -568,7 +577,15 @@ fn hide(paths: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
-fn pid1(spec: &WireSpec, status: Status, rootless: bool) -> ! {
+/// Closes this process's copy of the console socket (only the task uses it).
+fn close_console(console: Option<RawFd>) {
+    if let Some(fd) = console {
+        // SAFETY: our own copy of the descriptor, not used afterwards in this process.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn pid1(spec: &WireSpec, status: Status, rootless: bool, console: Option<RawFd>) -> ! {
     let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if let Err(e) = unshare(flags) {
         status.fail(&format!(
@@ -605,10 +622,11 @@ fn pid1(spec: &WireSpec, status: Status, rootless: bool) -> ! {
         Err(e) => status.fail(&format!("fork task: {}", errno_str(e))),
         Ok(ForkResult::Child) => {
             drop(exec_r);
-            task(spec, status, rootless, exec_w)
+            task(spec, status, rootless, exec_w, console)
         }
         Ok(ForkResult::Parent { child }) => child,
     };
+    close_console(console);
     drop(exec_w);
     // Wait until the task has exec'd (or failed): its copy of the pipe closes then.
     let mut sink = [0u8; 16];
@@ -660,7 +678,7 @@ fn check(ret: libc::c_int, what: impl FnOnce() -> String) -> Result<(), String> 
 fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
     unsafe { libc::setsid() };
-    if spec.tty {
+    if spec.tty && spec.console.is_none() {
         // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
         check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || {
             "make stdin the controlling terminal".into()
@@ -753,8 +771,79 @@ fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn task(spec: &WireSpec, status: Status, rootless: bool, _exec_w: OwnedFd) -> ! {
+/// Opens a terminal in the task's devpts, makes it fds 0-2 and the controlling terminal
+/// (the caller already called `setsid`), and sends the master over `sock`.
+fn open_console(sock: RawFd, (rows, cols): (u16, u16)) -> Result<(), String> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated path and integer flags.
+    let master = unsafe { libc::open(c"/dev/ptmx".as_ptr(), flags) };
+    check(master, || "open /dev/ptmx".into())?;
+    // SAFETY: the descriptor was just opened and is ours alone.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let m = master.as_raw_fd();
+    // SAFETY: unlockpt on an open ptmx descriptor.
+    check(unsafe { libc::unlockpt(m) }, || "unlockpt".into())?;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    check(unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &size) }, || {
+        "set the terminal size".into()
+    })?;
+    // The slave through the master's own devpts mount (no path lookup), or by its name.
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let mut slave = unsafe { libc::ioctl(m, libc::TIOCGPTPEER, flags) };
+    if slave < 0 {
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes the pty number into n.
+        check(unsafe { libc::ioctl(m, libc::TIOCGPTN, &mut n) }, || {
+            "get the pty number".into()
+        })?;
+        let name = cstr(format!("/dev/pts/{n}").as_bytes());
+        // SAFETY: a NUL-terminated path and integer flags.
+        slave = unsafe { libc::open(name.as_ptr(), flags) };
+        check(slave, || format!("open /dev/pts/{n}"))?;
+    }
+    // SAFETY: the descriptor was just opened and is ours alone.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors (dup2 clears close-on-exec).
+        check(unsafe { libc::dup2(slave.as_raw_fd(), fd) }, || {
+            format!("make the terminal fd {fd}")
+        })?;
+    }
+    drop(slave);
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || {
+        "make the terminal the controlling terminal".into()
+    })?;
+    let iov = [std::io::IoSlice::new(b"m")];
+    let fds = [m];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(sock, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+        .map_err(|e| format!("send the terminal to the spawner: {}", errno_str(e)))?;
+    drop(master);
+    // SAFETY: the socket is not used again in this process.
+    unsafe { libc::close(sock) };
+    Ok(())
+}
+
+fn task(
+    spec: &WireSpec,
+    status: Status,
+    rootless: bool,
+    _exec_w: OwnedFd,
+    console: Option<RawFd>,
+) -> ! {
     if let Err(e) = prepare_task(spec, rootless) {
+        status.fail(&e);
+    }
+    if let (Some(sock), Some(size)) = (console, spec.console)
+        && let Err(e) = open_console(sock, size)
+    {
         status.fail(&e);
     }
     let cwd = path(&spec.cwd);

@@ -11,11 +11,13 @@
 //!
 //! The agent is a threaded async daemon, and `unshare`/`fork` do not mix with threads.
 //! So [`spawn`] only starts a fresh process: `helper_exe __sandbox-init SPEC_FD
-//! STATUS_FD LIFELINE_FD` (the herd binary re-executing itself, `/proc/self/exe`), hands
-//! it the serialized [`SandboxSpec`] on one pipe, reads one-line reports from it on
-//! another, and holds the write end of a third, the *lifeline*: if the spawner dies
-//! without waiting for the sandbox (an agent crash), the lifeline closes and the
-//! supervisor kills the task tree, so no task outlives its agent.
+//! STATUS_FD LIFELINE_FD [CONSOLE_FD]` (the herd binary re-executing itself,
+//! `/proc/self/exe`), hands it the serialized [`SandboxSpec`] on one pipe, reads
+//! one-line reports from it on another, and holds the write end of a third, the
+//! *lifeline*: if the spawner dies without waiting for the sandbox (an agent crash), the
+//! lifeline closes and the supervisor kills the task tree, so no task outlives its agent.
+//! `CONSOLE_FD`, with [`SandboxSpec::console`], is the socket the task's terminal master
+//! comes back on.
 //! The herd binary's `main()` calls [`init_main`] first thing when `argv[1]` is
 //! [`INIT_ARG`]. Then, single-threaded:
 //!
@@ -37,7 +39,8 @@
 //! 3. **Task**: a new session (`setsid`; with [`SandboxSpec::tty`] its stdin becomes the
 //!    controlling terminal), `SCHED_IDLE` and nice 19 when [`SandboxSpec::idle`], the
 //!    resource limits, the submitter's groups, gid and uid, the umask,
-//!    `PR_SET_NO_NEW_PRIVS`, `chdir(cwd)`, every descriptor but 0, 1 and 2 closed on exec,
+//!    `PR_SET_NO_NEW_PRIVS`, with [`SandboxSpec::console`] a terminal of its own (see
+//!    *Terminals* below), `chdir(cwd)`, every descriptor but 0, 1 and 2 closed on exec,
 //!    default signal dispositions, and `execve` with a `PATH` search like a shell's.
 //!
 //! # What a task can see
@@ -133,6 +136,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Terminals
+//!
+//! Two ways to give a task a terminal:
+//!
+//! * [`SandboxSpec::tty`]: the agent allocates a PTY on the helper and passes its slave
+//!   in [`SandboxSpec::stdio`]. Simple, but the slave belongs to the helper's devpts,
+//!   which the task cannot see (its `/dev/pts` is a new instance): `ttyname()` fails and
+//!   `tty` prints "not a tty", although `isatty()`, `stty` and `/dev/tty` work.
+//! * [`SandboxSpec::console`] (the container runtimes' "console socket"): the task
+//!   allocates the PTY itself from its own `/dev/ptmx`, after its devpts is mounted and
+//!   its identity taken on, sets the window size, makes the slave its stdin, stdout,
+//!   stderr and controlling terminal, and sends the master to the spawner over a
+//!   socketpair (`SCM_RIGHTS`) before it execs. [`Sandbox::console`] takes the master
+//!   once [`spawn`] returned. The task sees `/dev/pts/0`, owned by its uid. Reading the
+//!   master fails with `EIO` once every process holding the slave has exited; the
+//!   task's status still comes from [`Sandbox::wait`].
+//!
 //! # Signals and priority
 //!
 //! [`Sandbox::signal`] reaches the task's first process only (not its process group):
@@ -146,8 +166,9 @@
 //! * An agent that crashes takes its tasks with it (the lifeline), but their upper and
 //!   work directories and any cgroup left by a supervisor killed with SIGKILL remain for
 //!   the restarted agent to clean up.
-//! * With a PTY from the helper's devpts, `ttyname()` inside the task does not resolve
-//!   (the task has its own devpts instance); `/dev/tty` works.
+//! * With a PTY from the helper's devpts ([`SandboxSpec::tty`]), `ttyname()` inside the
+//!   task does not resolve (the task has its own devpts instance); `/dev/tty` works. Use
+//!   [`SandboxSpec::console`] for a terminal the task can name.
 //! * [`spawn`] blocks until the task has been exec'd; a lower layer that hangs (an
 //!   unreachable workstation behind the FUSE view) hangs it too. Run it on a blocking
 //!   thread; [`SandboxHandle`] is not available before it returns.

@@ -11,6 +11,10 @@
 //! | `cwd PATH\tMSG` | task | the working directory could not be entered |
 //! | `exit code N` / `exit signal N` | pid 1 / supervisor | how the task ended |
 //! | `warn MSG` | supervisor | cleanup trouble after the task ended |
+//!
+//! With [`SandboxSpec::console`] a fourth descriptor is passed (`argv[5]`): one end of a
+//! Unix socketpair over which the task sends its terminal's master with `SCM_RIGHTS`
+//! before it execs, so the master is queued by the time `started` arrives.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -18,6 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+
+use nix::sys::socket;
 
 use crate::cgroup;
 use crate::spec::{SandboxSpec, StdioFd, WireSpec};
@@ -167,6 +173,8 @@ pub struct Sandbox {
     cgroups: Vec<PathBuf>,
     pid1: i32,
     waited: bool,
+    /// The terminal's master with [`SandboxSpec::console`], until taken.
+    console: Option<OwnedFd>,
     /// Held open while the sandbox is ours; see `spawn`.
     _lifeline: OwnedFd,
 }
@@ -197,6 +205,15 @@ impl Sandbox {
     /// The cgroup directories made for the task (empty without [`crate::CgroupSpec`]).
     pub fn cgroups(&self) -> &[PathBuf] {
         &self.cgroups
+    }
+
+    /// Takes the master side of the task's terminal (with [`SandboxSpec::console`]; the
+    /// first call after [`spawn`] returned gets it, later calls and sandboxes without a
+    /// console get `None`). Reading it gives what the task wrote to its terminal,
+    /// writing it types into the terminal (`^C` included). Once every process holding
+    /// the slave has exited, reads fail with `EIO`: that is the end of the output.
+    pub fn console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// A handle to signal or kill the sandbox from other threads.
@@ -295,7 +312,8 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// exec'd.
 ///
 /// Safe to call from a multi-threaded program: the only work between fork and exec is
-/// clearing the close-on-exec flag of the three pipes passed to the helper. Blocks while
+/// clearing the close-on-exec flag of the three pipes (and, with
+/// [`SandboxSpec::console`], the console socket) passed to the helper. Blocks while
 /// the sandbox is set up (mounting the overlay may wait on the FUSE lower layer).
 ///
 /// Errors: [`SandboxError::Setup`] or [`SandboxError::Cwd`] when the init reports a
@@ -313,21 +331,42 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
     // The lifeline: the supervisor kills the tree when its write end (ours) closes, that
     // is when the spawner dies without waiting for the sandbox.
     let (life_r, life_w) = cloexec_pipe()?;
+    // With a console: the socketpair the task sends its terminal's master over.
+    let console = match spec.console {
+        Some(_) => Some(
+            socket::socketpair(
+                socket::AddressFamily::Unix,
+                socket::SockType::Stream,
+                None,
+                socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| SandboxError::io("create", "console socketpair", io::Error::from(e)))?,
+        ),
+        None => None,
+    };
+    let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
     let passed = [spec_r.as_raw_fd(), status_w.as_raw_fd(), life_r.as_raw_fd()];
     let mut cmd = Command::new(helper_exe);
     cmd.arg(INIT_ARG)
         .arg(passed[0].to_string())
         .arg(passed[1].to_string())
         .arg(passed[2].to_string())
-        .env_clear()
-        .stdin(stdio(&spec.stdio.stdin)?)
-        .stdout(stdio(&spec.stdio.stdout)?)
-        .stderr(stdio(&spec.stdio.stderr)?);
+        .env_clear();
+    if let Some(fd) = console_fd {
+        cmd.arg(fd.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    } else {
+        cmd.stdin(stdio(&spec.stdio.stdin)?)
+            .stdout(stdio(&spec.stdio.stdout)?)
+            .stderr(stdio(&spec.stdio.stderr)?);
+    }
     // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
     // that are open in the child (fork copied them).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            for fd in passed {
+            for fd in passed.into_iter().chain(console_fd) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -341,6 +380,10 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
     drop(spec_r);
     drop(status_w);
     drop(life_r);
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
     let init = match pidfd_open(child.id() as i32) {
         Ok(fd) => fd,
         Err(e) => {
@@ -402,7 +445,9 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
             return fail(child, err, &cgroups);
         }
     }
-    Ok(Sandbox {
+    // The task sent its master before exec'ing, so it is queued by now.
+    let master = console.as_ref().map(receive_fd);
+    let mut sandbox = Sandbox {
         child,
         handle: SandboxHandle {
             pids: Arc::new(Pids {
@@ -415,6 +460,43 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
         cgroups,
         pid1,
         waited: false,
+        console: None,
         _lifeline: life_w,
-    })
+    };
+    match master {
+        None => {}
+        Some(Ok(fd)) => sandbox.console = Some(fd),
+        // Dropping the sandbox kills and reaps the tree.
+        Some(Err(e)) => return Err(SandboxError::Setup(format!("receive the console: {e}"))),
+    }
+    Ok(sandbox)
+}
+
+/// Receives one descriptor sent with `SCM_RIGHTS` on `sock`, without blocking.
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd, String> {
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(errno_string)?;
+    let mut got = None;
+    for cmsg in msg.cmsgs().map_err(errno_string)? {
+        if let socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                got.get_or_insert(fd);
+            }
+        }
+    }
+    got.ok_or_else(|| "the task sent no descriptor".to_owned())
+}
+
+fn errno_string(e: nix::errno::Errno) -> String {
+    io::Error::from(e).to_string()
 }

@@ -65,13 +65,27 @@ pub struct SandboxSpec {
     pub stdio: TaskStdio,
     /// Make the task's stdin its controlling terminal (`setsid` + `TIOCSCTTY`); stdin
     /// must then be a terminal, typically the slave side of a PTY the agent allocated.
+    /// Such a PTY belongs to the helper's devpts, which the task cannot see, so
+    /// `ttyname()` fails inside; [`SandboxSpec::console`] avoids that.
     pub tty: bool,
+    /// Give the task a terminal of its own, `(rows, cols)` in size (the container
+    /// runtimes' "console socket"). When `Some`, the init opens `/dev/ptmx` of the
+    /// task's own devpts instance after mounting it (in the task process, once it has
+    /// taken on the task's identity, so the slave belongs to the task's uid), sets the
+    /// window size, makes the slave the task's stdin, stdout and stderr and its
+    /// controlling terminal (`setsid` + `TIOCSCTTY`), and sends the master back to the
+    /// spawner over a socketpair with `SCM_RIGHTS`; take it with
+    /// [`crate::Sandbox::console`]. The task then sees its terminal as `/dev/pts/0`, and
+    /// `ttyname()` works. [`SandboxSpec::stdio`] and [`SandboxSpec::tty`] are ignored
+    /// (the helper's own stdio is `/dev/null`). `None` (the default): no terminal of the
+    /// sandbox's own.
+    pub console: Option<(u16, u16)>,
 }
 
 impl SandboxSpec {
     /// A spec with the given layers and command and everything else neutral: cwd `/`,
     /// uid/gid 65534 (nobody), no groups, umask 022, no limits, nothing hidden, no
-    /// cgroup, normal priority, stdio inherited from the spawner, no terminal.
+    /// cgroup, normal priority, stdio inherited from the spawner, no terminal, no console.
     pub fn new(
         lower: impl Into<PathBuf>,
         upper: impl Into<PathBuf>,
@@ -96,6 +110,7 @@ impl SandboxSpec {
             idle: false,
             stdio: TaskStdio::default(),
             tty: false,
+            console: None,
         }
     }
 }
@@ -165,6 +180,7 @@ pub(crate) struct WireSpec {
     pub cgroup: Option<WireCgroup>,
     pub idle: bool,
     pub tty: bool,
+    pub console: Option<(u16, u16)>,
 }
 
 /// The wire form of [`CgroupSpec`].
@@ -208,6 +224,7 @@ impl WireSpec {
             }),
             idle: spec.idle,
             tty: spec.tty,
+            console: spec.console,
         }
     }
 
@@ -240,10 +257,12 @@ mod tests {
             cpus: Some(1.5),
             memory: Some(1 << 30),
         });
+        spec.console = Some((30, 100));
         let wire = WireSpec::from_spec(&spec);
         let back = WireSpec::decode(&wire.encode().unwrap()).unwrap();
         assert_eq!(back.argv, vec![vec![0xff, b'x']]);
         assert_eq!(back.hidden, vec![vec![b'/', 0xfe]]);
         assert_eq!(back.cgroup.unwrap().cpus, Some(1.5));
+        assert_eq!(back.console, Some((30, 100)));
     }
 }

@@ -964,3 +964,116 @@ fn tty_makes_stdin_the_controlling_terminal() {
         assert_eq!(out.trim_end(), expected, "tty {tty}");
     }
 }
+
+/// Reads a console master until the terminal is gone (EIO once no slave is left open).
+fn read_console(master: &mut fs::File) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read the console: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a console master until `want` has been seen; returns everything read.
+fn read_console_until(master: &mut fs::File, want: &str) -> String {
+    let mut out = String::new();
+    let mut buf = [0u8; 256];
+    while !out.contains(want) {
+        let n = master
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}; read so far: {out:?}"));
+        assert!(n > 0, "console closed; read so far: {out:?}");
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    out
+}
+
+/// Spawns `script` with a console of 30 rows and 100 columns; returns the master.
+fn spawn_with_console(l: &Layers, script: &str) -> (herd_sandbox::Sandbox, fs::File) {
+    let mut spec = l.spec(Path::new("/"), script);
+    spec.console = Some((30, 100));
+    let mut sandbox = spawn(Path::new(INIT), &spec).unwrap_or_else(|e| panic!("spawn: {e}"));
+    let master = sandbox.console().expect("a console master");
+    assert!(sandbox.console().is_none(), "the master is taken once");
+    (sandbox, fs::File::from(master))
+}
+
+#[test]
+fn console_is_a_terminal_of_the_task_own_devpts() {
+    let l = Layers::new();
+    let (sandbox, mut master) = spawn_with_console(
+        &l,
+        "tty; stty size; test -t 0 && echo isatty; \
+         read pid comm state ppid pgrp session tty tpgid rest < /proc/self/stat; \
+         [ $tpgid = $pgrp ] && echo controlling; \
+         [ -O /dev/pts/0 ] && echo owned; exit 3",
+    );
+    let out = read_console(&mut master);
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(3), "{out:?}");
+    let lines: Vec<&str> = out.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(
+        lines,
+        ["/dev/pts/0", "30 100", "isatty", "controlling", "owned"],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn console_input_reaches_the_task() {
+    let l = Layers::new();
+    let (sandbox, mut master) = spawn_with_console(&l, "read x; echo got:$x");
+    std::io::Write::write_all(&mut master, b"hello\n").unwrap();
+    let out = read_console(&mut master);
+    assert!(out.contains("got:hello"), "{out:?}");
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+}
+
+#[test]
+fn console_drives_an_interactive_shell() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "");
+    spec.argv = argv(&["/bin/sh", "-i"]);
+    spec.console = Some((24, 80));
+    let mut sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    let mut master = fs::File::from(sandbox.console().unwrap());
+    std::io::Write::write_all(&mut master, b"echo answer-$((6 * 7))\n").unwrap();
+    read_console_until(&mut master, "answer-42");
+    std::io::Write::write_all(&mut master, b"exit 3\n").unwrap();
+    read_console(&mut master);
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(3));
+}
+
+#[test]
+fn console_delivers_keyboard_signals_to_the_foreground_job() {
+    let l = Layers::new();
+    let (sandbox, mut master) = spawn_with_console(
+        &l,
+        "trap 'echo interrupted; exit 5' INT; echo ready; while :; do sleep 0.1; done",
+    );
+    read_console_until(&mut master, "ready");
+    std::io::Write::write_all(&mut master, b"\x03").unwrap();
+    let out = read_console(&mut master);
+    assert!(out.contains("interrupted"), "{out:?}");
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(5));
+}
+
+#[test]
+fn no_console_unless_asked() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "true");
+    spec.stdio = TaskStdio {
+        stdin: StdioFd::Null,
+        stdout: StdioFd::Null,
+        stderr: StdioFd::Null,
+    };
+    let mut sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    assert!(sandbox.console().is_none());
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
+}

@@ -435,9 +435,8 @@ fn a_terminal_is_given_with_dash_t() {
         .output()
         .unwrap();
     let stdout = ok(&out);
-    // FIXME: the terminal is allocated outside the task's own devpts, so ttyname(3)
-    // finds no name for it and `tty` says "not a tty"; it should print /dev/pts/N.
-    assert!(stdout.starts_with("not a tty"), "{stdout}");
+    // The terminal comes from the task's own devpts, so it has a name there.
+    assert!(stdout.starts_with("/dev/pts/0"), "{stdout}");
     assert!(stdout.contains("24 80"), "{stdout}");
     assert!(stdout.contains("stdin-is-tty"), "{stdout}");
     // Without -t (and without a local terminal) there is none.
