@@ -532,6 +532,12 @@ async fn run_here(
     for d in [&view_dir, &upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
     }
+    // A task's files are nobody else's business on the helper.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ctx.tasks_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| AgentError::io(&ctx.tasks_dir, e))?;
+    }
     let remote = RemoteSource {
         conn: conn.clone(),
         task,

@@ -97,6 +97,11 @@ impl Cache {
     /// Opens (or creates) the cache in `dir`, holding at most `limit` bytes of blobs.
     pub fn open(dir: &Path, limit: u64) -> std::io::Result<Cache> {
         fs::create_dir_all(dir.join("blobs"))?;
+        // Workstation files live here: nobody else on the helper may read them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let index = fs::read(dir.join("index.bin"))
             .ok()
             .and_then(|b| postcard::from_bytes::<Index>(&b).ok())
