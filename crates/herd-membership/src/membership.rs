@@ -1091,11 +1091,21 @@ impl Membership {
 
     /// Brings records in line with foca's member list (catches Suspect transitions).
     fn reconcile(&mut self, now: Duration) {
+        self.sync_records(now, None);
+    }
+
+    /// Updates the records of the members foca lists (all of them, or only those in
+    /// `only`, compared by inline address first so that the scan stays cheap) to the
+    /// state foca holds for them.
+    fn sync_records(&mut self, now: Duration, only: Option<&[NodeId]>) {
         let mut changes = Vec::new();
         {
             let shared = self.shared.lock();
             for m in self.foca.iter_membership_state() {
                 let id = m.id();
+                if only.is_some_and(|w| !w.iter().any(|w| w.addr == id.addr && w.name == id.name)) {
+                    continue;
+                }
                 let state = match m.state() {
                     State::Alive => NodeState::Alive,
                     State::Suspect => NodeState::Suspect,
@@ -1134,42 +1144,13 @@ impl Membership {
         }
     }
 
-    /// Updates the records of the watched members from foca's member list (one pass,
-    /// comparing the inline socket address first so that the scan stays cheap).
+    /// Updates the records of the watched members from foca's member list.
     fn check_watched(&mut self, now: Duration) {
         if self.watched.is_empty() {
             return;
         }
         let watched = std::mem::take(&mut self.watched);
-        let mut changes = Vec::new();
-        {
-            let shared = self.shared.lock();
-            for m in self.foca.iter_membership_state() {
-                let id = m.id();
-                if !watched
-                    .iter()
-                    .any(|w| w.addr == id.addr && w.name == id.name)
-                {
-                    continue;
-                }
-                let state = match m.state() {
-                    State::Alive => NodeState::Alive,
-                    State::Suspect => NodeState::Suspect,
-                    State::Down => match shared.left.get(&id.name) {
-                        Some(&b) if b >= id.bump => NodeState::Left,
-                        _ => NodeState::Dead,
-                    },
-                };
-                match self.records.get(&id.name) {
-                    Some(r) if r.id == *id && r.state == state => {}
-                    None if !state.is_active() => {}
-                    _ => changes.push((id.clone(), state)),
-                }
-            }
-        }
-        for (id, state) in changes {
-            self.set_node(now, &id, state);
-        }
+        self.sync_records(now, Some(&watched));
     }
 
     /// Member-list synchronisation, the anti-entropy half of the protocol.
