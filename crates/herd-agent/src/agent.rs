@@ -168,7 +168,7 @@ pub async fn run_agent(
     let advertise = opts
         .advertise
         .unwrap_or_else(|| admin::advertised_addr(listen));
-    let socket = local::bind(&dir, dir.root().starts_with(crate::state::SYSTEM_STATE_DIR))?;
+    let socket = local::bind(&dir, dir.is_system())?;
 
     let grant = Grant::resolve(opts.cpus, opts.memory);
     let speed = tokio::task::spawn_blocking(|| host::measure_speed(Duration::from_millis(100)))
@@ -192,6 +192,8 @@ pub async fn run_agent(
     let (local_tx, mut local_rx) = mpsc::channel::<LocalCall>(64);
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
     tokio::spawn(local::serve(socket, local_tx));
+    task::make_tasks_dir(&dir.root().join("tasks"))
+        .map_err(|e| AgentError::io(&dir.root().join("tasks"), e))?;
     let exe = std::env::current_exe()
         .map_err(|e| AgentError::Net(format!("cannot find herd's own binary: {e}")))?;
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
@@ -416,8 +418,9 @@ impl Agent {
         while let Some((addr, data)) = self.membership.poll_transmit() {
             self.send(addr, data);
         }
-        let mut newcomer = false;
+        let (mut newcomer, mut changed) = (false, false);
         while let Some(ev) = self.membership.poll_event() {
+            changed |= !matches!(ev, MemberEvent::Load(_));
             match ev {
                 MemberEvent::NodeUp(id) => {
                     tracing::info!(node = %id.name, addr = %id.addr, "node is alive");
@@ -443,6 +446,10 @@ impl Agent {
             while let Some((addr, data)) = self.membership.poll_transmit() {
                 self.send(addr, data);
             }
+        }
+        if !changed {
+            // Nobody's state changed: the peer list and the saved seeds stand.
+            return;
         }
         let alive: Vec<SocketAddr> = self
             .membership
@@ -513,6 +520,8 @@ impl Agent {
     }
 
     fn report_load(&mut self, force: bool) {
+        // Not yet herd-aware: the owner's load is the host's until tasks are counted.
+        let load = host::load_average();
         let report = LoadReport {
             seq: 0,
             roles: self
@@ -523,8 +532,8 @@ impl Agent {
                 .collect(),
             cpus: self.grant.cpus,
             speed: self.speed,
-            load: host::load_average(),
-            owner_load: host::load_average(),
+            load,
+            owner_load: load,
             mem_total: self.grant.memory,
             mem_free: host::mem_available().min(self.grant.memory),
             tasks: 0,

@@ -26,36 +26,47 @@ pub fn online_cpus() -> f32 {
         .unwrap_or(1.0)
 }
 
-/// The CPU quota of the cgroup this process runs in, in cores, if any.
-pub fn cgroup_cpu_quota() -> Option<f32> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+/// The directories, innermost first, of the cgroups this process is in that can carry
+/// limits of cgroup v1 controller `controller`: each `(v2, dir)` is the group or one
+/// of its ancestors, in the unified hierarchy (`v2`) or in the controller's own.
+fn limit_dirs(controller: &str) -> Vec<(bool, PathBuf)> {
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return vec![];
+    };
+    let mut out = Vec::new();
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
         let path = path.trim_start_matches('/');
         if controllers.is_empty() {
-            // cgroup v2: cpu.max is "max 100000" or "50000 100000"; check each ancestor.
-            for dir in ancestors(Path::new("/sys/fs/cgroup"), path) {
-                if let Ok(s) = std::fs::read_to_string(dir.join("cpu.max"))
-                    && let Some(q) = parse_cpu_max(&s)
-                {
-                    return Some(q);
-                }
-            }
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            for dir in ancestors(Path::new("/sys/fs/cgroup/cpu"), path) {
-                let quota = read_num(&dir.join("cpu.cfs_quota_us"));
-                let period = read_num(&dir.join("cpu.cfs_period_us"));
-                if let (Some(q), Some(p)) = (quota, period)
-                    && q > 0.0
-                    && p > 0.0
-                {
-                    return Some((q / p) as f32);
-                }
-            }
+            out.extend(
+                ancestors(Path::new("/sys/fs/cgroup"), path)
+                    .into_iter()
+                    .map(|d| (true, d)),
+            );
+        } else if controllers.split(',').any(|c| c == controller) {
+            let base = Path::new("/sys/fs/cgroup").join(controller);
+            out.extend(ancestors(&base, path).into_iter().map(|d| (false, d)));
         }
     }
-    None
+    out
+}
+
+/// The CPU quota of the cgroup this process runs in, in cores, if any.
+pub fn cgroup_cpu_quota() -> Option<f32> {
+    limit_dirs("cpu").into_iter().find_map(|(v2, dir)| {
+        if v2 {
+            // "max 100000" or "50000 100000".
+            parse_cpu_max(&std::fs::read_to_string(dir.join("cpu.max")).ok()?)
+        } else {
+            let q = read_num(&dir.join("cpu.cfs_quota_us"))?;
+            let p = read_num(&dir.join("cpu.cfs_period_us"))?;
+            (q > 0.0 && p > 0.0).then_some((q / p) as f32)
+        }
+    })
 }
 
 fn ancestors(base: &Path, rel: &str) -> Vec<PathBuf> {
@@ -81,31 +92,21 @@ fn parse_cpu_max(s: &str) -> Option<f32> {
     (p > 0.0).then_some((q / p) as f32)
 }
 
-/// The memory limit of this process's cgroup, if any.
+/// The memory limit of this process's cgroup, if any (the tightest of its ancestors').
 pub fn cgroup_memory_limit() -> Option<u64> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let mut best: Option<u64> = None;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let path = path.trim_start_matches('/');
-        let (base, file) = if controllers.is_empty() {
-            ("/sys/fs/cgroup", "memory.max")
-        } else if controllers.split(',').any(|c| c == "memory") {
-            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
-        } else {
-            continue;
-        };
-        for dir in ancestors(Path::new(base), path) {
-            if let Some(v) = read_num(&dir.join(file)) {
-                // v1 reports "no limit" as a huge number.
-                if v > 0.0 && v < (1u64 << 60) as f64 {
-                    best = Some(best.map_or(v as u64, |b| b.min(v as u64)));
-                }
-            }
-        }
-    }
-    best
+    limit_dirs("memory")
+        .into_iter()
+        .filter_map(|(v2, dir)| {
+            read_num(&dir.join(if v2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            }))
+        })
+        // v1 reports "no limit" as a huge number.
+        .filter(|&v| v > 0.0 && v < (1u64 << 60) as f64)
+        .map(|v| v as u64)
+        .min()
 }
 
 /// `MemAvailable` in bytes.

@@ -20,8 +20,9 @@
 //! * [`task`]: running a task, on the workstation's side and on the helper's.
 //! * [`fsserve`]: the workstation's file service and commits, run as the submitter.
 //!
-//! **Architecture invariant:** only this crate (and the binary above it) knows tokio,
-//! quinn and the filesystem; nothing below it does I/O.
+//! **Architecture invariant:** only this crate (and the binary above it) knows tokio
+//! and quinn; of the crates below it, only `herd-fs` and `herd-sandbox` touch the
+//! system, and `herd-proto`, `herd-pki` and `herd-membership` do no I/O at all.
 
 #![deny(missing_docs)]
 

@@ -113,6 +113,11 @@ impl StateDir {
         self.root.join(f)
     }
 
+    /// Whether this is the system-wide directory (root's agent, shared by local users).
+    pub fn is_system(&self) -> bool {
+        self.root.starts_with(SYSTEM_STATE_DIR)
+    }
+
     /// Path of the agent's Unix socket.
     pub fn socket_path(&self) -> PathBuf {
         self.path("agent.sock")
@@ -133,10 +138,13 @@ impl StateDir {
         self.path("ca.key").exists()
     }
 
-    /// Creates the directory (mode 0700) if needed.
+    /// Creates the directory if needed: mode 0700, or 0755 for the system directory,
+    /// whose agent socket local users reach (its secrets are 0600 files, its cache and
+    /// task directories 0700).
     pub fn create(&self) -> Result<(), AgentError> {
         fs::create_dir_all(&self.root).map_err(|e| AgentError::io(&self.root, e))?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+        let mode = if self.is_system() { 0o755 } else { 0o700 };
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(mode))
             .map_err(|e| AgentError::io(&self.root, e))?;
         Ok(())
     }

@@ -444,9 +444,17 @@ pub struct HelperCtx {
     pub ready: Result<(), String>,
 }
 
-/// Checks that this host can run tasks: a throwaway sandbox and a throwaway FUSE view.
+/// Makes the directory task directories go in; private (0700): a task's files are
+/// nobody else's business on the helper.
+pub fn make_tasks_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Checks that this host can run tasks (in `scratch`, made by [`make_tasks_dir`]): a
+/// throwaway sandbox and a throwaway FUSE view.
 pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let mode = herd_sandbox::probe(exe, scratch).map_err(|e| e.to_string())?;
     let empty = scratch.join(format!("probe-src-{}", std::process::id()));
     let mnt = scratch.join(format!("probe-mnt-{}", std::process::id()));
@@ -531,12 +539,6 @@ async fn run_here(
     let (view_dir, upper, work) = (dir.join("view"), dir.join("upper"), dir.join("work"));
     for d in [&view_dir, &upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
-    }
-    // A task's files are nobody else's business on the helper.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&ctx.tasks_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| AgentError::io(&ctx.tasks_dir, e))?;
     }
     let remote = RemoteSource {
         conn: conn.clone(),

@@ -233,21 +233,3 @@ impl<S: Source> Source for CachedSource<S> {
         Ok(t)
     }
 }
-
-impl<S: Source> Source for Arc<CachedSource<S>> {
-    fn stat(&self, path: &Path) -> Result<Attr, Errno> {
-        (**self).stat(path)
-    }
-    fn list(&self, path: &Path) -> Result<Vec<DirEntry>, Errno> {
-        (**self).list(path)
-    }
-    fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
-        (**self).read(path, offset, len)
-    }
-    fn readlink(&self, path: &Path) -> Result<PathBuf, Errno> {
-        (**self).readlink(path)
-    }
-    fn prefetch(&self, path: &Path) -> Vec<herd_proto::fs::Prefetched> {
-        (**self).prefetch(path)
-    }
-}

@@ -34,6 +34,25 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
+/// A shared source is a source (the agent keeps a handle on the one it mounts).
+impl<T: Source> Source for std::sync::Arc<T> {
+    fn stat(&self, path: &Path) -> Result<Attr, Errno> {
+        (**self).stat(path)
+    }
+    fn list(&self, path: &Path) -> Result<Vec<DirEntry>, Errno> {
+        (**self).list(path)
+    }
+    fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        (**self).read(path, offset, len)
+    }
+    fn readlink(&self, path: &Path) -> Result<PathBuf, Errno> {
+        (**self).readlink(path)
+    }
+    fn prefetch(&self, path: &Path) -> Vec<Prefetched> {
+        (**self).prefetch(path)
+    }
+}
+
 /// Bytes of file contents one prefetch answer carries at most.
 pub const PREFETCH_BUDGET: usize = 12 << 20;
 
