@@ -54,23 +54,29 @@ impl Cluster {
         self.project.path().join(rel)
     }
 
-    /// `herd run ARGS` on the workstation, in the project directory.
-    fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    /// `herd run --state STATE ARGS` on the workstation, in the project directory, with
+    /// stdin empty and stdout/stderr captured (ARGS include the flags and `--`).
+    fn run_cmd(&self, args: &[&str]) -> herd_testbed::HostCommand {
         let state = self.ws().state();
-        let mut argv = vec!["run", "--state", state.as_str(), "-T", "--"];
+        let mut argv = vec!["run", "--state", state.as_str()];
         argv.extend_from_slice(args);
         let mut cmd = self
             .bed
             .host("ws")
             .command(herd_bin().to_str().unwrap(), &argv);
         cmd.current_dir(self.project.path())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// `herd run -T -- ARGS`, feeding `stdin` if given.
+    fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = self.run_cmd(&[&["-T", "--"], args].concat());
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         let mut child = cmd.spawn().unwrap();
         if let Some(data) = stdin {
             let mut si = child.stdin.take().unwrap();
@@ -179,27 +185,16 @@ fn exit_codes_streams_and_environment_behave_as_locally() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], c.project.path().to_str().unwrap());
     assert_eq!(lines[1], "");
-    let state = c.ws().state();
     let out = c
-        .bed
-        .host("ws")
-        .command(
-            herd_bin().to_str().unwrap(),
-            &[
-                "run",
-                "--state",
-                &state,
-                "-T",
-                "--env",
-                "HERD_TEST_VAR=v1",
-                "--",
-                "/bin/sh",
-                "-c",
-                "echo $HERD_TEST_VAR",
-            ],
-        )
-        .current_dir(c.project.path())
-        .stdout(Stdio::piped())
+        .run_cmd(&[
+            "-T",
+            "--env",
+            "HERD_TEST_VAR=v1",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo $HERD_TEST_VAR",
+        ])
         .output()
         .unwrap();
     assert_eq!(text(&out.stdout).trim(), "v1");
@@ -301,18 +296,11 @@ fn file_changes_are_committed_back_and_secrets_stay_hidden() {
 #[test]
 fn a_cwd_that_does_not_exist_gives_a_clear_error() {
     let c = Cluster::start();
-    let state = c.ws().state();
     // A cwd under /tmp is the workstation's, but tasks get a private /tmp.
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let out = c
-        .bed
-        .host("ws")
-        .command(
-            herd_bin().to_str().unwrap(),
-            &["run", "--state", &state, "-T", "--", "true"],
-        )
+        .run_cmd(&["-T", "--", "true"])
         .current_dir(dir.path())
-        .stderr(Stdio::piped())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(127));
@@ -326,16 +314,7 @@ fn a_cwd_that_does_not_exist_gives_a_clear_error() {
 impl Cluster {
     /// Starts `herd run -T -- ARGS` in the background with stdout piped.
     fn spawn_run(&self, args: &[&str]) -> Child {
-        let state = self.ws().state();
-        let mut argv = vec!["run", "--state", state.as_str(), "-T", "--"];
-        argv.extend_from_slice(args);
-        self.bed
-            .host("ws")
-            .command(herd_bin().to_str().unwrap(), &argv)
-            .current_dir(self.project.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        self.run_cmd(&[&["-T", "--"], args].concat())
             .spawn()
             .unwrap()
     }
@@ -411,27 +390,14 @@ fn signals_reach_the_task_and_nothing_outlives_it() {
 #[test]
 fn a_terminal_is_given_with_dash_t() {
     let c = Cluster::start();
-    let state = c.ws().state();
     let out = c
-        .bed
-        .host("ws")
-        .command(
-            herd_bin().to_str().unwrap(),
-            &[
-                "run",
-                "--state",
-                &state,
-                "-t",
-                "--",
-                "/bin/sh",
-                "-c",
-                "tty; stty size; test -t 0 && echo stdin-is-tty",
-            ],
-        )
-        .current_dir(c.project.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .run_cmd(&[
+            "-t",
+            "--",
+            "/bin/sh",
+            "-c",
+            "tty; stty size; test -t 0 && echo stdin-is-tty",
+        ])
         .output()
         .unwrap();
     let stdout = ok(&out);
@@ -577,20 +543,7 @@ fn a_node_without_the_submit_role_cannot_run_tasks_on_others() {
 #[test]
 fn herds_own_failures_exit_255_with_one_line() {
     let mut c = Cluster::start();
-    let state = c.ws().state();
-    let run = |args: &[&str]| {
-        let mut argv = vec!["run", "--state", state.as_str(), "-T"];
-        argv.extend_from_slice(args);
-        c.bed
-            .host("ws")
-            .command(herd_bin().to_str().unwrap(), &argv)
-            .current_dir(c.project.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap()
-    };
+    let run = |c: &Cluster, args: &[&str]| c.run_cmd(&[&["-T"], args].concat()).output().unwrap();
     let check = |out: &Output, needle: &str| {
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(255), "{err}");
@@ -600,14 +553,17 @@ fn herds_own_failures_exit_255_with_one_line() {
             "{needle:?} in {err}"
         );
     };
-    check(&run(&["--on", "nosuch", "--", "true"]), "no node named");
-    check(&run(&["--on", "ws", "--", "true"]), "workstation itself");
+    check(&run(&c, &["--on", "nosuch", "--", "true"]), "no node named");
+    check(
+        &run(&c, &["--on", "ws", "--", "true"]),
+        "workstation itself",
+    );
     // The only helper leaves: nothing can take the task.
     sigterm(&c.agents[1]);
     let _ = c.agents[1].wait();
     let ws = c.ws();
     wait_for("h1 left", CONVERGE, || all_see(&[ws], "h1", "left"));
-    check(&run(&["--", "true"]), "no helper is available");
+    check(&run(&c, &["--", "true"]), "no helper is available");
     // No agent at all.
     let out = c
         .bed
