@@ -1,0 +1,1 @@
+//! `herd map`: templates, argument sources, job log, and the batch driver.

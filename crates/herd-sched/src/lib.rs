@@ -1,0 +1,1 @@
+//! Placement: a pure function from the cluster view and the queue to assignments.
