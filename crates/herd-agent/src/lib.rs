@@ -35,6 +35,7 @@ pub mod fsserve;
 pub mod host;
 pub mod local;
 pub mod net;
+pub mod polite;
 pub mod state;
 pub mod task;
 
