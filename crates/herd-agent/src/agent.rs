@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::host::{self, Grant};
 use crate::local::{self, LocalCall};
+use crate::polite::{self, Action, OwnerMeter, Policy, PoliteConfig, Sample, TaskMem};
+use crate::queue::{JobEnd, Pending, Queue};
 use crate::state::StateDir;
 use crate::task::{self, Caller, HelperCtx, Tasks};
 use crate::{AgentError, admin, discovery, enroll, net};
@@ -58,6 +60,11 @@ pub struct AgentOptions {
     pub mdns: bool,
     /// Bytes of workstation files the helper keeps cached (default 4 GiB).
     pub cache_size: Option<u64>,
+    /// The cgroup standing for this host when measuring its owner's load (default:
+    /// the whole machine).
+    pub host_cgroup: Option<std::path::PathBuf>,
+    /// When to take work, suspend, resume and evict (see [`crate::polite`]).
+    pub polite: PoliteConfig,
 }
 
 /// Everything that can happen to the agent.
@@ -74,6 +81,10 @@ enum Event {
     ConnectFailed { addr: SocketAddr },
     /// A connection ended.
     Closed { addr: SocketAddr, id: usize },
+    /// A task this workstation dispatched ended or was lost.
+    JobEnded { job: u64, end: JobEnd },
+    /// A sample of the host's load (every [`polite::SAMPLE_EVERY`]).
+    Sample(Sample),
 }
 
 struct Conn {
@@ -109,6 +120,11 @@ struct Agent {
     seq: u64,
     last_report: Option<(Instant, LoadReport)>,
     saved_seeds: Vec<SocketAddr>,
+    queue: Queue,
+    /// Something placement depends on changed since it last ran.
+    sched_dirty: bool,
+    policy: Policy,
+    last_sample: Option<Sample>,
 }
 
 /// Runs an agent until `shutdown` resolves or SIGTERM/SIGINT arrives.
@@ -171,6 +187,9 @@ pub async fn run_agent(
     let socket = local::bind(&dir, dir.is_system())?;
 
     let grant = Grant::resolve(opts.cpus, opts.memory);
+    opts.polite
+        .validate()
+        .map_err(|e| AgentError::Usage(e.to_string()))?;
     let speed = tokio::task::spawn_blocking(|| host::measure_speed(Duration::from_millis(100)))
         .await
         .unwrap_or(1.0);
@@ -229,6 +248,8 @@ pub async fn run_agent(
                     None
                 }
             },
+            running: Default::default(),
+            suspended: Default::default(),
             cache: Arc::new(
                 herd_fs::cache::Cache::open(
                     &dir.root().join("cache"),
@@ -239,6 +260,11 @@ pub async fn run_agent(
         }),
     });
     tokio::spawn(accept_loop(shared.clone(), events.clone()));
+    let mut meter = OwnerMeter::new(
+        opts.host_cgroup.as_deref(),
+        shared.helper.cgroup_parent.as_deref(),
+    )
+    .map_err(|e| AgentError::Usage(e.to_string()))?;
 
     let mut agent = Agent {
         dir: dir.clone(),
@@ -259,7 +285,25 @@ pub async fn run_agent(
         seq: 0,
         last_report: None,
         saved_seeds: nf.seeds.clone(),
+        queue: Queue::default(),
+        sched_dirty: false,
+        policy: Policy::new(opts.polite.clone()),
+        last_sample: None,
     };
+    {
+        let events = agent.events.clone();
+        std::thread::Builder::new()
+            .name("herd-meter".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(polite::SAMPLE_EVERY);
+                    if events.blocking_send(Event::Sample(meter.sample())).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| AgentError::Net(format!("cannot start the load meter: {e}")))?;
+    }
     let mut seeds: Vec<SocketAddr> = opts.peers.clone();
     seeds.extend(nf.seeds.iter().copied());
     seeds.retain(|s| *s != advertise && *s != listen);
@@ -317,12 +361,20 @@ pub async fn run_agent(
                 let now = agent.now();
                 agent.membership.handle_timeout(now);
             }
-            _ = load_tick.tick() => agent.report_load(false),
+            _ = load_tick.tick() => {
+                agent.report_load(false);
+                // Expected completion times move with the clock.
+                agent.sched_dirty = true;
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = &mut shutdown => break,
         }
         agent.flush();
+        if agent.sched_dirty {
+            agent.sched_dirty = false;
+            agent.schedule();
+        }
     }
     agent.leave().await;
     let _ = std::fs::remove_file(dir.socket_path());
@@ -337,15 +389,6 @@ pub fn default_name() -> String {
         .map(|h| h.split('.').next().unwrap_or("").to_string())
         .filter(|h| herd_pki::check_name(h).is_ok())
         .unwrap_or_else(|| "node".into())
-}
-
-fn spare(n: &herd_membership::NodeView) -> f32 {
-    n.load
-        .as_ref()
-        .map(|l| {
-            (l.cpus - l.tasks as f32 - l.owner_load.min(l.cpus)).max(0.0) * l.speed + l.speed * 0.01
-        })
-        .unwrap_or(0.0)
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -410,6 +453,19 @@ impl Agent {
                     c.conn = None;
                 }
             }
+            Event::Sample(sample) => self.observe(sample),
+            Event::JobEnded { job, end } => {
+                self.sched_dirty = true;
+                match end {
+                    JobEnd::Done { completed } => self.queue.end(job, completed),
+                    JobEnd::Requeue { mut pending, node } => {
+                        self.queue.end(job, false);
+                        pending.retries_left -= 1;
+                        pending.avoid.push(node);
+                        self.queue.push_front(*pending);
+                    }
+                }
+            }
         }
     }
 
@@ -420,6 +476,7 @@ impl Agent {
         }
         let (mut newcomer, mut changed) = (false, false);
         while let Some(ev) = self.membership.poll_event() {
+            self.sched_dirty = true;
             changed |= !matches!(ev, MemberEvent::Load(_));
             match ev {
                 MemberEvent::NodeUp(id) => {
@@ -427,8 +484,14 @@ impl Agent {
                     newcomer = true;
                 }
                 MemberEvent::NodeSuspect(id) => tracing::info!(node = %id.name, "node is suspect"),
-                MemberEvent::NodeDown(id) => tracing::warn!(node = %id.name, "node is dead"),
-                MemberEvent::NodeLeft(id) => tracing::info!(node = %id.name, "node left"),
+                MemberEvent::NodeDown(id) => {
+                    tracing::warn!(node = %id.name, "node is dead");
+                    self.queue.lose_node(&id.name, "it is dead or cut off");
+                }
+                MemberEvent::NodeLeft(id) => {
+                    tracing::info!(node = %id.name, "node left");
+                    self.queue.lose_node(&id.name, "it left the cluster");
+                }
                 MemberEvent::Rejoined(id) => {
                     tracing::warn!(
                         bump = id.bump,
@@ -519,9 +582,54 @@ impl Agent {
         }
     }
 
+    /// Feeds the polite policy a load sample and carries out what it decides.
+    fn observe(&mut self, sample: Sample) {
+        let helper = self.shared.helper.clone();
+        let tasks: Vec<TaskMem> = helper
+            .task_memory()
+            .into_iter()
+            .map(|(id, mem)| TaskMem { id, mem })
+            .collect();
+        let was = self.policy.accepting();
+        let now = self.now();
+        self.policy.observe(now, &sample, &tasks);
+        while let Some(action) = self.policy.poll_action() {
+            match action {
+                Action::Suspend => {
+                    tracing::info!(
+                        owner_cores = sample.owner_cores,
+                        "the owner is busy: suspending herd's tasks"
+                    );
+                    helper.set_suspended(true);
+                }
+                Action::Resume => {
+                    tracing::info!("the owner is idle again: resuming herd's tasks");
+                    helper.set_suspended(false);
+                }
+                Action::Evict { task, reason } => {
+                    let why = match reason {
+                        polite::EvictReason::OwnerBusy => {
+                            "its owner has needed the host for too long"
+                        }
+                        polite::EvictReason::Memory => "the host is short of memory",
+                    };
+                    tracing::info!(task = format!("{task:016x}"), "evicting a task: {why}");
+                    helper.evict(task, why);
+                }
+            }
+        }
+        self.last_sample = Some(sample);
+        self.report_load(was != self.policy.accepting());
+    }
+
     fn report_load(&mut self, force: bool) {
-        // Not yet herd-aware: the owner's load is the host's until tasks are counted.
-        let load = host::load_average();
+        let (owner, herd) = match &self.last_sample {
+            Some(s) => (
+                self.policy.owner_cores().unwrap_or(s.owner_cores),
+                s.herd_cores,
+            ),
+            None => (0.0, 0.0),
+        };
         let report = LoadReport {
             seq: 0,
             roles: self
@@ -532,17 +640,20 @@ impl Agent {
                 .collect(),
             cpus: self.grant.cpus,
             speed: self.speed,
-            load,
-            owner_load: load,
+            load: owner + herd,
+            owner_load: owner,
             mem_total: self.grant.memory,
             mem_free: host::mem_available().min(self.grant.memory),
-            tasks: 0,
-            draining: false,
+            tasks: self.shared.helper.task_count(),
+            // Not taking new work: the owner is busy, has not been idle long enough,
+            // or memory is short.
+            draining: !self.policy.accepting(),
         };
         let stale = self.last_report.as_ref().is_none_or(|(t, last)| {
             t.elapsed() >= Duration::from_secs(10)
                 || (last.load - report.load).abs() >= 0.1
                 || last.tasks != report.tasks
+                || last.draining != report.draining
                 || last.mem_free.abs_diff(report.mem_free) > last.mem_total / 20
         });
         if force || stale {
@@ -557,39 +668,37 @@ impl Agent {
 
     fn handle_local(&mut self, call: LocalCall) {
         if let LocalRequest::Run(spec) = call.request {
-            let Some(stream) = call.stream else { return };
+            let Some(cli) = call.stream else { return };
             let caller = Caller {
                 uid: call.uid,
                 gid: call.gid,
                 pid: call.pid,
             };
-            match self.pick_helper(spec.on.as_deref()) {
-                Ok((name, addr)) => {
-                    let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
-                    tokio::spawn(task::run_from_cli(
-                        stream,
-                        spec,
-                        caller,
-                        (name, addr, conn),
-                        self.endpoint.clone(),
-                        self.shared.tasks.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tokio::spawn(async move {
-                        use futures_util::SinkExt;
-                        let mut stream = stream;
-                        if let Ok(b) = herd_proto::encode(&herd_proto::RunEvent::Error(e)) {
-                            let _ = stream.send(b).await;
-                        }
-                    });
-                }
+            if let Some(on) = spec.on.as_deref()
+                && let Err(e) = self.check_pin(on)
+            {
+                tokio::spawn(task::refuse(cli, e));
+                return;
             }
+            let job = self.queue.next_id();
+            let exe = crate::queue::exe_key(&spec.argv);
+            let retries_left = spec.retries;
+            self.queue.push(Pending {
+                job,
+                cli,
+                spec,
+                caller,
+                exe,
+                avoid: Vec::new(),
+                retries_left,
+            });
+            self.sched_dirty = true;
             return;
         }
         let resp = match call.request {
             LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
             LocalRequest::Run(_) => return,
+            LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(&self.sched_nodes())),
             LocalRequest::Status => LocalResponse::Status(AgentStatus {
                 name: self.me.name.clone(),
                 cluster: self.cluster.clone(),
@@ -607,58 +716,201 @@ impl Agent {
                     .tasks
                     .fs_requests
                     .load(std::sync::atomic::Ordering::Relaxed),
+                queued: self.queue.waiting() as u32,
+                running: self.queue.running() as u32,
+                hosting: self.shared.helper.task_count(),
+                mode: match self.policy.mode() {
+                    polite::Mode::Waiting => "waiting",
+                    polite::Mode::Running => "running",
+                    polite::Mode::Suspended { .. } => "suspended",
+                }
+                .to_string(),
+                owner_load: self.policy.owner_cores().unwrap_or(0.0),
             }),
         };
         let _ = call.reply.send(resp);
     }
 
-    /// The helper a task goes to: the named one, or the alive exec node (not this
-    /// one) with the most spare speed. Placement proper is the scheduler's job.
-    fn pick_helper(&self, on: Option<&str>) -> Result<(String, SocketAddr), String> {
-        let nodes = self.membership.nodes();
-        // An exec node: its certificate says so (when known) and its load report (when
-        // one arrived) says it can run tasks now.
-        let is_exec = |n: &herd_membership::NodeView| {
-            let cert = self
-                .cert_roles
-                .get(&n.id.name)
-                .is_none_or(|r| r.contains(&Role::Exec));
-            // Before its first load report arrives, trust the certificate: the helper
-            // itself refuses a task it cannot run, saying why.
-            let ready = n
-                .load
-                .as_ref()
-                .is_none_or(|l| l.roles.iter().any(|r| r == "exec"));
-            cert && ready
-        };
-        if let Some(name) = on {
-            let n = nodes
-                .iter()
-                .find(|n| n.id.name == name)
-                .ok_or_else(|| format!("no node named {name:?} in the cluster"))?;
-            if n.id.name == self.me.name {
-                return Err(
-                    "running on the workstation itself is not supported yet; pick a helper".into(),
-                );
-            }
-            if n.state != NodeState::Alive {
-                return Err(format!("node {name} is {:?}, not alive", n.state).to_lowercase());
-            }
-            if !is_exec(n) {
-                return Err(format!(
-                    "node {name} does not execute tasks (no exec role, or it cannot run sandboxes: see its log)"
-                ));
-            }
-            return Ok((n.id.name.clone(), n.id.addr));
+    /// Whether `n` executes tasks: its certificate says so (when known), its load
+    /// report (when one arrived) says it can run them now, and it grants cores.
+    fn is_exec(&self, n: &herd_membership::NodeView) -> bool {
+        if n.id.name == self.me.name {
+            return self.roles.contains(&Role::Exec) && self.grant.cpus > 0.0;
         }
-        nodes
+        let cert = self
+            .cert_roles
+            .get(&n.id.name)
+            .is_none_or(|r| r.contains(&Role::Exec));
+        // Before its first load report arrives, trust the certificate: the helper
+        // itself refuses a task it cannot run, saying why.
+        let ready = n
+            .load
+            .as_ref()
+            .is_none_or(|l| l.roles.iter().any(|r| r == "exec") && l.cpus > 0.0);
+        cert && ready
+    }
+
+    /// Checks `herd run --on NAME` before queueing the task.
+    fn check_pin(&self, name: &str) -> Result<(), String> {
+        let nodes = self.membership.nodes();
+        let n = nodes
             .iter()
-            .filter(|n| n.state == NodeState::Alive && n.id.name != self.me.name && is_exec(n))
-            .max_by(|a, b| spare(a).total_cmp(&spare(b)))
-            .map(|n| (n.id.name.clone(), n.id.addr))
-            .ok_or_else(|| {
-                "no helper is available: `herd nodes` shows none alive with the exec role".into()
+            .find(|n| n.id.name == name)
+            .ok_or_else(|| format!("no node named {name:?} in the cluster"))?;
+        if n.state != NodeState::Alive {
+            return Err(format!("node {name} is {:?}, not alive", n.state).to_lowercase());
+        }
+        if !self.is_exec(n) {
+            return Err(if n.id.name == self.me.name {
+                format!("this node ({name}) lends no cores to herd (no exec role, or --cpus 0)")
+            } else {
+                format!(
+                    "node {name} does not execute tasks (no exec role, or it cannot run sandboxes: see its log)"
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// The cluster as placement sees it.
+    fn sched_nodes(&self) -> Vec<herd_sched::Node> {
+        self.membership
+            .nodes()
+            .into_iter()
+            .filter(|n| n.state.is_active())
+            .map(|n| {
+                let local = n.id.name == self.me.name;
+                let load = n.load.clone().unwrap_or_default();
+                let ours = self.queue.count_on(&n.id.name);
+                let (cpus, speed, mut owner_load) = if local {
+                    (self.grant.cpus, self.speed, load.owner_load)
+                } else {
+                    (load.cpus, load.speed, load.owner_load)
+                };
+                if local {
+                    // Tasks run here directly count as the owner's load.
+                    owner_load = (owner_load - ours as f32).max(0.0);
+                }
+                herd_sched::Node {
+                    accepting: n.state == NodeState::Alive
+                        && self.is_exec(&n)
+                        // The workstation's own policy guards helpers' tasks, not the
+                        // submitter's own work run here.
+                        && (local || (!load.draining && n.load.is_some())),
+                    others: if local {
+                        0
+                    } else {
+                        load.tasks.saturating_sub(ours)
+                    },
+                    running: self.queue.running_on(&n.id.name),
+                    warm: self.queue.warm(&n.id.name),
+                    name: n.id.name.clone(),
+                    local,
+                    cpus,
+                    speed: if speed > 0.0 { speed } else { 1.0 },
+                    owner_load,
+                    mem_free: load.mem_free,
+                }
             })
+            .collect()
+    }
+
+    /// Runs placement over the queue and starts what it assigns. A task no node could
+    /// ever run (none alive with cores to lend, all avoided) fails at once; the others
+    /// wait for a slot.
+    fn schedule(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let nodes = self.sched_nodes();
+        let hopeless: Vec<u64> = self
+            .queue
+            .pending()
+            .filter(|p| {
+                !nodes.iter().any(|n| {
+                    self.is_exec_name(&n.name)
+                        && !p.avoid.contains(&n.name)
+                        && p.spec.on.as_deref().is_none_or(|on| on == n.name)
+                        && (!n.local || p.spec.local_ok)
+                })
+            })
+            .map(|p| p.job)
+            .collect();
+        for job in hopeless {
+            if let Some(p) = self.queue.take(job) {
+                let msg = if p.avoid.is_empty() {
+                    "no helper is available: `herd nodes` shows none alive with the exec role"
+                        .to_string()
+                } else {
+                    format!(
+                        "the task was lost on {} and no other node can run it; nothing of it was committed",
+                        p.avoid.join(", ")
+                    )
+                };
+                tokio::spawn(task::refuse(p.cli, msg));
+            }
+        }
+        let jobs = self.queue.jobs();
+        if jobs.is_empty() {
+            return;
+        }
+        let params = herd_sched::Params::default();
+        for a in herd_sched::place(&nodes, &jobs, &self.queue.est, &params) {
+            let Some(p) = self.queue.take(a.job) else {
+                continue;
+            };
+            let Some(n) = nodes.iter().find(|n| n.name == a.node) else {
+                self.queue.push_front(p);
+                continue;
+            };
+            let rate = n.slot_rate();
+            let lost = self.queue.start(p.job, &n.name, &p.exe, rate);
+            let (job, events) = (p.job, self.events.clone());
+            if n.local {
+                let node = n.name.clone();
+                tokio::spawn(async move {
+                    let completed = task::run_local(p.cli, node).await;
+                    let _ = events
+                        .send(Event::JobEnded {
+                            job,
+                            end: JobEnd::Done { completed },
+                        })
+                        .await;
+                });
+                continue;
+            }
+            let addr = self
+                .membership
+                .nodes()
+                .iter()
+                .find(|m| m.id.name == n.name)
+                .map(|m| m.id.addr);
+            let Some(addr) = addr else {
+                self.queue.end(job, false);
+                self.queue.push_front(p);
+                continue;
+            };
+            let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
+            let fut = task::run_remote(
+                p,
+                (n.name.clone(), addr, conn),
+                lost,
+                self.endpoint.clone(),
+                self.shared.tasks.clone(),
+            );
+            tokio::spawn(async move {
+                let end = fut.await;
+                let _ = events.send(Event::JobEnded { job, end }).await;
+            });
+        }
+    }
+
+    fn is_exec_name(&self, name: &str) -> bool {
+        self.membership
+            .nodes()
+            .iter()
+            .find(|n| n.id.name == name)
+            .is_some_and(|n| n.state == NodeState::Alive && self.is_exec(n))
     }
 
     fn node_infos(&self) -> Vec<NodeInfo> {

@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub tty: Option<bool>,
     /// `--env K=V` overrides.
     pub env: Vec<(String, String)>,
+    /// `--retries N`: re-runs elsewhere when the node is lost or evicts the task.
+    pub retries: u32,
+    /// Whether placement may run the task on the workstation itself.
+    pub local_ok: bool,
 }
 
 const RLIMITS: &[i32] = &[
@@ -107,6 +111,8 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
             None
         },
         on: opts.on.clone(),
+        retries: opts.retries,
+        local_ok: opts.local_ok,
     })
 }
 
@@ -144,86 +150,222 @@ impl Drop for RawMode {
     }
 }
 
+/// Where a task's streams go, and what else `herd run` relays.
+#[derive(Debug, Default)]
+pub struct Io {
+    /// Forward this process's stdin (otherwise the task's stdin is empty).
+    pub stdin: bool,
+    /// Capture stdout into this file (otherwise this process's stdout).
+    pub stdout: Option<std::fs::File>,
+    /// Capture stderr into this file (otherwise this process's stderr).
+    pub stderr: Option<std::fs::File>,
+    /// Forward SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH.
+    pub signals: bool,
+    /// Stop the task (SIGTERM, then kill) when this turns true.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Io {
+    /// `herd run`'s own: this process's stdio and signals.
+    pub fn terminal() -> Io {
+        Io {
+            stdin: true,
+            signals: true,
+            ..Io::default()
+        }
+    }
+}
+
+/// How a task ended, as `herd run` saw it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The exit code `herd run` gives: the task's, 128+N, 127, or 255.
+    pub code: i32,
+    /// The node that ran it (last attempt).
+    pub node: Option<String>,
+    /// herd's own failure or the helper's explanation, one line (already shown when
+    /// stderr is this process's).
+    pub error: Option<String>,
+    /// Attempts lost before the last one: (node, why).
+    pub retried: Vec<(String, String)>,
+}
+
+fn write_to(file: &mut Option<std::fs::File>, data: &[u8], err: bool) {
+    match file {
+        Some(f) => {
+            let _ = f.write_all(data);
+        }
+        None if err => {
+            let mut e = std::io::stderr();
+            let _ = e.write_all(data);
+            let _ = e.flush();
+        }
+        None => {
+            let mut o = std::io::stdout();
+            let _ = o.write_all(data);
+            let _ = o.flush();
+        }
+    }
+}
+
+/// Empties a capture file after a lost attempt.
+fn rewind(file: &mut Option<std::fs::File>) {
+    use std::io::Seek;
+    if let Some(f) = file {
+        let _ = f.set_len(0);
+        let _ = f.seek(std::io::SeekFrom::Start(0));
+    }
+}
+
+const FORWARDED: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
 /// Runs `spec` through the agent of `dir`; returns the exit code. Errors are printed.
 pub async fn run(dir: &StateDir, spec: RunSpec) -> i32 {
-    let fail = |m: String| {
-        eprintln!("herd: {m}");
-        EXIT_HERD
+    run_io(dir, spec, Io::terminal()).await.code
+}
+
+/// Runs `spec` through the agent of `dir` with the streams of `io`.
+pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
+    let captured_err = io.stderr.is_some();
+    let mut outcome = Outcome::default();
+    let fail = |mut o: Outcome, m: String| {
+        if !captured_err {
+            eprintln!("herd: {m}");
+        }
+        o.code = EXIT_HERD;
+        o.error = Some(m);
+        o
     };
     let stream = match tokio::net::UnixStream::connect(dir.socket_path()).await {
         Ok(s) => s,
         Err(_) => {
-            return fail(format!(
-                "no herd agent is running on state directory {} (start one with `herd agent`)",
-                dir.root().display()
-            ));
+            return fail(
+                outcome,
+                format!(
+                    "no herd agent is running on state directory {} (start one with `herd agent`)",
+                    dir.root().display()
+                ),
+            );
         }
     };
     let tty = spec.tty.is_some();
     let mut framed = Framed::new(stream, herd_proto::codec());
-    let Ok(req) = herd_proto::encode(&LocalRequest::Run(spec)) else {
-        return fail("the command is too large to send".into());
+    let Ok(req) = herd_proto::encode(&LocalRequest::Run(spec.clone())) else {
+        return fail(outcome, "the command is too large to send".into());
     };
     if framed.send(req).await.is_err() {
-        return fail("the agent closed the connection".into());
+        return fail(outcome, "the agent closed the connection".into());
+    }
+    // The task may wait in the agent's queue until a slot frees; nothing is relayed
+    // before it is placed.
+    let first = tokio::select! {
+        f = framed.next() => f,
+        _ = cancelled(&mut io.cancel) => {
+            return fail(outcome, "cancelled before the task started".into());
+        }
+    };
+    let first = match first.map(|f| f.map(|b| herd_proto::decode::<RunEvent>(&b))) {
+        Some(Ok(Ok(ev))) => ev,
+        Some(Ok(Err(_))) => return fail(outcome, "the agent sent something unreadable".into()),
+        _ => {
+            return fail(
+                outcome,
+                "lost the connection to the agent before the task started".into(),
+            );
+        }
+    };
+    match first {
+        RunEvent::Placed { node } => outcome.node = Some(node),
+        RunEvent::RunHere { node } => {
+            outcome.node = Some(node.clone());
+            let code = run_here(&spec, &node, &mut io).await;
+            outcome.code = code.unwrap_or_else(|e| {
+                let m = e;
+                write_to(&mut io.stderr, format!("herd: {m}\n").as_bytes(), true);
+                outcome.error = Some(m);
+                if outcome
+                    .error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("not found"))
+                {
+                    127
+                } else {
+                    126
+                }
+            });
+            if let Ok(b) = herd_proto::encode(&TaskInput::LocalDone(outcome.code)) {
+                let _ = framed.send(b).await;
+            }
+            return outcome;
+        }
+        RunEvent::Error(m) => return fail(outcome, m),
+        _ => return fail(outcome, "the agent sent an unexpected answer".into()),
     }
     let _raw = tty.then(RawMode::enter);
     let (mut sink, mut events) = framed.split();
     let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<TaskInput>(16);
 
-    // stdin, in a task of its own (reading blocks a thread).
-    let stdin_tx = in_tx.clone();
-    tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = stdin_tx.send(TaskInput::StdinEof).await;
-                    return;
-                }
-                Ok(n) => {
-                    if stdin_tx
-                        .send(TaskInput::Stdin(buf[..n].to_vec()))
-                        .await
-                        .is_err()
-                    {
+    if io.stdin {
+        // stdin, in a task of its own (reading blocks a thread).
+        let stdin_tx = in_tx.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = stdin_tx.send(TaskInput::StdinEof).await;
                         return;
                     }
-                }
-            }
-        }
-    });
-    // Signals to forward.
-    for sig in [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGWINCH,
-    ] {
-        let tx = in_tx.clone();
-        let Ok(mut s) = signal(SignalKind::from_raw(sig)) else {
-            continue;
-        };
-        tokio::spawn(async move {
-            while s.recv().await.is_some() {
-                let input = if sig == libc::SIGWINCH {
-                    match window_size() {
-                        Some((r, c)) => TaskInput::Resize(r, c),
-                        None => continue,
+                    Ok(n) => {
+                        if stdin_tx
+                            .send(TaskInput::Stdin(buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
-                } else {
-                    TaskInput::Signal(sig)
-                };
-                if tx.send(input).await.is_err() {
-                    return;
                 }
             }
         });
+    } else {
+        let _ = in_tx.send(TaskInput::StdinEof).await;
     }
+    if io.signals {
+        for sig in FORWARDED {
+            let tx = in_tx.clone();
+            let Ok(mut s) = signal(SignalKind::from_raw(sig)) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let input = if sig == libc::SIGWINCH {
+                        match window_size() {
+                            Some((r, c)) => TaskInput::Resize(r, c),
+                            None => continue,
+                        }
+                    } else {
+                        TaskInput::Signal(sig)
+                    };
+                    if tx.send(input).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    let ctl_tx = in_tx.clone();
+    let mut cancel = io.cancel.take();
+    let mut deadline: Option<tokio::time::Instant> = None;
     drop(in_tx);
     tokio::spawn(async move {
         while let Some(input) = in_rx.recv().await {
@@ -236,49 +378,188 @@ pub async fn run(dir: &StateDir, spec: RunSpec) -> i32 {
         }
     });
 
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
-    while let Some(frame) = events.next().await {
+    loop {
+        let frame = tokio::select! {
+            f = events.next() => f,
+            _ = cancelled(&mut cancel), if deadline.is_none() => {
+                let _ = ctl_tx.send(TaskInput::Signal(libc::SIGTERM)).await;
+                deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3));
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                // Closing the connection makes the agent drop the task, which kills it.
+                drop(_raw);
+                return fail(outcome, "cancelled; the task was killed".into());
+            }
+        };
+        let Some(frame) = frame else { break };
         let Ok(frame) = frame else { break };
         let Ok(ev) = herd_proto::decode::<RunEvent>(&frame) else {
-            return fail("the agent sent something unreadable".into());
+            return fail(outcome, "the agent sent something unreadable".into());
         };
         match ev {
-            RunEvent::Output(TaskOutput::Stdout(d)) => {
-                let _ = stdout.write_all(&d);
-                let _ = stdout.flush();
-            }
-            RunEvent::Output(TaskOutput::Stderr(d)) => {
-                let _ = stderr.write_all(&d);
-                let _ = stderr.flush();
-            }
+            RunEvent::Output(TaskOutput::Stdout(d)) => write_to(&mut io.stdout, &d, false),
+            RunEvent::Output(TaskOutput::Stderr(d)) => write_to(&mut io.stderr, &d, true),
             RunEvent::Output(TaskOutput::Failed { message, code }) => {
                 drop(_raw);
-                eprintln!("herd: {message}");
-                return code;
+                write_to(
+                    &mut io.stderr,
+                    format!("herd: {message}\n").as_bytes(),
+                    true,
+                );
+                outcome.code = code;
+                outcome.error = Some(message);
+                return outcome;
             }
-            RunEvent::Output(_) => {}
+            RunEvent::Output(_) | RunEvent::Placed { .. } | RunEvent::RunHere { .. } => {}
+            RunEvent::Retrying { node, reason } => {
+                // The lost attempt's output is discarded where it was captured.
+                rewind(&mut io.stdout);
+                rewind(&mut io.stderr);
+                if !captured_err {
+                    eprintln!("herd: {reason}; running the task again elsewhere");
+                }
+                outcome.retried.push((node, reason));
+            }
             RunEvent::Conflicts(list) => {
                 for (path, saved) in list {
                     let p = String::from_utf8_lossy(&path);
-                    match saved {
-                        Some(s) => eprintln!(
-                            "herd: {p} changed on the workstation while the task ran: kept it; the task's version is {}",
+                    let line = match saved {
+                        Some(s) => format!(
+                            "herd: {p} changed on the workstation while the task ran: kept it; the task's version is {}\n",
                             String::from_utf8_lossy(&s)
                         ),
-                        None => eprintln!(
-                            "herd: {p} changed on the workstation while the task ran: kept it (the task deleted it)"
+                        None => format!(
+                            "herd: {p} changed on the workstation while the task ran: kept it (the task deleted it)\n"
                         ),
-                    }
+                    };
+                    write_to(&mut io.stderr, line.as_bytes(), true);
                 }
             }
-            RunEvent::Exit(code) => return code,
+            RunEvent::Exit(code) => {
+                outcome.code = code;
+                return outcome;
+            }
             RunEvent::Error(m) => {
                 drop(_raw);
-                return fail(m);
+                return fail(outcome, m);
             }
         }
     }
     drop(_raw);
-    fail("lost the connection to the agent before the task ended".into())
+    fail(
+        outcome,
+        "lost the connection to the agent before the task ended".into(),
+    )
+}
+
+/// Resolves when `cancel` turns true (never without one).
+async fn cancelled(cancel: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match cancel {
+        Some(c) => {
+            let _ = c.wait_for(|v| *v).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the task on this machine, directly as the calling user: what placement chose
+/// when the workstation finishes it soonest. Same files, same identity, same limits,
+/// no sandbox (writes land at once rather than at exit).
+async fn run_here(spec: &RunSpec, node: &str, io: &mut Io) -> Result<i32, String> {
+    use std::ffi::OsString;
+    use std::process::Stdio;
+    let os = |b: &Vec<u8>| OsString::from_vec(b.clone());
+    let argv0 = spec.argv.first().ok_or("empty command")?;
+    let mut cmd = tokio::process::Command::new(os(argv0));
+    cmd.args(spec.argv[1..].iter().map(os))
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (os(k), os(v))))
+        .env("HERD_NODE", node)
+        .current_dir(os(&spec.cwd))
+        .stdin(if io.stdin {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    let out = |f: &Option<std::fs::File>| match f.as_ref().map(|f| f.try_clone()) {
+        Some(Ok(f)) => Stdio::from(f),
+        _ => Stdio::inherit(),
+    };
+    cmd.stdout(out(&io.stdout)).stderr(out(&io.stderr));
+    let name = String::from_utf8_lossy(argv0).to_string();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                if std::path::Path::new(&OsString::from_vec(spec.cwd.clone())).is_dir() {
+                    format!("{name}: command not found")
+                } else {
+                    format!(
+                        "working directory {} not found",
+                        String::from_utf8_lossy(&spec.cwd)
+                    )
+                },
+            );
+        }
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    let pid = child.id().map(|p| p as i32);
+    // The terminal delivers SIGINT, SIGQUIT and SIGWINCH to the child itself (same
+    // process group); the others are forwarded.
+    let from_tty = std::io::stdin().is_terminal();
+    let mut sigs = Vec::new();
+    if io.signals {
+        for sig in FORWARDED {
+            if sig == libc::SIGWINCH || (from_tty && (sig == libc::SIGINT || sig == libc::SIGQUIT))
+            {
+                continue;
+            }
+            if let Ok(s) = signal(SignalKind::from_raw(sig)) {
+                sigs.push((sig, s));
+            }
+        }
+    }
+    let (stx, mut srx) = tokio::sync::mpsc::channel::<i32>(8);
+    for (sig, mut s) in sigs {
+        let tx = stx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(sig).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(stx);
+    let kill = |sig: i32| {
+        if let Some(pid) = pid {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, sig) };
+        }
+    };
+    let mut cancel = io.cancel.clone();
+    let mut term_sent = false;
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st.map_err(|e| format!("{name}: {e}"))?,
+            Some(sig) = srx.recv() => kill(sig),
+            _ = cancelled(&mut cancel), if !term_sent => {
+                term_sent = true;
+                kill(libc::SIGTERM);
+                let tx_pid = pid;
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    if let Some(p) = tx_pid {
+                        // SAFETY: kill has no memory preconditions.
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                });
+            }
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

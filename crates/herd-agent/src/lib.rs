@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod agent;
 pub mod client;
+pub mod config;
 pub mod discovery;
 pub mod enroll;
 pub mod fsserve;
@@ -36,6 +37,8 @@ pub mod host;
 pub mod local;
 pub mod net;
 pub mod polite;
+pub mod queue;
+pub mod shell;
 pub mod state;
 pub mod task;
 

@@ -30,8 +30,7 @@ use herd_pki::PeerCert;
 use herd_proto::fs::{Attr, CommitFrame, CommitReport, DirEntry, FsRequest, FsResponse};
 use herd_proto::{PeerRequest, RunEvent, RunSpec, TaskInput, TaskOutput, TaskSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use crate::fsserve::{FsClient, Identity, start_commit};
 use crate::host::Grant;
@@ -157,7 +156,7 @@ fn groups_of(pid: Option<i32>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-type Cli = Framed<UnixStream, LengthDelimitedCodec>;
+use crate::queue::{Cli, JobEnd, Pending};
 
 async fn send_event(cli: &mut Cli, ev: &RunEvent) -> bool {
     match herd_proto::encode(ev) {
@@ -166,32 +165,103 @@ async fn send_event(cli: &mut Cli, ev: &RunEvent) -> bool {
     }
 }
 
-/// Drives one `herd run` from the CLI's connection to the end.
-pub async fn run_from_cli(
-    mut cli: Cli,
-    spec: RunSpec,
-    caller: Caller,
+/// Tells a client its task cannot run, and ends it.
+pub async fn refuse(mut cli: Cli, message: String) {
+    let _ = send_event(&mut cli, &RunEvent::Error(message)).await;
+}
+
+/// Runs a task that placement sent to the workstation itself: `herd run` runs it
+/// directly (see [`crate::client`]) and reports its exit; true when it ran to its end.
+pub async fn run_local(mut cli: Cli, node: String) -> bool {
+    if !send_event(&mut cli, &RunEvent::RunHere { node }).await {
+        return false;
+    }
+    while let Some(frame) = cli.next().await {
+        let Ok(frame) = frame else { return false };
+        if let Ok(TaskInput::LocalDone(_)) = herd_proto::decode::<TaskInput>(&frame) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Why a remote attempt ended without an exit code.
+enum Stop {
+    /// The node was lost, or evicted the task: nothing was committed; it may run again.
+    Lost(String),
+    /// It cannot go on (herd run went away, a commit failed, ...).
+    Fatal(String),
+}
+
+/// Drives one task sent to the helper `name` until it ends, or its node is lost
+/// (`lost` fires, the stream breaks, or the helper evicts it). A lost task is handed
+/// back for a re-run when it has retries left and has not consumed stdin.
+pub async fn run_remote(
+    mut p: Pending,
     helper: (String, std::net::SocketAddr, Option<quinn::Connection>),
+    lost: tokio::sync::oneshot::Receiver<String>,
     endpoint: quinn::Endpoint,
     tasks: Arc<Tasks>,
-) {
+) -> JobEnd {
     let task: u64 = rand::random();
     tasks
         .submitted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (name, addr, conn) = helper;
+    if !send_event(&mut p.cli, &RunEvent::Placed { node: name.clone() }).await {
+        return JobEnd::Done { completed: false };
+    }
+    let mut stdin_used = false;
     let result = drive(
-        &mut cli, spec, caller, &name, addr, conn, endpoint, &tasks, task,
+        &mut p.cli,
+        p.spec.clone(),
+        p.caller.clone(),
+        &name,
+        addr,
+        conn,
+        endpoint,
+        &tasks,
+        task,
+        lost,
+        &mut stdin_used,
     )
     .await;
     if let Ok(mut r) = tasks.running.lock() {
         r.remove(&task);
     }
     let ev = match result {
-        Ok(code) => RunEvent::Exit(code),
-        Err(e) => RunEvent::Error(e),
+        Ok(code) => {
+            let _ = send_event(&mut p.cli, &RunEvent::Exit(code)).await;
+            return JobEnd::Done { completed: true };
+        }
+        Err(Stop::Lost(reason)) if p.retries_left > 0 && !stdin_used => {
+            tracing::info!(node = %name, "{reason}; running the task again");
+            if !send_event(
+                &mut p.cli,
+                &RunEvent::Retrying {
+                    node: name.clone(),
+                    reason,
+                },
+            )
+            .await
+            {
+                return JobEnd::Done { completed: false };
+            }
+            return JobEnd::Requeue {
+                pending: Box::new(p),
+                node: name,
+            };
+        }
+        Err(Stop::Lost(reason)) if stdin_used && p.retries_left > 0 => RunEvent::Error(format!(
+            "{reason}; nothing of the task was committed, and it cannot run again because it already read its input"
+        )),
+        Err(Stop::Lost(reason)) => {
+            RunEvent::Error(format!("{reason}; nothing of the task was committed"))
+        }
+        Err(Stop::Fatal(e)) => RunEvent::Error(e),
     };
-    let _ = send_event(&mut cli, &ev).await;
+    let _ = send_event(&mut p.cli, &ev).await;
+    JobEnd::Done { completed: false }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -205,7 +275,9 @@ async fn drive(
     endpoint: quinn::Endpoint,
     tasks: &Tasks,
     task: u64,
-) -> Result<i32, String> {
+    mut lost: tokio::sync::oneshot::Receiver<String>,
+    stdin_used: &mut bool,
+) -> Result<i32, Stop> {
     let id = Identity {
         uid: caller.uid,
         gid: caller.gid,
@@ -215,7 +287,7 @@ async fn drive(
     let fs = tasks
         .service(&id, &hidden)
         .await
-        .map_err(|e| format!("cannot start the file service: {e}"))?;
+        .map_err(|e| Stop::Fatal(format!("cannot start the file service: {e}")))?;
     if let Ok(mut r) = tasks.running.lock() {
         r.insert(
             task,
@@ -225,18 +297,17 @@ async fn drive(
             },
         );
     }
+    let unreachable = |e: String| Stop::Lost(format!("cannot reach the helper {name} ({e})"));
     let conn = match conn.filter(|c| c.close_reason().is_none()) {
         Some(c) => c,
         None => endpoint
             .connect(addr, herd_pki::SERVER_NAME)
-            .map_err(|e| format!("cannot reach {name}: {e}"))?
+            .map_err(|e| unreachable(e.to_string()))?
             .await
-            .map_err(|e| format!("cannot reach {name}: {e}"))?,
+            .map_err(|e| unreachable(e.to_string()))?,
     };
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| format!("lost the connection to {name}: {e}"))?;
+    let lost_msg = |e: String| Stop::Lost(format!("lost the helper {name} ({e})"));
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| lost_msg(e.to_string()))?;
     let req = PeerRequest::Run {
         task,
         spec: TaskSpec {
@@ -249,54 +320,63 @@ async fn drive(
     };
     net::write_frame(&mut send, &req)
         .await
-        .map_err(|e| format!("lost the connection to {name}: {e}"))?;
+        .map_err(|e| lost_msg(e.to_string()))?;
     let mut from_helper = FramedRead::new(recv, herd_proto::codec());
     let mut code: Option<i32> = None;
     let mut commit: Option<(
         tokio::process::Child,
         tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
     )> = None;
-    let lost =
-        |e: String| format!("lost the helper {name} ({e}); nothing of the task was committed");
+    let fatal = Stop::Fatal;
     loop {
         tokio::select! {
+            why = &mut lost => {
+                // The node is gone: give the task up (resetting the stream makes a
+                // helper that comes back kill it); a commit in progress is aborted.
+                let _ = send.reset(2u32.into());
+                let why = why.unwrap_or_else(|_| "the agent gave the task up".into());
+                return Err(Stop::Lost(format!("lost the helper {name} ({why})")));
+            }
             frame = from_helper.next() => {
                 let frame = match frame {
                     Some(Ok(f)) => f,
-                    Some(Err(e)) => return Err(lost(e.to_string())),
-                    None => return Err(lost("stream closed".into())),
+                    Some(Err(e)) => return Err(lost_msg(e.to_string())),
+                    None => return Err(lost_msg("stream closed".into())),
                 };
-                let out: TaskOutput = herd_proto::decode(&frame).map_err(|e| lost(e.to_string()))?;
+                let out: TaskOutput = herd_proto::decode(&frame).map_err(|e| lost_msg(e.to_string()))?;
                 match out {
                     TaskOutput::Exited { code: c } => code = Some(c),
                     TaskOutput::Change(ch) => {
                         if commit.is_none() {
-                            let mut child = start_commit(&tasks.exe, &id, task).map_err(|e| e.to_string())?;
-                            let stdin = child.stdin.take().ok_or("commit process has no stdin")?;
+                            let mut child = start_commit(&tasks.exe, &id, task).map_err(|e| fatal(e.to_string()))?;
+                            let stdin = child.stdin.take().ok_or_else(|| fatal("commit process has no stdin".into()))?;
                             commit = Some((child, tokio_util::codec::FramedWrite::new(stdin, herd_proto::codec())));
                         }
                         if let Some((_, w)) = commit.as_mut() {
-                            feed(w, &CommitFrame::Change(ch)).await?;
+                            feed(w, &CommitFrame::Change(ch)).await.map_err(fatal)?;
                         }
                     }
                     TaskOutput::Data(d) => {
                         if let Some((_, w)) = commit.as_mut() {
-                            feed(w, &CommitFrame::Data(d)).await?;
+                            feed(w, &CommitFrame::Data(d)).await.map_err(fatal)?;
                         }
                     }
                     TaskOutput::Done => {
                         if let Some((mut child, mut w)) = commit.take() {
-                            feed(&mut w, &CommitFrame::Done).await?;
+                            feed(&mut w, &CommitFrame::Done).await.map_err(fatal)?;
                             drop(w);
-                            let report = read_report(&mut child).await?;
+                            let report = read_report(&mut child).await.map_err(fatal)?;
                             if let Some(e) = report.error {
-                                return Err(format!("the task's changes could not be committed: {e}"));
+                                return Err(fatal(format!("the task's changes could not be committed: {e}")));
                             }
                             if !report.conflicts.is_empty() {
                                 send_event(cli, &RunEvent::Conflicts(report.conflicts)).await;
                             }
                         }
-                        return code.ok_or_else(|| lost("no exit status".into()));
+                        return code.ok_or_else(|| lost_msg("no exit status".into()));
+                    }
+                    TaskOutput::Evicted { reason } => {
+                        return Err(Stop::Lost(format!("the helper {name} evicted the task ({reason})")));
                     }
                     TaskOutput::Failed { message, code } => {
                         send_event(cli, &RunEvent::Output(TaskOutput::Failed { message, code })).await;
@@ -305,7 +385,7 @@ async fn drive(
                     other => {
                         if !send_event(cli, &RunEvent::Output(other)).await {
                             // herd run went away: end the task (dropping the stream resets it).
-                            return Err("herd run went away".into());
+                            return Err(fatal("herd run went away".into()));
                         }
                     }
                 }
@@ -314,14 +394,17 @@ async fn drive(
                 match input {
                     Some(Ok(frame)) => {
                         let Ok(inp) = herd_proto::decode::<TaskInput>(&frame) else { continue };
+                        if matches!(&inp, TaskInput::Stdin(d) if !d.is_empty()) {
+                            *stdin_used = true;
+                        }
                         if net::write_frame(&mut send, &inp).await.is_err() {
-                            return Err(lost("stream closed".into()));
+                            return Err(lost_msg("stream closed".into()));
                         }
                     }
                     _ => {
                         // herd run exited: reset the stream so the helper kills the task.
                         let _ = send.reset(1u32.into());
-                        return Err("herd run went away".into());
+                        return Err(fatal("herd run went away".into()));
                     }
                 }
             }
@@ -442,6 +525,89 @@ pub struct HelperCtx {
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
     pub ready: Result<(), String>,
+    /// Tasks running here, for the polite policy (suspend, resume, evict).
+    pub running: Mutex<HashMap<u64, HelperTask>>,
+    /// The owner is busy: tasks are frozen, and a task starting now starts frozen.
+    pub suspended: std::sync::atomic::AtomicBool,
+}
+
+/// A task running on this helper.
+pub struct HelperTask {
+    handle: herd_sandbox::SandboxHandle,
+    cgroups: Vec<PathBuf>,
+    evict: Option<tokio::sync::oneshot::Sender<String>>,
+}
+
+impl HelperCtx {
+    /// How many tasks run here.
+    pub fn task_count(&self) -> u32 {
+        self.running.lock().map(|r| r.len() as u32).unwrap_or(0)
+    }
+
+    /// Freezes (`true`) or thaws every task running here, and those that start later.
+    pub fn set_suspended(&self, suspended: bool) {
+        self.suspended
+            .store(suspended, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(r) = self.running.lock() {
+            for (id, t) in r.iter() {
+                let res = if suspended {
+                    t.handle.freeze()
+                } else {
+                    t.handle.thaw()
+                };
+                if let Err(e) = res {
+                    tracing::warn!(task = format!("{id:016x}"), "cannot freeze or thaw: {e}");
+                }
+            }
+        }
+    }
+
+    /// Evicts a task: its tree is killed, nothing is committed, and its workstation
+    /// runs it elsewhere. False when it is not running here.
+    pub fn evict(&self, task: u64, reason: &str) -> bool {
+        let tx = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut r| r.get_mut(&task).and_then(|t| t.evict.take()));
+        tx.is_some_and(|tx| tx.send(reason.to_string()).is_ok())
+    }
+
+    /// The tasks running here with the memory their cgroups use (bytes; 0 unknown).
+    pub fn task_memory(&self) -> Vec<(u64, u64)> {
+        let Ok(r) = self.running.lock() else {
+            return vec![];
+        };
+        r.iter()
+            .map(|(id, t)| {
+                let mem = t
+                    .cgroups
+                    .iter()
+                    .find_map(|d| {
+                        ["memory.usage_in_bytes", "memory.current"]
+                            .iter()
+                            .find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+                    })
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (*id, mem)
+            })
+            .collect()
+    }
+}
+
+/// Takes a task out of [`HelperCtx::running`] when its run ends, however it ends.
+struct Registered<'a> {
+    ctx: &'a HelperCtx,
+    task: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.ctx.running.lock() {
+            r.remove(&self.task);
+        }
+    }
 }
 
 /// Makes the directory task directories go in; private (0700): a task's files are
@@ -680,6 +846,21 @@ async fn run_here(
         }
     };
     let handle = sandbox.handle();
+    let (evict_tx, mut evicted) = tokio::sync::oneshot::channel::<String>();
+    if let Ok(mut r) = ctx.running.lock() {
+        r.insert(
+            task,
+            HelperTask {
+                handle: handle.clone(),
+                cgroups: sandbox.cgroups().to_vec(),
+                evict: Some(evict_tx),
+            },
+        );
+    }
+    let _registered = Registered { ctx, task };
+    if ctx.suspended.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = handle.freeze();
+    }
     out(
         send,
         &TaskOutput::Started {
@@ -730,6 +911,14 @@ async fn run_here(
                     stdin = None;
                 }
             },
+            Ok(reason) = &mut evicted, if exit.is_none() => {
+                handle.kill_tree();
+                let _ = (&mut waiter).await;
+                drop(mounted);
+                tracing::info!(task = format!("{task:016x}"), "evicted: {reason}");
+                out(send, &TaskOutput::Evicted { reason }).await?;
+                return Ok(());
+            }
             frame = inputs.next() => match frame {
                 Some(Ok(f)) => match herd_proto::decode::<TaskInput>(&f) {
                     Ok(TaskInput::Stdin(d)) => {
@@ -759,7 +948,7 @@ async fn run_here(
                             unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
                         }
                     }
-                    Err(_) => {}
+                    Ok(TaskInput::LocalDone(_)) | Err(_) => {}
                 },
                 _ => {
                     // The workstation is gone or herd run exited: kill the whole tree.

@@ -52,6 +52,8 @@ async fn start_cluster() -> Cluster {
         memory: Some(1 << 30),
         mdns: false,
         cache_size: None,
+        host_cgroup: None,
+        polite: Default::default(),
     };
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
@@ -233,6 +235,8 @@ async fn second_agent_on_same_state_dir_is_refused() {
         memory: None,
         mdns: false,
         cache_size: None,
+        host_cgroup: None,
+        polite: Default::default(),
     };
     let err = run_agent(opts, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");

@@ -34,7 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Version byte leading every frame payload. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame payload accepted or produced, in bytes. A receiver refuses a longer
 /// announced length before allocating anything.
@@ -225,6 +225,12 @@ pub struct RunSpec {
     pub tty: Option<(u16, u16)>,
     /// Run on this node.
     pub on: Option<String>,
+    /// Re-run the task elsewhere up to this many times when its node is lost or
+    /// evicts it (never after it consumed stdin).
+    pub retries: u32,
+    /// The task may run on the workstation itself, without a sandbox, when that is
+    /// where it finishes soonest.
+    pub local_ok: bool,
 }
 
 /// Workstation to helper, on a task's stream.
@@ -238,6 +244,9 @@ pub enum TaskInput {
     Signal(i32),
     /// The terminal was resized (rows, columns).
     Resize(u16, u16),
+    /// `herd run` to its agent only: the task it was told to run itself
+    /// ([`RunEvent::RunHere`]) exited with this code (or 128 + signal).
+    LocalDone(i32),
 }
 
 /// Helper to workstation, on a task's stream.
@@ -263,6 +272,12 @@ pub enum TaskOutput {
     Data(Vec<u8>),
     /// All changes were sent: the workstation may commit.
     Done,
+    /// The helper evicted the task (its owner needed the host back, or memory ran
+    /// short): the tree was killed and nothing will be committed.
+    Evicted {
+        /// Why, in one line.
+        reason: String,
+    },
     /// The helper could not run the task.
     Failed {
         /// Why, in one line.
@@ -348,11 +363,36 @@ pub enum LocalRequest {
     /// Run a command on the cluster. The connection then carries [`TaskInput`]
     /// frames to the agent and [`RunEvent`] frames back, ending with `Exit`.
     Run(RunSpec),
+    /// How many tasks the cluster can usefully run at once.
+    Slots,
 }
 
 /// The agent to `herd run`, after a `Run` request.
+///
+/// The first event is `Placed` (the task went to a node: start sending stdin and
+/// signals), `RunHere` (run it yourself, then send [`TaskInput::LocalDone`]) or
+/// `Error`. A task may be queued before that, until a slot frees.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunEvent {
+    /// The task was sent to this node.
+    Placed {
+        /// The node.
+        node: String,
+    },
+    /// The workstation itself is where the task finishes soonest: `herd run` runs it
+    /// directly, as the user, and reports its exit with [`TaskInput::LocalDone`].
+    RunHere {
+        /// The workstation's node name (for `HERD_NODE`).
+        node: String,
+    },
+    /// The node running the task was lost or evicted it; the task runs again from the
+    /// start (output already shown came from the lost attempt).
+    Retrying {
+        /// The node that was lost.
+        node: String,
+        /// Why, in one line.
+        reason: String,
+    },
     /// Output from the task.
     Output(TaskOutput),
     /// Files that changed on the workstation meanwhile: kept, and the task's version
@@ -371,6 +411,8 @@ pub enum LocalResponse {
     Nodes(Vec<NodeInfo>),
     /// Answer to [`LocalRequest::Status`].
     Status(AgentStatus),
+    /// Answer to [`LocalRequest::Slots`].
+    Slots(u32),
     /// The request failed.
     Error(String),
 }
@@ -453,6 +495,18 @@ pub struct AgentStatus {
     pub tasks_submitted: u64,
     /// File questions from helpers this agent has answered since it started.
     pub fs_requests: u64,
+    /// Tasks of this workstation waiting for a slot.
+    pub queued: u32,
+    /// Tasks of this workstation running (here or on helpers).
+    pub running: u32,
+    /// Tasks running on this node as a helper.
+    pub hosting: u32,
+    /// The polite policy's state as a helper: `waiting` (the owner has not been idle
+    /// long enough), `running` (takes work) or `suspended` (the owner is busy; tasks
+    /// frozen).
+    pub mode: String,
+    /// The host owner's own CPU use, in cores (averaged).
+    pub owner_load: f32,
 }
 
 #[cfg(test)]

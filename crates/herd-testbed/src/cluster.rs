@@ -92,10 +92,21 @@ impl<'a> Node<'a> {
             .to_string()
     }
 
-    /// Starts `herd agent --state STATE EXTRA...` in the background.
+    /// Starts `herd agent --state STATE --host-cgroup CG --start-after 0 EXTRA...` in
+    /// the background: the host's cgroup is what its owner's load is measured in (every
+    /// testbed host shares one machine), and a testbed helper takes work at once.
     pub fn agent(&self, extra: &[&str]) -> Child {
         let st = self.state();
-        let mut argv = vec!["agent", "--state", st.as_str()];
+        let cg = self.host.cgroup_dir().display().to_string();
+        let mut argv = vec![
+            "agent",
+            "--state",
+            st.as_str(),
+            "--host-cgroup",
+            cg.as_str(),
+            "--start-after",
+            "0",
+        ];
         argv.extend_from_slice(extra);
         let bin = self.bin();
         self.host

@@ -13,9 +13,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herd_agent::admin::{self, InitOptions};
 use herd_agent::client::{self, RunOptions};
+use herd_agent::polite::{self, PoliteConfig};
 use herd_agent::state::{self, StateDir};
 use herd_agent::{AgentError, AgentOptions, host, local};
 use herd_proto::{LocalRequest, LocalResponse, NodeInfo, Role};
+
+mod map;
+mod offload;
 
 /// Pool the CPUs of nearby Linux hosts.
 ///
@@ -81,8 +85,8 @@ enum Command {
         /// peers seen before are used
         #[arg(long = "peer", value_name = "ADDR:PORT")]
         peers: Vec<SocketAddr>,
-        /// Cores granted to herd, may be fractional [default: all cores, or the agent's
-        /// cgroup CPU quota]
+        /// Cores granted to herd, may be fractional; 0 lends none (a workstation that
+        /// only submits) [default: all cores, or the agent's cgroup CPU quota]
         #[arg(long)]
         cpus: Option<f32>,
         /// Memory granted to herd, e.g. 4G [default: 80% of the memory available at start]
@@ -94,6 +98,33 @@ enum Command {
         /// Bytes of workstation files a helper keeps cached, e.g. 10G
         #[arg(long, value_name = "SIZE", default_value = "4G")]
         cache_size: String,
+        /// The cgroup that stands for this host when measuring its owner's load (a
+        /// directory under /sys/fs/cgroup, or a path as in /proc/PID/cgroup)
+        /// [default: the whole machine]
+        #[arg(long, value_name = "PATH")]
+        host_cgroup: Option<PathBuf>,
+        /// The owner is busy above this fraction of the host's cores
+        #[arg(long, value_name = "FRACTION", default_value = "0.5")]
+        owner_busy: String,
+        /// The owner is idle below this fraction of the host's cores
+        #[arg(long, value_name = "FRACTION", default_value = "0.3")]
+        owner_idle: String,
+        /// Take work only after the owner has been idle this long (0: at once)
+        #[arg(long, value_name = "DURATION", default_value = "15s")]
+        start_after: String,
+        /// Freeze herd's tasks after the owner has been busy this long
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        suspend_after: String,
+        /// Thaw them after the owner has been idle this long
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        resume_after: String,
+        /// Evict tasks frozen this long (their workstations run them elsewhere)
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        evict_after: String,
+        /// Evict the largest task when available memory falls below this (e.g. 512M,
+        /// or 5% of the host's memory; 0 turns it off)
+        #[arg(long, value_name = "SIZE", default_value = "5%")]
+        min_free_mem: String,
     },
     /// Print a new join token; list or revoke tokens (on the node that ran `herd init`).
     Token {
@@ -137,8 +168,71 @@ enum Command {
         /// Set an environment variable for the command (repeatable)
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
+        /// Run the command again elsewhere, up to N times, if its node dies, is cut
+        /// off or evicts it (not once it has read stdin)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retries: u32,
+        /// Never run it on this machine itself, even when that would be fastest
+        #[arg(long)]
+        remote: bool,
         /// The command and its arguments
         #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Run a command once per argument across the cluster, like GNU parallel:
+    /// `herd map gzip -k {} ::: *.txt`, or one argument per stdin line.
+    ///
+    /// Replacement strings: {} the argument, {.} without extension, {/} basename, {//}
+    /// dirname, {/.} basename without extension, {#} job number, {%} slot, {1} {2}...
+    /// the argument of each ::: group. Each job's output comes out whole. The exit
+    /// status is the number of failed jobs (at most 101). A job whose node is lost or
+    /// evicts it runs again elsewhere.
+    Map {
+        #[command(flatten)]
+        state: StateArg,
+        /// Jobs at once [default: `herd slots`]
+        #[arg(short = 'j', long = "jobs", value_name = "N")]
+        jobs: Option<usize>,
+        /// Write GNU parallel's tab-separated job log here
+        #[arg(long, value_name = "FILE")]
+        joblog: Option<PathBuf>,
+        /// Skip the jobs the job log already holds
+        #[arg(long)]
+        resume: bool,
+        /// Run a failed job again up to N more times
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retries: u32,
+        /// Stop after failures: never, soon,fail=N (let running jobs finish) or
+        /// now,fail=N (kill them)
+        #[arg(long, value_name = "WHEN", default_value = "never")]
+        halt: String,
+        /// Print outputs in input order, not as jobs finish
+        #[arg(short = 'k', long)]
+        keep_order: bool,
+        /// Show a progress bar even when stderr is not a terminal
+        #[arg(long)]
+        bar: bool,
+        /// The command template, then `:::` and the arguments
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "TEMPLATE ::: ARGS"
+        )]
+        words: Vec<String>,
+    },
+    /// Print how many jobs the cluster can usefully run at once (for make -j).
+    Slots {
+        #[command(flatten)]
+        state: StateArg,
+    },
+    /// Start a shell (or CMD) in which compilers, compressors and image tools run
+    /// through herd automatically (the list is in the config file).
+    Shell {
+        #[command(flatten)]
+        state: StateArg,
+        /// The command to run instead of $SHELL
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
     /// Show the local agent's status.
@@ -153,6 +247,12 @@ enum Command {
 
 fn main() -> ExitCode {
     // Internal entry points the agent re-executes itself as; never in --help.
+    if let Some(name) = std::env::args_os()
+        .next()
+        .and_then(|a| herd_agent::shell::masquerade_name(&a))
+    {
+        offload::masquerade(&name);
+    }
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("__sandbox-init") => herd_sandbox::init_main(),
@@ -232,8 +332,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             no_mdns,
             cache_size,
+            host_cgroup,
+            owner_busy,
+            owner_idle,
+            start_after,
+            suspend_after,
+            resume_after,
+            evict_after,
+            min_free_mem,
         } => {
             init_logging();
+            let usage = |flag: &str, e: polite::PoliteError| {
+                AgentError::Usage(format!("invalid --{flag}: {e}"))
+            };
+            let polite_config = PoliteConfig {
+                busy_fraction: polite::parse_fraction(&owner_busy)
+                    .map_err(|e| usage("owner-busy", e))?,
+                idle_fraction: polite::parse_fraction(&owner_idle)
+                    .map_err(|e| usage("owner-idle", e))?,
+                start_after: polite::parse_duration(&start_after)
+                    .map_err(|e| usage("start-after", e))?,
+                suspend_after: polite::parse_duration(&suspend_after)
+                    .map_err(|e| usage("suspend-after", e))?,
+                resume_after: polite::parse_duration(&resume_after)
+                    .map_err(|e| usage("resume-after", e))?,
+                evict_after: polite::parse_duration(&evict_after)
+                    .map_err(|e| usage("evict-after", e))?,
+                min_free: polite::MinFree::parse(&min_free_mem)
+                    .map_err(|e| usage("min-free-mem", e))?,
+                ..PoliteConfig::default()
+            };
             let cache_size = host::parse_size(&cache_size).ok_or_else(|| {
                 AgentError::Usage(format!("invalid --cache-size {cache_size:?}: use e.g. 4G"))
             })?;
@@ -244,11 +372,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             if let Some(c) = cpus
-                && !(c > 0.0 && c.is_finite())
+                && !(c >= 0.0 && c.is_finite())
             {
-                return Err(
-                    AgentError::Usage(format!("invalid --cpus {c}: must be above 0")).into(),
-                );
+                return Err(AgentError::Usage(format!(
+                    "invalid --cpus {c}: must be 0 (lend none) or more"
+                ))
+                .into());
             }
             let opts = AgentOptions {
                 state: state.dir(false),
@@ -261,6 +390,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory,
                 mdns: !no_mdns,
                 cache_size: Some(cache_size),
+                host_cgroup,
+                polite: polite_config,
             };
             runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
             Ok(ExitCode::SUCCESS)
@@ -337,10 +468,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tty,
             no_tty,
             env,
+            retries,
+            remote,
             command,
         } => {
             let mut opts = RunOptions {
                 on,
+                retries,
+                local_ok: !remote,
                 tty: if tty {
                     Some(true)
                 } else if no_tty {
@@ -372,6 +507,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Do not wait for the stdin reader thread.
             std::process::exit(code);
         }
+        Command::Slots { state } => {
+            let dir = state.dir(true);
+            match call(&dir, LocalRequest::Slots)? {
+                LocalResponse::Slots(n) => println!("{n}"),
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shell { state, command } => offload::shell(&state.dir(true), &command),
+        Command::Map {
+            state,
+            jobs,
+            joblog,
+            resume,
+            retries,
+            halt,
+            keep_order,
+            bar,
+            words,
+        } => map::map(
+            &state.dir(true),
+            map::MapArgs {
+                jobs,
+                joblog,
+                resume,
+                retries,
+                halt,
+                keep_order,
+                bar,
+                words,
+            },
+        ),
         Command::Status { state, json } => {
             let dir = state.dir(true);
             let st = match call(&dir, LocalRequest::Status)? {

@@ -24,7 +24,12 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The workstation lends no cores (`--cpus 0`): every task runs on h1.
     fn start() -> Cluster {
+        Cluster::start_with(&["--cpus", "0"])
+    }
+
+    fn start_with(ws_args: &[&str]) -> Cluster {
         let mut bed = Testbed::new().expect("the testbed needs root");
         bed.add_host(HostSpec::real_fs("ws")).unwrap();
         bed.add_host(HostSpec::minimal("h1", herd_bin())).unwrap();
@@ -33,7 +38,9 @@ impl Cluster {
             Node::new(bed.host("h1"), herd_bin()),
         );
         let token = ws.init();
-        let agents = vec![ws.agent(&["--no-mdns"]), h1.join(&token)];
+        let mut args = vec!["--no-mdns"];
+        args.extend_from_slice(ws_args);
+        let agents = vec![ws.agent(&args), h1.join(&token)];
         wait_for("h1 alive at ws", CONVERGE, || all_see(&[ws], "h1", "alive"));
         let project = tempfile::Builder::new()
             .prefix("herd-run-test")
@@ -521,15 +528,25 @@ fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files(
 
 #[test]
 fn a_node_without_the_submit_role_cannot_run_tasks_on_others() {
-    let c = Cluster::start();
-    // h1 joined with the default token: exec only. Its own `herd run` must be refused
-    // by the node it asks (the workstation checks h1's certificate).
+    // The workstation executes tasks too here, so h1 has somewhere to send one.
+    let c = Cluster::start_with(&[]);
+    // h1 joined with the default token: exec only. Its own `herd run` sent to the
+    // workstation must be refused there (the workstation checks h1's certificate).
     let out = c
         .bed
         .host("h1")
         .command(
             herd_testbed::MINIMAL_BINARY,
-            &["run", "--state", "/var/lib/herd", "-T", "--", "true"],
+            &[
+                "run",
+                "--state",
+                "/var/lib/herd",
+                "-T",
+                "--on",
+                "ws",
+                "--",
+                "true",
+            ],
         )
         .current_dir("/")
         .stderr(Stdio::piped())
@@ -554,10 +571,8 @@ fn herds_own_failures_exit_255_with_one_line() {
         );
     };
     check(&run(&c, &["--on", "nosuch", "--", "true"]), "no node named");
-    check(
-        &run(&c, &["--on", "ws", "--", "true"]),
-        "workstation itself",
-    );
+    // The workstation lends no cores (--cpus 0).
+    check(&run(&c, &["--on", "ws", "--", "true"]), "lends no cores");
     // The only helper leaves: nothing can take the task.
     sigterm(&c.agents[1]);
     let _ = c.agents[1].wait();

@@ -73,7 +73,11 @@ fn main() -> anyhow::Result<()> {
     let n = |name: &str| Node::new(bed.host(name), &herd);
     let (ws, h1, h2) = (n("ws"), n("h1"), n("h2"));
     let token = ws.init();
-    let mut agents = vec![ws.agent(&["--no-mdns"]), h1.join(&token), h2.join(&token)];
+    let mut agents = vec![
+        ws.agent(&["--no-mdns", "--cpus", "0"]),
+        h1.join(&token),
+        h2.join(&token),
+    ];
     wait_for("helpers alive", Duration::from_secs(60), || {
         all_see(&[ws], "h1", "alive") && all_see(&[ws], "h2", "alive")
     });

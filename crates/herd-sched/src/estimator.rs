@@ -1,0 +1,181 @@
+//! Per-executable estimates of a job's work, learned from finished tasks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Learns, per executable, the work of one job: its run time on a reference core
+/// (speed 1.0, a whole core).
+///
+/// Each finished task contributes `runtime × rate`, where `rate` is the slot rate of the
+/// node it ran on ([`crate::Node::slot_rate`]). The estimate is the plain mean of the
+/// first samples and then an exponentially weighted moving average: the weight of a new
+/// sample is `max(1/n, alpha)` for the n-th sample, so early estimates are not at the
+/// mercy of the first task and later ones follow drift. The spread (standard deviation)
+/// is tracked the same way; placement uses it to keep a slow node from getting a job
+/// whose size it would turn into the batch's tail.
+#[derive(Clone, Debug)]
+pub struct Estimator {
+    alpha: f64,
+    per_exe: HashMap<String, Entry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// Estimated work in reference-core seconds.
+    work: f64,
+    /// Its (exponentially weighted) variance.
+    var: f64,
+    samples: u64,
+}
+
+impl Default for Estimator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Estimator {
+    /// Default weight of a new sample once enough are known.
+    pub const DEFAULT_ALPHA: f64 = 0.1;
+
+    /// An estimator that knows nothing, with [`Estimator::DEFAULT_ALPHA`].
+    pub fn new() -> Self {
+        Self::with_alpha(Self::DEFAULT_ALPHA)
+    }
+
+    /// An estimator whose moving average gives weight `alpha` (clamped to (0, 1]) to a
+    /// new sample.
+    pub fn with_alpha(alpha: f64) -> Self {
+        let alpha = if alpha.is_finite() {
+            alpha.clamp(1e-6, 1.0)
+        } else {
+            Self::DEFAULT_ALPHA
+        };
+        Self {
+            alpha,
+            per_exe: HashMap::new(),
+        }
+    }
+
+    /// Records that a task of `exe` ran for `runtime` on a slot delivering `rate`
+    /// reference cores. Samples with a rate that is not a positive number are ignored.
+    pub fn record(&mut self, exe: &str, runtime: Duration, rate: f32) {
+        let rate = f64::from(rate);
+        if !(rate.is_finite() && rate > 0.0) {
+            return;
+        }
+        let work = runtime.as_secs_f64() * rate;
+        if !work.is_finite() {
+            return;
+        }
+        match self.per_exe.get_mut(exe) {
+            Some(e) => {
+                e.samples += 1;
+                let a = (1.0 / e.samples as f64).max(self.alpha);
+                let d = work - e.work;
+                e.work += a * d;
+                e.var = (1.0 - a) * (e.var + a * d * d);
+            }
+            None => {
+                let e = Entry {
+                    work,
+                    var: 0.0,
+                    samples: 1,
+                };
+                self.per_exe.insert(exe.to_owned(), e);
+            }
+        }
+    }
+
+    /// The estimated work of one job of `exe` (reference-core time), if any task of it
+    /// finished.
+    pub fn estimate(&self, exe: &str) -> Option<Duration> {
+        self.per_exe
+            .get(exe)
+            .map(|e| Duration::from_secs_f64(e.work.clamp(0.0, 1e9)))
+    }
+
+    /// The spread (standard deviation) of one job's work for `exe`, once at least two
+    /// tasks of it finished.
+    pub fn spread(&self, exe: &str) -> Option<Duration> {
+        self.per_exe
+            .get(exe)
+            .filter(|e| e.samples >= 2)
+            .map(|e| Duration::from_secs_f64(e.var.max(0.0).sqrt().min(1e9)))
+    }
+
+    /// How many samples the estimate of `exe` is made of.
+    pub fn samples(&self, exe: &str) -> u64 {
+        self.per_exe.get(exe).map_or(0, |e| e.samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn unknown_exe_has_no_estimate() {
+        let e = Estimator::new();
+        assert_eq!(e.estimate("cc1"), None);
+        assert_eq!(e.samples("cc1"), 0);
+    }
+
+    #[test]
+    fn work_is_runtime_times_rate_and_first_samples_are_averaged() {
+        let mut e = Estimator::new();
+        // 4 s on a quarter-speed slot = 1 s of work; 0.5 s on a double-speed slot = 1 s.
+        e.record("convert", secs(4.0), 0.25);
+        e.record("convert", secs(0.5), 2.0);
+        e.record("convert", secs(4.0), 1.0);
+        let w = e.estimate("convert").unwrap().as_secs_f64();
+        assert!((w - 2.0).abs() < 1e-9, "{w}");
+        assert_eq!(e.samples("convert"), 3);
+        assert_eq!(e.estimate("cc1"), None);
+    }
+
+    #[test]
+    fn later_samples_move_the_estimate_by_alpha() {
+        let mut e = Estimator::with_alpha(0.5);
+        e.record("x", secs(1.0), 1.0);
+        e.record("x", secs(3.0), 1.0); // weight max(1/2, 0.5): 2.0
+        e.record("x", secs(4.0), 1.0); // weight max(1/3, 0.5): 3.0
+        let w = e.estimate("x").unwrap().as_secs_f64();
+        assert!((w - 3.0).abs() < 1e-9, "{w}");
+    }
+
+    #[test]
+    fn spread_is_the_standard_deviation_of_the_samples() {
+        let mut e = Estimator::with_alpha(0.01);
+        e.record("x", secs(1.0), 1.0);
+        assert_eq!(
+            e.spread("x"),
+            None,
+            "one sample says nothing about the spread"
+        );
+        e.record("x", secs(3.0), 1.0);
+        let sd = e.spread("x").unwrap().as_secs_f64();
+        assert!((sd - 1.0).abs() < 1e-9, "{sd}");
+        for _ in 0..20 {
+            e.record("x", secs(1.0), 1.0);
+            e.record("x", secs(3.0), 1.0);
+        }
+        let sd = e.spread("x").unwrap().as_secs_f64();
+        assert!((sd - 1.0).abs() < 0.05, "{sd}");
+        let w = e.estimate("x").unwrap().as_secs_f64();
+        assert!((w - 2.0).abs() < 0.05, "{w}");
+    }
+
+    #[test]
+    fn nonsense_rates_are_ignored() {
+        let mut e = Estimator::new();
+        e.record("x", secs(1.0), 0.0);
+        e.record("x", secs(1.0), f32::NAN);
+        e.record("x", secs(1.0), -1.0);
+        assert_eq!(e.estimate("x"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! `herd shell` and herd started under another program's name (see
+//! [`herd_agent::shell`] for how the two fit together).
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use herd_agent::client::{self, RunOptions};
+use herd_agent::shell::{self, SHELL_DIR_ENV};
+use herd_agent::state::{self, StateDir};
+
+fn herd_exe() -> PathBuf {
+    std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
+/// herd was started as `name` (a masquerade link): run the real `name` through the
+/// agent, or locally when no agent runs. Never returns.
+pub fn masquerade(name: &str) -> ! {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let herd = herd_exe();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let shell_dir = std::env::var_os(SHELL_DIR_ENV).map(PathBuf::from);
+    let Some(real) = shell::resolve(name, &path, &herd) else {
+        eprintln!(
+            "herd: {name}: command not found (herd runs it through the cluster, but found no real {name} in PATH)"
+        );
+        std::process::exit(127);
+    };
+    // The task sees PATH without the masquerade directory and no HERD_SHELL_DIR, so
+    // what the real program runs in turn runs as it would locally.
+    let clean_path = match &shell_dir {
+        Some(d) => shell::strip_path(&path, d),
+        None => path.clone(),
+    };
+    // SAFETY: single-threaded at this point (nothing has started threads yet).
+    unsafe {
+        std::env::set_var("PATH", &clean_path);
+        std::env::remove_var(SHELL_DIR_ENV);
+    }
+    let local = || -> ! {
+        let e = std::process::Command::new(&real).args(&args).exec();
+        eprintln!("herd: cannot run {}: {e}", real.display());
+        std::process::exit(127);
+    };
+    let env_state = std::env::var("HERD_STATE").ok();
+    let dir = state::resolve(None, env_state.as_deref(), true);
+    if std::os::unix::net::UnixStream::connect(dir.socket_path()).is_err() {
+        eprintln!("herd: no agent is running; {name} runs locally");
+        local();
+    }
+    let config = match herd_agent::config::load_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herd: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut argv = vec![real.clone().into_os_string()];
+    argv.extend(args.iter().cloned());
+    let opts = RunOptions {
+        // A build runs many of these at once on one terminal: none gets a terminal.
+        tty: Some(false),
+        retries: config.shell.retries,
+        local_ok: true,
+        ..RunOptions::default()
+    };
+    let spec = match client::describe(&argv, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herd: cannot describe the command: {e}");
+            std::process::exit(255);
+        }
+    };
+    let code = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(client::run(&dir, spec)),
+        Err(e) => {
+            eprintln!("herd: cannot start the async runtime: {e}");
+            255
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `herd shell [-- CMD]`.
+pub fn shell(dir: &StateDir, command: &[OsString]) -> anyhow::Result<ExitCode> {
+    let config = herd_agent::config::load_env()?;
+    if std::os::unix::net::UnixStream::connect(dir.socket_path()).is_err() {
+        anyhow::bail!(
+            "no herd agent is running on state directory {} (start one with `herd agent`)",
+            dir.root().display()
+        );
+    }
+    let herd = herd_exe();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let masq = shell::make_dir()?;
+    let cleanup = Cleanup(masq.clone());
+    let linked = shell::make_masquerade(&masq, &herd, &config.shell.all_programs(), &path)?;
+    let mut new_path = masq.clone().into_os_string();
+    if !path.is_empty() {
+        new_path.push(":");
+        new_path.push(&path);
+    }
+    let (program, args): (OsString, Vec<OsString>) = match command.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => {
+            let sh = std::env::var_os("SHELL")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "/bin/sh".into());
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!(
+                    "herd shell: {} run through herd; `make -j$(herd slots)` spreads a build; exit to leave",
+                    if linked.is_empty() {
+                        "no configured program was found, nothing will".to_string()
+                    } else {
+                        linked.join(", ")
+                    }
+                );
+            }
+            (sh, vec![])
+        }
+    };
+    let status = std::process::Command::new(&program)
+        .args(&args)
+        .env("PATH", &new_path)
+        .env(SHELL_DIR_ENV, &masq)
+        .env("HERD_STATE", dir.root())
+        .status();
+    drop(cleanup);
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herd: cannot run {}: {e}", Path::new(&program).display());
+            return Ok(ExitCode::from(127));
+        }
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Removes the masquerade directory when the shell ends.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
