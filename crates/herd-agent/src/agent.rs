@@ -947,6 +947,7 @@ impl Agent {
                     tasks: load.tasks,
                     incarnation: n.id.bump,
                     since_secs: now.saturating_sub(n.since).as_secs_f64(),
+                    accepting: n.state == NodeState::Alive && self.is_exec(&n) && !load.draining,
                 }
             })
             .collect();

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub retries: u32,
     /// Whether placement may run the task on the workstation itself.
     pub local_ok: bool,
+    /// Extra paths to hide from the task (absolute).
+    pub hide: Vec<std::path::PathBuf>,
 }
 
 const RLIMITS: &[i32] = &[
@@ -113,6 +115,11 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
         on: opts.on.clone(),
         retries: opts.retries,
         local_ok: opts.local_ok,
+        hide: opts
+            .hide
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
     })
 }
 

@@ -17,7 +17,8 @@
 //! retries = 3
 //!
 //! [run]
-//! # Paths hidden from your tasks besides ~/.ssh, ~/.gnupg, ~/.aws, ~/.config/herd, ...
+//! # Absolute paths hidden from your tasks besides ~/.ssh, ~/.gnupg, ~/.aws,
+//! # ~/.config/herd, ...
 //! hide = []
 //! ```
 
@@ -111,7 +112,7 @@ impl ShellConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Extra paths hidden from tasks.
+    /// Extra paths hidden from tasks (absolute).
     pub hide: Vec<PathBuf>,
 }
 
@@ -154,6 +155,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .to_string(),
         )
     })?;
+    if let Some(p) = c.run.hide.iter().find(|p| !p.is_absolute()) {
+        return Err(invalid(format!(
+            "[run] hide: {} is not an absolute path",
+            p.display()
+        )));
+    }
     if c.version != CONFIG_VERSION {
         return Err(invalid(format!(
             "version {} is not supported (this herd reads version {CONFIG_VERSION})",
@@ -211,6 +218,8 @@ mod tests {
         assert!(e.to_string().contains("version 2"), "{e}");
         assert!(parse(p(), "[shell]\n").is_err(), "version is required");
         assert!(parse(p(), "version = 1\nbogus = 3\n").is_err());
+        let e = parse(p(), "version = 1\n[run]\nhide = [\"rel\"]\n").unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
     }
 
     #[test]

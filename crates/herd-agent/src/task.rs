@@ -283,7 +283,8 @@ async fn drive(
         gid: caller.gid,
         groups: groups_of(caller.pid),
     };
-    let hidden = tasks.hidden_for(caller.uid);
+    let mut hidden = tasks.hidden_for(caller.uid);
+    hidden.extend(spec.hide.iter().cloned());
     let fs = tasks
         .service(&id, &hidden)
         .await

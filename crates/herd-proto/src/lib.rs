@@ -231,6 +231,9 @@ pub struct RunSpec {
     /// The task may run on the workstation itself, without a sandbox, when that is
     /// where it finishes soonest.
     pub local_ok: bool,
+    /// More paths to hide from the task (the user's `[run] hide`), on top of the
+    /// secrets the agent always hides.
+    pub hide: Vec<Vec<u8>>,
 }
 
 /// Workstation to helper, on a task's stream.
@@ -474,6 +477,9 @@ pub struct NodeInfo {
     pub since_secs: f64,
     /// Whether this is the answering agent itself.
     pub local: bool,
+    /// Whether the node takes new work now (alive, executes tasks, its owner is not
+    /// busy and its memory not short).
+    pub accepting: bool,
 }
 
 /// What `herd status` shows about the local agent.

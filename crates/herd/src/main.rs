@@ -45,6 +45,8 @@ impl StateArg {
     }
 }
 
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a new cluster here (CA, this node's certificate) and print a join token.
@@ -472,10 +474,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             remote,
             command,
         } => {
+            let config = herd_agent::config::load_env()?;
             let mut opts = RunOptions {
                 on,
                 retries,
                 local_ok: !remote,
+                hide: config.run.hide,
                 tty: if tty {
                     Some(true)
                 } else if no_tty {

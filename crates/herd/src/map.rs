@@ -42,6 +42,7 @@ pub struct MapArgs {
 pub struct AgentRunner {
     dir: StateDir,
     rt: tokio::runtime::Handle,
+    hide: Vec<PathBuf>,
 }
 
 impl Runner for AgentRunner {
@@ -51,6 +52,7 @@ impl Runner for AgentRunner {
             tty: Some(false),
             retries: LOST_RETRIES,
             local_ok: true,
+            hide: self.hide.clone(),
             ..RunOptions::default()
         };
         let spec = client::describe(&argv, &opts)
@@ -158,6 +160,7 @@ pub fn map(dir: &StateDir, args: MapArgs) -> anyhow::Result<ExitCode> {
     let runner = AgentRunner {
         dir: dir.clone(),
         rt: rt.handle().clone(),
+        hide: herd_agent::config::load_env()?.run.hide,
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

@@ -65,6 +65,7 @@ pub fn masquerade(name: &str) -> ! {
         tty: Some(false),
         retries: config.shell.retries,
         local_ok: true,
+        hide: config.run.hide.clone(),
         ..RunOptions::default()
     };
     let spec = match client::describe(&argv, &opts) {

@@ -383,7 +383,27 @@ fn make_inside_herd_shell_builds_on_the_helpers_like_a_local_build() {
         );
     }
     // The masquerade directory is gone with the shell.
-    assert_eq!(shell_dirs(), dirs_before);
+    wait_for(
+        "the masquerade directory is removed",
+        Duration::from_secs(10),
+        || shell_dirs() == dirs_before,
+    );
+
+    // The user's config hides more paths from their tasks.
+    std::fs::create_dir(c.p("private")).unwrap();
+    std::fs::write(c.p("private/key"), "secret").unwrap();
+    let config = c.p("herd.toml");
+    std::fs::write(
+        &config,
+        format!("version = 1\n[run]\nhide = [{:?}]\n", c.p("private")),
+    )
+    .unwrap();
+    let mut run = c.herd("run", &["--", "sh", "-c", "cat private/key || echo hidden"]);
+    run.env("HERD_CONFIG", &config);
+    assert_eq!(ok(&run.output().unwrap()), "hidden\n");
+    let mut run = c.herd("run", &["--", "cat", "private/key"]);
+    run.env("HERD_CONFIG", "/nonexistent/herd.toml");
+    assert_eq!(ok(&run.output().unwrap()), "secret");
 }
 
 /// `herd map` on the workstation, in the project directory, with `stdin`.
