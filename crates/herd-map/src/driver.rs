@@ -341,6 +341,7 @@ impl<'a> Driver<'a> {
                 break;
             }
             let Ok(event) = inbox.recv_timeout(Cancel::POLL) else {
+                self.reporter.tick();
                 continue;
             };
             match event {

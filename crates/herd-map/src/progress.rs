@@ -5,7 +5,9 @@
 //! the arguments come from a stream). The status is `ok`, `exit N`, `signal N` or
 //! `error: MESSAGE`; `(attempt N)` follows the host when `--retries` re-ran the job.
 //! While the bar is shown every write to the terminal happens with the bar suspended,
-//! so job output and the bar never share a line.
+//! so job output and the bar never share a line. The bar is only ever drawn from the
+//! thread that called [`run_map`](crate::run_map) (no ticker thread), so that thread
+//! may hold the stderr lock, e.g. pass `&mut std::io::stderr().lock()` as its `err`.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -164,6 +166,13 @@ impl Reporter {
             err.write_all(format!("{PREFIX} {text}\n").as_bytes())?;
             err.flush()
         })
+    }
+
+    /// Redraws the bar (elapsed time, spinner) while no job finishes.
+    pub fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.tick();
+        }
     }
 
     /// Leaves the final state of the bar on the terminal.

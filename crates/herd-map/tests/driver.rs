@@ -380,7 +380,7 @@ fn progress_lines_name_status_runtime_host_and_command() {
         "herd map: [3/5] signal 9 1.2s on h1: gzip -k killed"
     );
     assert!(
-        lines[3].starts_with("herd map: [4/5] error: host lost after 0.")
+        lines[3].starts_with("herd map: [4/5] error: host lost after ")
             && lines[3].ends_with("s on h2: gzip -k lost"),
         "{}",
         lines[3]
