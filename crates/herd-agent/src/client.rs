@@ -273,11 +273,21 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
     }
     // The task may wait in the agent's queue until a slot frees; nothing is relayed
     // before it is placed.
+    let waiting_note = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        if !captured_err && std::io::stderr().is_terminal() {
+            eprintln!(
+                "herd: waiting for a free slot in the cluster (`herd nodes` shows who is busy)"
+            );
+        }
+        std::future::pending::<()>().await
+    };
     let first = tokio::select! {
         f = framed.next() => f,
         _ = cancelled(&mut io.cancel) => {
             return fail(outcome, "cancelled before the task started".into());
         }
+        _ = waiting_note => unreachable!("the note never ends"),
     };
     let first = match first.map(|f| f.map(|b| herd_proto::decode::<RunEvent>(&b))) {
         Some(Ok(Ok(ev))) => ev,

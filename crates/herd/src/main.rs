@@ -558,6 +558,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("roles    {}", st.roles.join(","));
                 println!("uptime   {}", human_secs(st.uptime_secs as i64));
                 println!("version  {}", st.version);
+                println!(
+                    "tasks    {} queued, {} running (submitted here); {} hosted",
+                    st.queued, st.running, st.hosting
+                );
+                println!(
+                    "helper   {} (owner load {:.2} cores)",
+                    st.mode, st.owner_load
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
