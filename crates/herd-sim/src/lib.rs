@@ -73,6 +73,7 @@
 //! cargo run --release -p herd-sim --bin membership-report -- [--json PATH]
 //! ```
 
+pub mod placement;
 pub mod scenarios;
 
 use std::cmp::Ordering;
