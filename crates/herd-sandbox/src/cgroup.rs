@@ -395,7 +395,7 @@ pub(crate) fn remove(groups: &[Group]) -> Option<String> {
     let mut first = None;
     for g in groups {
         let mut last = None;
-        for _ in 0..200 {
+        for attempt in 0..200u32 {
             match fs::remove_dir(&g.dir) {
                 Ok(()) => {
                     last = None;
@@ -415,7 +415,11 @@ pub(crate) fn remove(groups: &[Group]) -> Option<String> {
                         // SAFETY: kill has no memory-safety preconditions.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
-                    thread::sleep(Duration::from_millis(10));
+                    // The kernel usually releases an emptied group within a
+                    // millisecond or two: back off from 1 ms to 10 ms.
+                    thread::sleep(Duration::from_millis(u64::from(
+                        (1u32 << attempt.min(4)).min(10),
+                    )));
                 }
             }
         }
