@@ -250,6 +250,7 @@ pub async fn run_agent(
             },
             running: Default::default(),
             suspended: Default::default(),
+            tasks_changed: Default::default(),
             cache: Arc::new(
                 herd_fs::cache::Cache::open(
                     &dir.root().join("cache"),
@@ -342,6 +343,7 @@ pub async fn run_agent(
     agent.flush();
 
     let mut load_tick = tokio::time::interval(LOAD_TICK);
+    let helper = agent.shared.helper.clone();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Net(e.to_string()))?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -361,6 +363,7 @@ pub async fn run_agent(
                 let now = agent.now();
                 agent.membership.handle_timeout(now);
             }
+            _ = helper.tasks_changed.notified() => agent.report_load(false),
             _ = load_tick.tick() => {
                 agent.report_load(false);
                 // Expected completion times move with the clock.
@@ -499,7 +502,7 @@ impl Agent {
                     );
                     self.me = id;
                 }
-                MemberEvent::Load(_) => {}
+                MemberEvent::Load(name) => self.queue.report_arrived(&name),
             }
         }
         if newcomer {
@@ -800,7 +803,7 @@ impl Agent {
                     others: if local {
                         0
                     } else {
-                        load.tasks.saturating_sub(ours)
+                        self.queue.others_on(&n.id.name, load.tasks)
                     },
                     running: self.queue.running_on(&n.id.name),
                     warm: self.queue.warm(&n.id.name),

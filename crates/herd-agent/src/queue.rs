@@ -76,6 +76,9 @@ pub struct Queue {
     pending: VecDeque<Pending>,
     active: HashMap<u64, Active>,
     warm: HashMap<String, HashSet<String>>,
+    /// Our tasks that ended on each node since its last load report arrived: that
+    /// report still counts them.
+    ended_since_report: HashMap<String, u32>,
     /// Run-time estimates per executable, learnt from finished tasks.
     pub est: herd_sched::Estimator,
     next: u64,
@@ -194,11 +197,26 @@ impl Queue {
 
     /// Records that `job` ended; learns its run time when it ran to completion.
     pub fn end(&mut self, job: u64, completed: bool) {
-        if let Some(a) = self.active.remove(&job)
-            && completed
-        {
-            self.est.record(&a.exe, a.started.elapsed(), a.rate);
+        if let Some(a) = self.active.remove(&job) {
+            *self.ended_since_report.entry(a.node.clone()).or_default() += 1;
+            if completed {
+                self.est.record(&a.exe, a.started.elapsed(), a.rate);
+            }
         }
+    }
+
+    /// A load report from `node` arrived: it no longer counts our ended tasks.
+    pub fn report_arrived(&mut self, node: &str) {
+        self.ended_since_report.remove(node);
+    }
+
+    /// Tasks of other submitters on `node`, from its last report of `reported` tasks:
+    /// what is neither ours now nor ours ended since that report.
+    pub fn others_on(&self, node: &str, reported: u32) -> u32 {
+        let ended = self.ended_since_report.get(node).copied().unwrap_or(0);
+        reported
+            .saturating_sub(self.count_on(node))
+            .saturating_sub(ended)
     }
 
     /// `node` is gone: every task of ours on it is given up (and re-run if it may).
@@ -240,6 +258,20 @@ pub const DEFAULT_ESTIMATE: Duration = Duration::from_secs(1);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn others_do_not_count_our_ended_tasks() {
+        let mut q = Queue::default();
+        let _lost = q.start(1, "h1", "gcc", 1.0);
+        assert_eq!(q.others_on("h1", 3), 2);
+        q.end(1, true);
+        // The report still counts our ended task: not another submitter's.
+        assert_eq!(q.others_on("h1", 3), 2);
+        assert_eq!(q.others_on("h1", 1), 0);
+        q.report_arrived("h1");
+        assert_eq!(q.others_on("h1", 2), 2);
+        assert!(q.est.estimate("gcc").is_some());
+    }
 
     #[test]
     fn keys() {

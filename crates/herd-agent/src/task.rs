@@ -530,6 +530,8 @@ pub struct HelperCtx {
     pub running: Mutex<HashMap<u64, HelperTask>>,
     /// The owner is busy: tasks are frozen, and a task starting now starts frozen.
     pub suspended: std::sync::atomic::AtomicBool,
+    /// Signalled when a task starts or ends here (the load report says so at once).
+    pub tasks_changed: tokio::sync::Notify,
 }
 
 /// A task running on this helper.
@@ -608,6 +610,7 @@ impl Drop for Registered<'_> {
         if let Ok(mut r) = self.ctx.running.lock() {
             r.remove(&self.task);
         }
+        self.ctx.tasks_changed.notify_one();
     }
 }
 
@@ -859,6 +862,7 @@ async fn run_here(
         );
     }
     let _registered = Registered { ctx, task };
+    ctx.tasks_changed.notify_one();
     if ctx.suspended.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = handle.freeze();
     }
