@@ -669,3 +669,78 @@ fn a_busy_owner_suspends_herds_tasks_and_a_long_suspension_evicts_them_elsewhere
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_task_that_eats_the_helpers_memory_is_evicted_and_runs_elsewhere() {
+    // h1 (fast, preferred) has 512 MiB and keeps 60% of it free for its owner.
+    let mut bed = Testbed::new().expect("the testbed needs root");
+    bed.add_host(HostSpec::real_fs("ws").cpu_quota(1.0))
+        .unwrap();
+    bed.add_host(
+        HostSpec::minimal("h1", herd_bin())
+            .cpu_quota(1.0)
+            .memory_limit(512 << 20),
+    )
+    .unwrap();
+    bed.add_host(HostSpec::minimal("h2", herd_bin()).cpu_quota(0.25))
+        .unwrap();
+    let ws = Node::new(bed.host("ws"), herd_bin());
+    let token = ws.init();
+    let mut agents = vec![ws.agent(&["--no-mdns", "--cpus", "0"])];
+    for (h, extra) in [("h1", vec!["--min-free-mem", "60%"]), ("h2", vec![])] {
+        let n = Node::new(bed.host(h), herd_bin());
+        let listen = n.listen();
+        let mut args = vec!["--join", token.as_str(), "--name", h, "--listen", &listen];
+        args.extend(extra);
+        agents.push(n.agent(&args));
+    }
+    wait_for("both helpers take work", CONVERGE, || {
+        ws.nodes().is_some_and(|ns| {
+            ["h1", "h2"]
+                .iter()
+                .all(|h| ns.iter().any(|n| n["name"] == *h && n["accepting"] == true))
+        })
+    });
+    let project = tempfile::Builder::new()
+        .prefix("herd-batch-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let state = ws.state();
+    let out = bed
+        .host("ws")
+        .command(
+            herd_bin().to_str().unwrap(),
+            &[
+                "run",
+                "--state",
+                &state,
+                "-T",
+                "--retries",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                "python3 -c 'import time; x = bytearray(300 << 20); time.sleep(5)' && echo $HERD_NODE > where",
+            ],
+        )
+        .current_dir(project.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    for a in &agents {
+        sigterm(a);
+    }
+    for mut a in agents {
+        let _ = a.wait();
+    }
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the helper h1 evicted the task (the host is short of memory)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("where")).unwrap(),
+        "h2\n"
+    );
+}
