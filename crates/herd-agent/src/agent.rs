@@ -218,6 +218,7 @@ pub async fn run_agent(
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
     hidden_everywhere.push(crate::state::SYSTEM_STATE_DIR.as_bytes().to_vec());
     let shared = Arc::new(Shared {
+        drained: Default::default(),
         me: nf.name.clone(),
         endpoint: endpoint.clone(),
         dir: Arc::new(dir.clone()),
@@ -648,9 +649,13 @@ impl Agent {
             mem_total: self.grant.memory,
             mem_free: host::mem_available().min(self.grant.memory),
             tasks: self.shared.helper.task_count(),
-            // Not taking new work: the owner is busy, has not been idle long enough,
-            // or memory is short.
-            draining: !self.policy.accepting(),
+            // Not taking new work: drained, the owner is busy, has not been idle long
+            // enough, or memory is short.
+            draining: !self.policy.accepting()
+                || self
+                    .shared
+                    .drained
+                    .load(std::sync::atomic::Ordering::SeqCst),
         };
         let stale = self.last_report.as_ref().is_none_or(|(t, last)| {
             t.elapsed() >= Duration::from_secs(10)
@@ -694,6 +699,7 @@ impl Agent {
                 exe,
                 avoid: Vec::new(),
                 retries_left,
+                since: Instant::now(),
             });
             self.sched_dirty = true;
             return;
@@ -702,6 +708,68 @@ impl Agent {
             LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
             LocalRequest::Run(_) => return,
             LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(&self.sched_nodes())),
+            LocalRequest::Ps => LocalResponse::Ps(self.queue.list()),
+            LocalRequest::Kill(job) => match self.queue.owner(job) {
+                None => LocalResponse::Error(format!("no task {job} here (see `herd ps`)")),
+                Some(uid) if uid != call.uid && call.uid != 0 => LocalResponse::Error(format!(
+                    "task {job} belongs to uid {uid}; only it or root may kill it"
+                )),
+                Some(_) => {
+                    if let Some(p) = self.queue.take(job) {
+                        tokio::spawn(task::refuse(
+                            p.cli,
+                            "the task was killed before it started (herd kill)".into(),
+                        ));
+                        LocalResponse::Done
+                    } else if self.queue.kill(job) {
+                        LocalResponse::Done
+                    } else {
+                        LocalResponse::Error(format!(
+                            "task {job} runs on this machine in its herd run process, or is already ending: signal that process instead"
+                        ))
+                    }
+                }
+            },
+            LocalRequest::Drain { node, drain } => {
+                // A per-user agent's socket is its user's alone; the system agent's is
+                // open to every local user, who may not drain nodes through it.
+                if call.uid != 0 && self.dir.is_system() {
+                    let _ = call.reply.send(LocalResponse::Error(
+                        "only root may drain nodes through the system agent".into(),
+                    ));
+                    return;
+                }
+                if node == self.me.name {
+                    self.shared
+                        .drained
+                        .store(drain, std::sync::atomic::Ordering::SeqCst);
+                    self.report_load(true);
+                    LocalResponse::Done
+                } else {
+                    let Some(addr) = self
+                        .membership
+                        .nodes()
+                        .iter()
+                        .find(|n| n.id.name == node && n.state == NodeState::Alive)
+                        .map(|n| n.id.addr)
+                    else {
+                        let _ = call.reply.send(LocalResponse::Error(format!(
+                            "no alive node named {node:?}"
+                        )));
+                        return;
+                    };
+                    let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
+                    let endpoint = self.endpoint.clone();
+                    tokio::spawn(async move {
+                        let resp = drain_peer(endpoint, conn, addr, drain).await;
+                        let _ = call.reply.send(match resp {
+                            Ok(()) => LocalResponse::Done,
+                            Err(e) => LocalResponse::Error(format!("{node}: {e}")),
+                        });
+                    });
+                    return;
+                }
+            }
             LocalRequest::Status => LocalResponse::Status(AgentStatus {
                 name: self.me.name.clone(),
                 cluster: self.cluster.clone(),
@@ -867,7 +935,7 @@ impl Agent {
                 continue;
             };
             let rate = n.slot_rate();
-            let lost = self.queue.start(p.job, &n.name, &p.exe, rate);
+            let lost = self.queue.start(&p, &n.name, rate);
             let (job, events) = (p.job, self.events.clone());
             if n.local {
                 let node = n.name.clone();
@@ -970,6 +1038,29 @@ impl Agent {
     }
 }
 
+/// Asks the node at `addr` to drain or undrain.
+async fn drain_peer(
+    endpoint: quinn::Endpoint,
+    conn: Option<quinn::Connection>,
+    addr: SocketAddr,
+    drain: bool,
+) -> Result<(), String> {
+    let conn = match conn.filter(|c| c.close_reason().is_none()) {
+        Some(c) => c,
+        None => endpoint
+            .connect(addr, herd_pki::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    match net::request::<_, PeerResponse>(&conn, &PeerRequest::Drain(drain)).await {
+        Ok(PeerResponse::Pong { .. }) => Ok(()),
+        Ok(PeerResponse::Error(e)) => Err(e.message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn connect(shared: Arc<Shared>, addr: SocketAddr, events: mpsc::Sender<Event>) {
     let attempt = async {
         let conn = shared
@@ -1004,6 +1095,8 @@ struct Shared {
     peers: watch::Receiver<Vec<SocketAddr>>,
     tasks: Arc<Tasks>,
     helper: Arc<HelperCtx>,
+    /// `herd drain`: take no new work.
+    drained: std::sync::atomic::AtomicBool,
 }
 
 async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
@@ -1170,6 +1263,19 @@ async fn serve_stream(
         return;
     }
     match req {
+        PeerRequest::Drain(drain) => {
+            tracing::info!(by = %peer.name, drain, "asked to drain or undrain");
+            shared
+                .drained
+                .store(drain, std::sync::atomic::Ordering::SeqCst);
+            let _ = net::write_frame(
+                &mut send,
+                &PeerResponse::Pong {
+                    name: shared.me.clone(),
+                },
+            )
+            .await;
+        }
         PeerRequest::Ping => {
             let _ = net::write_frame(
                 &mut send,

@@ -41,17 +41,53 @@ pub struct Pending {
     pub avoid: Vec<String>,
     /// Re-runs left.
     pub retries_left: u32,
+    /// When it was submitted.
+    pub since: Instant,
+}
+
+impl Pending {
+    /// The command line as `herd ps` shows it.
+    pub fn command(&self) -> String {
+        let mut s = self
+            .spec
+            .argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if s.len() > 200 {
+            let mut cut = 200;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        s
+    }
+}
+
+/// Why the agent stops a running task's driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// Its node was lost (why): the task may run again elsewhere.
+    Lost(String),
+    /// `herd kill`: the task ends, nothing of it is committed.
+    Kill,
 }
 
 /// A task running somewhere.
 struct Active {
     node: String,
     exe: String,
+    command: String,
+    uid: u32,
+    lost_before: u32,
     started: Instant,
     /// Work units per second of one slot of the node (speed × share).
     rate: f32,
-    /// Fired when the node is lost: the task's driver gives it up.
-    lost: Option<oneshot::Sender<String>>,
+    /// Fired when the node is lost or the task killed: its driver gives it up.
+    halt: Option<oneshot::Sender<Halt>>,
 }
 
 /// How a dispatched task ended, reported back to the main loop.
@@ -169,30 +205,75 @@ impl Queue {
         self.pending.remove(i)
     }
 
-    /// Records that `job` started on `node`; returns what fires if the node is lost.
-    pub fn start(
-        &mut self,
-        job: u64,
-        node: &str,
-        exe: &str,
-        rate: f32,
-    ) -> oneshot::Receiver<String> {
+    /// Records that `p` started on `node`; returns what fires if the node is lost or
+    /// the task is killed.
+    pub fn start(&mut self, p: &Pending, node: &str, rate: f32) -> oneshot::Receiver<Halt> {
         let (tx, rx) = oneshot::channel();
         let warm = self.warm.entry(node.to_string()).or_default();
         if warm.len() < MAX_WARM {
-            warm.insert(exe.to_string());
+            warm.insert(p.exe.clone());
         }
         self.active.insert(
-            job,
+            p.job,
             Active {
                 node: node.to_string(),
-                exe: exe.to_string(),
+                exe: p.exe.clone(),
+                command: p.command(),
+                uid: p.caller.uid,
+                lost_before: p.spec.retries - p.retries_left,
                 started: Instant::now(),
                 rate,
-                lost: Some(tx),
+                halt: Some(tx),
             },
         );
         rx
+    }
+
+    /// The tasks as `herd ps` shows them: running, then queued in order.
+    pub fn list(&self) -> Vec<herd_proto::TaskInfo> {
+        let mut out: Vec<herd_proto::TaskInfo> = self
+            .active
+            .iter()
+            .map(|(id, a)| herd_proto::TaskInfo {
+                id: *id,
+                command: a.command.clone(),
+                uid: a.uid,
+                state: "running".into(),
+                node: Some(a.node.clone()),
+                secs: a.started.elapsed().as_secs_f64(),
+                lost: a.lost_before,
+            })
+            .collect();
+        out.sort_by_key(|t| t.id);
+        out.extend(self.pending.iter().map(|p| herd_proto::TaskInfo {
+            id: p.job,
+            command: p.command(),
+            uid: p.caller.uid,
+            state: "queued".into(),
+            node: None,
+            secs: p.since.elapsed().as_secs_f64(),
+            lost: p.spec.retries - p.retries_left,
+        }));
+        out
+    }
+
+    /// The submitter of task `job`, queued or running.
+    pub fn owner(&self, job: u64) -> Option<u32> {
+        self.active.get(&job).map(|a| a.uid).or_else(|| {
+            self.pending
+                .iter()
+                .find(|p| p.job == job)
+                .map(|p| p.caller.uid)
+        })
+    }
+
+    /// Kills a running task (its driver aborts it); false if it is not running or
+    /// already being stopped.
+    pub fn kill(&mut self, job: u64) -> bool {
+        self.active
+            .get_mut(&job)
+            .and_then(|a| a.halt.take())
+            .is_some_and(|tx| tx.send(Halt::Kill).is_ok())
     }
 
     /// Records that `job` ended; learns its run time when it ran to completion.
@@ -222,8 +303,8 @@ impl Queue {
     /// `node` is gone: every task of ours on it is given up (and re-run if it may).
     pub fn lose_node(&mut self, node: &str, reason: &str) {
         for a in self.active.values_mut().filter(|a| a.node == node) {
-            if let Some(tx) = a.lost.take() {
-                let _ = tx.send(reason.to_string());
+            if let Some(tx) = a.halt.take() {
+                let _ = tx.send(Halt::Lost(reason.to_string()));
             }
         }
     }
@@ -259,10 +340,57 @@ pub const DEFAULT_ESTIMATE: Duration = Duration::from_secs(1);
 mod tests {
     use super::*;
 
-    #[test]
-    fn others_do_not_count_our_ended_tasks() {
+    fn pending(job: u64, argv: &[&str]) -> Pending {
+        let (a, _b) = UnixStream::pair().unwrap();
+        Pending {
+            job,
+            cli: Framed::new(a, herd_proto::codec()),
+            spec: RunSpec {
+                argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                env: vec![],
+                cwd: b"/".to_vec(),
+                umask: 0o022,
+                rlimits: vec![],
+                tty: None,
+                on: None,
+                retries: 2,
+                local_ok: true,
+                hide: vec![],
+            },
+            caller: Caller {
+                uid: 1000,
+                gid: 1000,
+                pid: None,
+            },
+            exe: exe_key(
+                &argv
+                    .iter()
+                    .map(|a| a.as_bytes().to_vec())
+                    .collect::<Vec<_>>(),
+            ),
+            avoid: vec![],
+            retries_left: 1,
+            since: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn others_do_not_count_our_ended_tasks_and_ps_lists_everything() {
         let mut q = Queue::default();
-        let _lost = q.start(1, "h1", "gcc", 1.0);
+        let running = pending(1, &["gcc", "-c", "a.c"]);
+        let _halt = q.start(&running, "h1", 1.0);
+        q.push(pending(2, &["xz", "big"]));
+        let ps = q.list();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(
+            (ps[0].id, ps[0].state.as_str(), ps[0].node.as_deref()),
+            (1, "running", Some("h1"))
+        );
+        assert_eq!((ps[0].command.as_str(), ps[0].lost), ("gcc -c a.c", 1));
+        assert_eq!((ps[1].id, ps[1].state.as_str()), (2, "queued"));
+        assert_eq!(q.owner(2), Some(1000));
+        assert_eq!(q.owner(3), None);
+
         assert_eq!(q.others_on("h1", 3), 2);
         q.end(1, true);
         // The report still counts our ended task: not another submitter's.
@@ -271,6 +399,19 @@ mod tests {
         q.report_arrived("h1");
         assert_eq!(q.others_on("h1", 2), 2);
         assert!(q.est.estimate("gcc").is_some());
+    }
+
+    #[tokio::test]
+    async fn kill_and_loss_reach_the_driver_once() {
+        let mut q = Queue::default();
+        let mut h1 = q.start(&pending(1, &["a"]), "h1", 1.0);
+        let mut h2 = q.start(&pending(2, &["b"]), "h2", 1.0);
+        assert!(q.kill(1));
+        assert!(!q.kill(1), "already being stopped");
+        q.lose_node("h2", "it is dead");
+        assert_eq!(h1.try_recv().unwrap(), Halt::Kill);
+        assert_eq!(h2.try_recv().unwrap(), Halt::Lost("it is dead".into()));
+        assert!(!q.kill(9));
     }
 
     #[test]

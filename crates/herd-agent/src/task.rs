@@ -156,7 +156,7 @@ fn groups_of(pid: Option<i32>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-use crate::queue::{Cli, JobEnd, Pending};
+use crate::queue::{Cli, Halt, JobEnd, Pending};
 
 async fn send_event(cli: &mut Cli, ev: &RunEvent) -> bool {
     match herd_proto::encode(ev) {
@@ -199,7 +199,7 @@ enum Stop {
 pub async fn run_remote(
     mut p: Pending,
     helper: (String, std::net::SocketAddr, Option<quinn::Connection>),
-    lost: tokio::sync::oneshot::Receiver<String>,
+    halt: tokio::sync::oneshot::Receiver<Halt>,
     endpoint: quinn::Endpoint,
     tasks: Arc<Tasks>,
 ) -> JobEnd {
@@ -222,7 +222,7 @@ pub async fn run_remote(
         endpoint,
         &tasks,
         task,
-        lost,
+        halt,
         &mut stdin_used,
     )
     .await;
@@ -275,7 +275,7 @@ async fn drive(
     endpoint: quinn::Endpoint,
     tasks: &Tasks,
     task: u64,
-    mut lost: tokio::sync::oneshot::Receiver<String>,
+    mut halt: tokio::sync::oneshot::Receiver<Halt>,
     stdin_used: &mut bool,
 ) -> Result<i32, Stop> {
     let id = Identity {
@@ -331,12 +331,18 @@ async fn drive(
     let fatal = Stop::Fatal;
     loop {
         tokio::select! {
-            why = &mut lost => {
-                // The node is gone: give the task up (resetting the stream makes a
-                // helper that comes back kill it); a commit in progress is aborted.
+            why = &mut halt => {
+                // The node is gone or the task is killed: give it up (resetting the
+                // stream makes the helper, or one that comes back, kill it); a commit
+                // in progress is aborted.
                 let _ = send.reset(2u32.into());
-                let why = why.unwrap_or_else(|_| "the agent gave the task up".into());
-                return Err(Stop::Lost(format!("lost the helper {name} ({why})")));
+                return Err(match why {
+                    Ok(Halt::Lost(why)) => Stop::Lost(format!("lost the helper {name} ({why})")),
+                    Ok(Halt::Kill) => Stop::Fatal(format!(
+                        "the task was killed on {name} (herd kill); nothing of it was committed"
+                    )),
+                    Err(_) => Stop::Fatal("the agent gave the task up".into()),
+                });
             }
             frame = from_helper.next() => {
                 let frame = match frame {

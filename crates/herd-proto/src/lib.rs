@@ -184,6 +184,9 @@ pub enum PeerRequest {
         /// What to run and as whom.
         spec: TaskSpec,
     },
+    /// Stop (`true`) or resume taking new work (`herd drain` / `herd undrain` run on
+    /// another node). Answered with `Pong`.
+    Drain(bool),
     /// A file question for a running task (helper to workstation).
     Fs {
         /// The task it is for.
@@ -298,7 +301,7 @@ impl PeerRequest {
     pub fn required_role(&self) -> Option<Role> {
         match self {
             PeerRequest::Enroll { .. } | PeerRequest::Ping => None,
-            PeerRequest::Run { .. } => Some(Role::Submit),
+            PeerRequest::Run { .. } | PeerRequest::Drain(_) => Some(Role::Submit),
             PeerRequest::Fs { .. } => Some(Role::Exec),
         }
     }
@@ -368,6 +371,37 @@ pub enum LocalRequest {
     Run(RunSpec),
     /// How many tasks the cluster can usefully run at once.
     Slots,
+    /// The tasks this workstation queued or runs.
+    Ps,
+    /// Kill a task of this workstation (queued or running): nothing of it is
+    /// committed. Only its submitter or root may.
+    Kill(u64),
+    /// Make a node stop (`true`) or resume taking new work.
+    Drain {
+        /// The node (this one or another).
+        node: String,
+        /// Drain or undrain.
+        drain: bool,
+    },
+}
+
+/// One task as `herd ps` shows it. Its JSON form is a documented output format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The workstation's id for it (what `herd kill` takes).
+    pub id: u64,
+    /// The command line (shortened).
+    pub command: String,
+    /// The submitter's uid.
+    pub uid: u32,
+    /// `queued` or `running`.
+    pub state: String,
+    /// Where it runs (none while queued).
+    pub node: Option<String>,
+    /// Seconds since it was submitted (queued) or started (running).
+    pub secs: f64,
+    /// Attempts lost so far (its node died, was cut off or evicted it).
+    pub lost: u32,
 }
 
 /// The agent to `herd run`, after a `Run` request.
@@ -416,6 +450,10 @@ pub enum LocalResponse {
     Status(AgentStatus),
     /// Answer to [`LocalRequest::Slots`].
     Slots(u32),
+    /// Answer to [`LocalRequest::Ps`].
+    Ps(Vec<TaskInfo>),
+    /// The request was carried out.
+    Done,
     /// The request failed.
     Error(String),
 }

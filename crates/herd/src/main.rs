@@ -223,6 +223,36 @@ enum Command {
         )]
         words: Vec<String>,
     },
+    /// List the tasks this workstation queued or runs.
+    Ps {
+        #[command(flatten)]
+        state: StateArg,
+        /// Print JSON (one object per task) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a task (an id from `herd ps`): it ends at once and nothing of it is
+    /// committed.
+    Kill {
+        #[command(flatten)]
+        state: StateArg,
+        /// The task's id
+        id: u64,
+    },
+    /// Make a node take no new work (its running tasks finish).
+    Drain {
+        #[command(flatten)]
+        state: StateArg,
+        /// The node
+        node: String,
+    },
+    /// Make a drained node take work again.
+    Undrain {
+        #[command(flatten)]
+        state: StateArg,
+        /// The node
+        node: String,
+    },
     /// Print how many jobs the cluster can usefully run at once (for make -j).
     Slots {
         #[command(flatten)]
@@ -520,6 +550,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Shell { state, command } => offload::shell(&state.dir(true), &command),
+        Command::Ps { state, json } => {
+            let tasks = match call(&state.dir(true), LocalRequest::Ps)? {
+                LocalResponse::Ps(t) => t,
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else {
+                println!(
+                    "{:>6} {:<8} {:<12} {:>8} {:>6} COMMAND",
+                    "ID", "STATE", "NODE", "TIME", "UID"
+                );
+                for t in tasks {
+                    println!(
+                        "{:>6} {:<8} {:<12} {:>8} {:>6} {}",
+                        t.id,
+                        t.state,
+                        t.node.as_deref().unwrap_or("-"),
+                        human_secs(t.secs as i64),
+                        t.uid,
+                        t.command
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kill { state, id } => {
+            call(&state.dir(true), LocalRequest::Kill(id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain { state, node } => {
+            call(&state.dir(true), LocalRequest::Drain { node, drain: true })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Undrain { state, node } => {
+            call(&state.dir(true), LocalRequest::Drain { node, drain: false })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Map {
             state,
             jobs,

@@ -744,3 +744,86 @@ fn a_task_that_eats_the_helpers_memory_is_evicted_and_runs_elsewhere() {
         "h2\n"
     );
 }
+
+#[test]
+fn ps_kill_and_drain_control_the_cluster() {
+    let c = Cluster::start(&["--cpus", "0"], &[("h1", 0.5), ("h2", 0.5)]);
+    let accepting = |node: &str| -> Option<bool> {
+        c.ws()
+            .nodes()?
+            .iter()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["accepting"].as_bool())
+    };
+    let ps = || -> Vec<serde_json::Value> {
+        serde_json::from_slice(&c.output("ps", &["--json"]).stdout).unwrap()
+    };
+
+    // A drained node takes no work (asked from the workstation, carried out by h1).
+    ok(&c.output("drain", &["h1"]));
+    wait_for("h1 drained", CONVERGE, || accepting("h1") == Some(false));
+    for _ in 0..3 {
+        let out = ok(&c.output("run", &["--", "sh", "-c", "echo $HERD_NODE"]));
+        assert_eq!(out, "h2\n");
+    }
+    ok(&c.output("undrain", &["h1"]));
+    wait_for("h1 undrained", CONVERGE, || accepting("h1") == Some(true));
+
+    // herd kill of a running task: it ends, nothing of it is committed.
+    let child = c
+        .herd(
+            "run",
+            &[
+                "--",
+                "sh",
+                "-c",
+                "echo x > killed.txt; echo started >&2; sleep 60",
+            ],
+        )
+        .spawn()
+        .unwrap();
+    wait_for("the task runs", CONVERGE, || {
+        ps().iter().any(|t| t["state"] == "running")
+    });
+    let tasks = ps();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert!(tasks[0]["command"].as_str().unwrap().contains("sleep 60"));
+    let id = tasks[0]["id"].as_u64().unwrap().to_string();
+    ok(&c.output("kill", &[&id]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("killed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!c.p("killed.txt").exists());
+    assert!(ps().is_empty());
+
+    // A queued task can be killed too; an unknown id is an error.
+    ok(&c.output("drain", &["h1"]));
+    ok(&c.output("drain", &["h2"]));
+    wait_for("both drained", CONVERGE, || {
+        accepting("h1") == Some(false) && accepting("h2") == Some(false)
+    });
+    let child = c.herd("run", &["--", "true"]).spawn().unwrap();
+    wait_for("the task waits", CONVERGE, || {
+        ps().iter().any(|t| t["state"] == "queued")
+    });
+    let id = ps()[0]["id"].as_u64().unwrap().to_string();
+    ok(&c.output("kill", &[&id]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("killed before it started"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.output("kill", &["999999"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no task 999999"),
+        "{}",
+        text(&out.stderr)
+    );
+}
