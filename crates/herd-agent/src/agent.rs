@@ -627,6 +627,7 @@ impl Agent {
     }
 
     fn report_load(&mut self, force: bool) {
+        let stats = self.shared.helper.cache.stats();
         let (owner, herd) = match &self.last_sample {
             Some(s) => (
                 self.policy.owner_cores().unwrap_or(s.owner_cores),
@@ -656,6 +657,8 @@ impl Agent {
                     .shared
                     .drained
                     .load(std::sync::atomic::Ordering::SeqCst),
+            cache_hits: stats.hits,
+            cache_misses: stats.misses,
         };
         let stale = self.last_report.as_ref().is_none_or(|(t, last)| {
             t.elapsed() >= Duration::from_secs(10)
@@ -1019,6 +1022,8 @@ impl Agent {
                     incarnation: n.id.bump,
                     since_secs: now.saturating_sub(n.since).as_secs_f64(),
                     accepting: n.state == NodeState::Alive && self.is_exec(&n) && !load.draining,
+                    cache_hits: load.cache_hits,
+                    cache_misses: load.cache_misses,
                 }
             })
             .collect();

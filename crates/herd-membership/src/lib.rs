@@ -153,8 +153,12 @@ pub struct LoadReport {
     pub mem_free: u64,
     /// Herd tasks running on the node.
     pub tasks: u32,
-    /// The node accepts no new work (it is about to leave or be upgraded).
+    /// The node accepts no new work (drained, its owner is busy, or memory is short).
     pub draining: bool,
+    /// Reads of workstation files its cache answered, since it started.
+    pub cache_hits: u64,
+    /// Files it fetched from workstations, since it started.
+    pub cache_misses: u64,
 }
 
 /// How this node currently sees another node.

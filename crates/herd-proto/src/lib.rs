@@ -518,6 +518,10 @@ pub struct NodeInfo {
     /// Whether the node takes new work now (alive, executes tasks, its owner is not
     /// busy and its memory not short).
     pub accepting: bool,
+    /// Reads of workstation files its cache answered, since it started.
+    pub cache_hits: u64,
+    /// Files it fetched from workstations, since it started.
+    pub cache_misses: u64,
 }
 
 /// What `herd status` shows about the local agent.
