@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::host::{self, Grant};
 use crate::local::{self, LocalCall};
+use crate::metrics::{self, Metrics};
 use crate::polite::{self, Action, OwnerMeter, Policy, PoliteConfig, Sample, TaskMem};
 use crate::queue::{JobEnd, Pending, Queue};
 use crate::state::StateDir;
@@ -65,6 +66,8 @@ pub struct AgentOptions {
     pub host_cgroup: Option<std::path::PathBuf>,
     /// When to take work, suspend, resume and evict (see [`crate::polite`]).
     pub polite: PoliteConfig,
+    /// Serve Prometheus metrics over HTTP here (see [`crate::metrics`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Everything that can happen to the agent.
@@ -125,6 +128,7 @@ struct Agent {
     sched_dirty: bool,
     policy: Policy,
     last_sample: Option<Sample>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs an agent until `shutdown` resolves or SIGTERM/SIGINT arrives.
@@ -184,6 +188,8 @@ pub async fn run_agent(
     let advertise = opts
         .advertise
         .unwrap_or_else(|| admin::advertised_addr(listen));
+    let metrics = Arc::new(Metrics::new());
+    let _metrics_server = metrics::start(opts.metrics, &metrics).await?;
     let socket = local::bind(&dir, dir.is_system())?;
 
     let grant = Grant::resolve(opts.cpus, opts.memory);
@@ -223,7 +229,7 @@ pub async fn run_agent(
         endpoint: endpoint.clone(),
         dir: Arc::new(dir.clone()),
         peers: peers_rx,
-        tasks: Arc::new(Tasks::new(exe.clone(), hidden_everywhere)),
+        tasks: Arc::new(Tasks::new(exe.clone(), hidden_everywhere, metrics.clone())),
         helper: Arc::new(HelperCtx {
             name: nf.name.clone(),
             exe: exe.clone(),
@@ -252,6 +258,7 @@ pub async fn run_agent(
             running: Default::default(),
             suspended: Default::default(),
             tasks_changed: Default::default(),
+            metrics: metrics.clone(),
             cache: Arc::new(
                 herd_fs::cache::Cache::open(
                     &dir.root().join("cache"),
@@ -291,6 +298,7 @@ pub async fn run_agent(
         sched_dirty: false,
         policy: Policy::new(opts.polite.clone()),
         last_sample: None,
+        metrics,
     };
     {
         let events = agent.events.clone();
@@ -660,6 +668,9 @@ impl Agent {
             cache_hits: stats.hits,
             cache_misses: stats.misses,
         };
+        let members = self.membership.nodes();
+        self.metrics
+            .observe(&report, self.policy.mode(), &members, self.queue.waiting());
         let stale = self.last_report.as_ref().is_none_or(|(t, last)| {
             t.elapsed() >= Duration::from_secs(10)
                 || (last.load - report.load).abs() >= 0.1
@@ -912,6 +923,7 @@ impl Agent {
             .collect();
         for job in hopeless {
             if let Some(p) = self.queue.take(job) {
+                self.metrics.task_unplaceable();
                 let msg = if p.avoid.is_empty() {
                     "no helper is available: `herd nodes` shows none alive with the exec role"
                         .to_string()
@@ -942,8 +954,12 @@ impl Agent {
             let (job, events) = (p.job, self.events.clone());
             if n.local {
                 let node = n.name.clone();
+                let mut attempt = self.metrics.attempt(&node, p.since);
                 tokio::spawn(async move {
                     let completed = task::run_local(p.cli, node).await;
+                    if completed {
+                        attempt.finished();
+                    }
                     let _ = events
                         .send(Event::JobEnded {
                             job,

@@ -35,6 +35,7 @@ pub mod enroll;
 pub mod fsserve;
 pub mod host;
 pub mod local;
+pub mod metrics;
 pub mod net;
 pub mod polite;
 pub mod queue;

@@ -34,6 +34,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use crate::fsserve::{FsClient, Identity, start_commit};
 use crate::host::Grant;
+use crate::metrics::{Attempt, Metrics};
 use crate::{AgentError, net};
 
 /// Bytes of a file sent per `Data` frame.
@@ -53,6 +54,8 @@ pub struct Tasks {
     pub submitted: std::sync::atomic::AtomicU64,
     /// File questions answered so far.
     pub fs_requests: std::sync::atomic::AtomicU64,
+    /// The agent's metrics.
+    pub metrics: Arc<Metrics>,
     exe: PathBuf,
     extra_hidden: Vec<Vec<u8>>,
     running: Mutex<HashMap<u64, Entry>>,
@@ -62,10 +65,11 @@ pub struct Tasks {
 impl Tasks {
     /// `exe` is herd's own binary; `extra_hidden` are paths hidden from every task
     /// (herd's state directories) besides each user's secrets.
-    pub fn new(exe: PathBuf, extra_hidden: Vec<Vec<u8>>) -> Self {
+    pub fn new(exe: PathBuf, extra_hidden: Vec<Vec<u8>>, metrics: Arc<Metrics>) -> Self {
         Tasks {
             submitted: Default::default(),
             fs_requests: Default::default(),
+            metrics,
             exe,
             extra_hidden,
             running: Mutex::new(HashMap::new()),
@@ -103,6 +107,7 @@ impl Tasks {
     pub async fn serve_fs(&self, peer: &str, task: u64, req: FsRequest) -> FsResponse {
         self.fs_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.fs_request(&req);
         tracing::trace!(%peer, task = format!("{task:016x}"), ?req, "file question");
         let fs = {
             let Ok(running) = self.running.lock() else {
@@ -113,7 +118,9 @@ impl Tasks {
                 _ => return FsResponse::Errno(libc::EACCES),
             }
         };
-        fs.call(req).await
+        let resp = fs.call(req).await;
+        self.metrics.fs_answered(&resp);
+        resp
     }
 }
 
@@ -208,6 +215,7 @@ pub async fn run_remote(
         .submitted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (name, addr, conn) = helper;
+    let mut attempt = tasks.metrics.attempt(&name, p.since);
     if !send_event(&mut p.cli, &RunEvent::Placed { node: name.clone() }).await {
         return JobEnd::Done { completed: false };
     }
@@ -224,6 +232,7 @@ pub async fn run_remote(
         task,
         halt,
         &mut stdin_used,
+        &mut attempt,
     )
     .await;
     if let Ok(mut r) = tasks.running.lock() {
@@ -247,6 +256,7 @@ pub async fn run_remote(
             {
                 return JobEnd::Done { completed: false };
             }
+            attempt.retried();
             return JobEnd::Requeue {
                 pending: Box::new(p),
                 node: name,
@@ -277,6 +287,7 @@ async fn drive(
     task: u64,
     mut halt: tokio::sync::oneshot::Receiver<Halt>,
     stdin_used: &mut bool,
+    attempt: &mut Attempt,
 ) -> Result<i32, Stop> {
     let id = Identity {
         uid: caller.uid,
@@ -380,9 +391,13 @@ async fn drive(
                                 send_event(cli, &RunEvent::Conflicts(report.conflicts)).await;
                             }
                         }
+                        if code.is_some() {
+                            attempt.finished();
+                        }
                         return code.ok_or_else(|| lost_msg("no exit status".into()));
                     }
                     TaskOutput::Evicted { reason } => {
+                        attempt.evicted();
                         return Err(Stop::Lost(format!("the helper {name} evicted the task ({reason})")));
                     }
                     TaskOutput::Failed { message, code } => {
@@ -538,6 +553,8 @@ pub struct HelperCtx {
     pub suspended: std::sync::atomic::AtomicBool,
     /// Signalled when a task starts or ends here (the load report says so at once).
     pub tasks_changed: tokio::sync::Notify,
+    /// The agent's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A task running on this helper.
@@ -869,6 +886,7 @@ async fn run_here(
     }
     let _registered = Registered { ctx, task };
     ctx.tasks_changed.notify_one();
+    ctx.metrics.hosted_started();
     if ctx.suspended.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = handle.freeze();
     }
@@ -927,6 +945,7 @@ async fn run_here(
                 let _ = (&mut waiter).await;
                 drop(mounted);
                 tracing::info!(task = format!("{task:016x}"), "evicted: {reason}");
+                ctx.metrics.hosted_evicted();
                 out(send, &TaskOutput::Evicted { reason }).await?;
                 return Ok(());
             }

@@ -1,5 +1,6 @@
-//! In-process tests of the agent on loopback: enrollment, refusals and malformed
-//! input. The multi-host behaviour is tested on the testbed (`crates/herd/tests`).
+//! In-process tests of the agent on loopback: enrollment, refusals, malformed input
+//! and the metrics server. The multi-host behaviour is tested on the testbed
+//! (`crates/herd/tests`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,10 @@ struct Cluster {
 }
 
 async fn start_cluster() -> Cluster {
+    start_cluster_with_metrics(None).await
+}
+
+async fn start_cluster_with_metrics(metrics: Option<SocketAddr>) -> Cluster {
     let tmp = tempfile::tempdir().unwrap();
     let ws = StateDir::new(tmp.path().join("ws"));
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -54,6 +59,7 @@ async fn start_cluster() -> Cluster {
         cache_size: None,
         host_cgroup: None,
         polite: Default::default(),
+        metrics,
     };
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
@@ -237,9 +243,98 @@ async fn second_agent_on_same_state_dir_is_refused() {
         cache_size: None,
         host_cgroup: None,
         polite: Default::default(),
+        metrics: None,
     };
     let err = run_agent(opts, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");
     assert_eq!(err.exit_code(), 2);
     c.stop().await;
+}
+
+/// Sends one HTTP request to `addr` and returns the whole answer.
+async fn http(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("the metrics server must answer and close")
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn metrics_are_served_and_a_taken_port_is_refused() {
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let c = start_cluster_with_metrics(Some(addr)).await;
+    let get = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = http(addr, get).await;
+        if page.contains("\nherd_members{state=\"alive\"} 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(
+        page.contains("Content-Type: text/plain; version=0.0.4"),
+        "{page}"
+    );
+    for line in [
+        "herd_members{state=\"alive\"} 1",
+        "herd_members{state=\"dead\"} 0",
+        "herd_queue_length 0",
+        "herd_tasks_running 0",
+        // (per-node task counters appear with the first task)
+        "# TYPE herd_fs_requests_total counter",
+        "# TYPE herd_task_duration_seconds histogram",
+        "herd_fs_bytes_served_total 0",
+    ] {
+        assert!(page.lines().any(|l| l == line), "no {line:?} in:\n{page}");
+    }
+    let missing = http(addr, "GET / HTTP/1.1\r\n\r\n").await;
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+
+    // Another agent asked to serve metrics on the same port refuses to start.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = StateDir::new(tmp.path().join("other"));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    admin::init(
+        &other,
+        &InitOptions {
+            cluster: "lab2".into(),
+            name: "other".into(),
+            listen,
+            ttl: None,
+        },
+    )
+    .unwrap();
+    let opts = AgentOptions {
+        state: other.clone(),
+        name: None,
+        listen: None,
+        advertise: None,
+        join: None,
+        peers: vec![],
+        cpus: Some(1.0),
+        memory: Some(1 << 30),
+        mdns: false,
+        cache_size: None,
+        host_cgroup: None,
+        polite: Default::default(),
+        metrics: Some(addr),
+    };
+    let err = run_agent(opts, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot serve metrics on"), "{err}");
+    assert_eq!(err.exit_code(), 1);
+    c.stop().await;
+
+    // The server stops with its agent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

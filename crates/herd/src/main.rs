@@ -127,6 +127,10 @@ enum Command {
         /// or 5% of the host's memory; 0 turns it off)
         #[arg(long, value_name = "SIZE", default_value = "5%")]
         min_free_mem: String,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (no authentication:
+        /// use a loopback or trusted address) [default: off]
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<SocketAddr>,
     },
     /// Print a new join token; list or revoke tokens (on the node that ran `herd init`).
     Token {
@@ -372,6 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resume_after,
             evict_after,
             min_free_mem,
+            metrics,
         } => {
             init_logging();
             let usage = |flag: &str, e: polite::PoliteError| {
@@ -424,6 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache_size: Some(cache_size),
                 host_cgroup,
                 polite: polite_config,
+                metrics,
             };
             runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
             Ok(ExitCode::SUCCESS)
