@@ -18,8 +18,11 @@ use herd_agent::state::{self, StateDir};
 use herd_agent::{AgentError, AgentOptions, host, local};
 use herd_proto::{LocalRequest, LocalResponse, NodeInfo, Role};
 
+mod clidoc;
+mod demo;
 mod map;
 mod offload;
+mod top;
 
 /// Pool the CPUs of nearby Linux hosts.
 ///
@@ -271,6 +274,20 @@ enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
+    /// Try herd on this machine alone: start a throwaway cluster (this workstation and
+    /// three helpers), run a CPU-bound batch across it with a progress bar, show how the
+    /// jobs spread and the speedup against one core, then clean up.
+    ///
+    /// Exit status 2 when the helpers cannot run tasks here (the output says why and
+    /// what to do), 130 on Ctrl-C.
+    Demo {
+        /// Jobs in the batch [default: 24, or 4 per core above 6 cores]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+        /// Keep the temporary directory (state, agent logs, job log) and say where
+        #[arg(long)]
+        keep: bool,
+    },
     /// Show the local agent's status.
     Status {
         #[command(flatten)]
@@ -278,6 +295,37 @@ enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Show the cluster live, full screen: hosts (load split between owner and herd,
+    /// memory, tasks, cache hit rate), tasks and throughput.
+    ///
+    /// Keys: q quit, Tab switch list, arrows select, s sort, / filter, d/u drain or
+    /// undrain the host, K kill the task, ? help. When stdout is not a terminal, or
+    /// with --once, prints one snapshot as plain text instead.
+    Top {
+        #[command(flatten)]
+        state: StateArg,
+        /// Print one snapshot as plain text and exit (the default when stdout is not
+        /// a terminal)
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For example `herd completions bash > /usr/share/bash-completion/completions/herd`
+    /// or `herd completions zsh > /usr/local/share/zsh/site-functions/_herd`.
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print herd's manual page (roff), every subcommand included: `herd man | man -l -`.
+    ///
+    /// With --dir, write herd.1 and one herd-SUB.1 per subcommand there instead.
+    Man {
+        /// Write herd.1 and herd-SUB.1 pages into this directory (created if missing)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -556,6 +604,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Shell { state, command } => offload::shell(&state.dir(true), &command),
+        Command::Completions { shell } => clidoc::completions(shell),
+        Command::Man { dir } => clidoc::man(dir.as_deref()),
         Command::Ps { state, json } => {
             let tasks = match call(&state.dir(true), LocalRequest::Ps)? {
                 LocalResponse::Ps(t) => t,
@@ -617,6 +667,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 words,
             },
         ),
+        Command::Top { state, once } => top::top(&state.dir(true), once),
+        Command::Demo { jobs, keep } => demo::demo(demo::DemoArgs { jobs, keep }),
         Command::Status { state, json } => {
             let dir = state.dir(true);
             let st = match call(&dir, LocalRequest::Status)? {
