@@ -77,12 +77,30 @@ impl Tasks {
         }
     }
 
-    /// The secret paths of `uid`, hidden from its tasks.
-    pub fn hidden_for(&self, uid: u32) -> Vec<Vec<u8>> {
+    /// The secret paths of `uid`, hidden from its tasks: under its home directory in
+    /// `/etc/passwd` and under `env_home` (the `HOME` it runs with), when they differ.
+    ///
+    /// `/etc/passwd` is read directly rather than through NSS: a statically linked herd
+    /// must not load the host's NSS modules, and a user NSS does not list (LDAP, say)
+    /// is still covered through its `HOME`.
+    pub fn hidden_for(&self, uid: u32, env_home: Option<&[u8]>) -> Vec<Vec<u8>> {
         let mut out = self.extra_hidden.clone();
-        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        let mut homes: Vec<PathBuf> = Vec::new();
+        if let Some(h) = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|p| passwd_home(&p, uid))
+        {
+            homes.push(h);
+        }
+        if let Some(h) = env_home.filter(|h| h.starts_with(b"/")) {
+            let h = PathBuf::from(OsString::from_vec(h.to_vec()));
+            if !homes.contains(&h) {
+                homes.push(h);
+            }
+        }
+        for home in homes {
             for rel in SECRET_DIRS {
-                out.push(user.dir.join(rel).into_os_string().into_vec());
+                out.push(home.join(rel).into_os_string().into_vec());
             }
         }
         out
@@ -122,6 +140,15 @@ impl Tasks {
         self.metrics.fs_answered(&resp);
         resp
     }
+}
+
+/// The home directory of `uid` in the text of `/etc/passwd`.
+fn passwd_home(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && f[5].starts_with('/'))
+            .then(|| PathBuf::from(f[5]))
+    })
 }
 
 /// Secret paths under each user's home, hidden from tasks by default.
@@ -294,7 +321,12 @@ async fn drive(
         gid: caller.gid,
         groups: groups_of(caller.pid),
     };
-    let mut hidden = tasks.hidden_for(caller.uid);
+    let env_home = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == b"HOME")
+        .map(|(_, v)| v.clone());
+    let mut hidden = tasks.hidden_for(caller.uid, env_home.as_deref());
     hidden.extend(spec.hide.iter().cloned());
     let fs = tasks
         .service(&id, &hidden)
@@ -1054,4 +1086,18 @@ async fn run_here(
         "task phases"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_come_from_passwd_without_nss() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nbad line\nann:x:1000:1000:Ann:/home/ann:/bin/sh\nnohome:x:1001:1001::relative:/bin/sh\n";
+        assert_eq!(passwd_home(passwd, 1000), Some(PathBuf::from("/home/ann")));
+        assert_eq!(passwd_home(passwd, 0), Some(PathBuf::from("/root")));
+        assert_eq!(passwd_home(passwd, 1001), None);
+        assert_eq!(passwd_home(passwd, 4242), None);
+    }
 }

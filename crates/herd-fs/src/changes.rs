@@ -443,9 +443,18 @@ impl Committer {
             }
         }
         for (path, mode, mtime_ns) in dirs.into_iter().rev() {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(io("chmod", &path))?;
-            set_mtime(&path, mtime_ns)?;
+            // A directory the task only passed through (copied up by the overlay, e.g.
+            // /home) keeps its mode and time: touch only what changed, so that a user
+            // who does not own it can still commit below it.
+            let now = fs::symlink_metadata(&path).map_err(io("stat", &path))?;
+            if now.mode() & 0o7777 != mode & 0o7777 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(io("chmod", &path))?;
+            }
+            let now_ns = now.mtime() as i128 * 1_000_000_000 + now.mtime_nsec() as i128;
+            if now_ns != mtime_ns as i128 {
+                set_mtime(&path, mtime_ns)?;
+            }
         }
         self.made_dirs.clear();
         self.done = true;

@@ -710,10 +710,10 @@ fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
                 rlim_cur: 0,
                 rlim_max: 0,
             };
-            // In rootless mode limits cannot be raised above ours: lower them to it.
+            // Without CAP_SYS_RESOURCE (rootless mode, or root in a container) limits
+            // cannot be raised above ours: lower them to it.
             // SAFETY: cur is a valid, writable rlimit.
-            let clamped = rootless
-                && err.raw_os_error() == Some(libc::EPERM)
+            let clamped = err.raw_os_error() == Some(libc::EPERM)
                 && unsafe { libc::getrlimit(res as _, &mut cur) } == 0
                 && {
                     lim.rlim_max = lim.rlim_max.min(cur.rlim_max);
