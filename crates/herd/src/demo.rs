@@ -384,7 +384,7 @@ fn run(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<ExitCode> {
     let joblog = root.join("joblog.tsv");
     let template = format!("{} # job {{}}", job_line(bytes));
     println!(
-        "running {} jobs across the cluster, {slots} at a time (`herd slots`):",
+        "running {} jobs across the cluster's {slots} slots (`herd slots`):",
         plan.jobs
     );
     println!(

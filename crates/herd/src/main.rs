@@ -199,7 +199,8 @@ enum Command {
     Map {
         #[command(flatten)]
         state: StateArg,
-        /// Jobs at once [default: `herd slots`]
+        /// Jobs handed to the agent at once; it runs as many as there are free slots
+        /// and places the rest as slots free [default: 4 × `herd slots`, at most 256]
         #[arg(short = 'j', long = "jobs", value_name = "N")]
         jobs: Option<usize>,
         /// Write GNU parallel's tab-separated job log here

@@ -18,6 +18,11 @@ use herd_proto::{LocalRequest, LocalResponse};
 /// `--retries`, which re-runs failed jobs).
 pub const LOST_RETRIES: u32 = 3;
 
+/// Jobs handed to the agent at once per slot of the cluster, by default.
+pub const IN_FLIGHT_PER_SLOT: usize = 4;
+/// At most this many jobs in flight by default.
+pub const MAX_IN_FLIGHT: usize = 256;
+
 /// The `herd map` flags, parsed.
 pub struct MapArgs {
     /// `-j`.
@@ -135,7 +140,12 @@ pub fn map(dir: &StateDir, args: MapArgs) -> anyhow::Result<ExitCode> {
     let jobs = match args.jobs {
         Some(j) => j,
         None => match rt.block_on(herd_agent::local::call(dir, &LocalRequest::Slots)) {
-            Ok(LocalResponse::Slots(n)) => n.max(1) as usize,
+            // More jobs in flight than slots: the agent's placement then sees the
+            // batch ahead and can give a slow node the jobs it would finish in time,
+            // rather than only ever the next one (late binding).
+            Ok(LocalResponse::Slots(n)) => {
+                (n.max(1) as usize * IN_FLIGHT_PER_SLOT).min(MAX_IN_FLIGHT)
+            }
             Ok(other) => anyhow::bail!("unexpected answer from the agent: {other:?}"),
             Err(e) => return Err(e.into()),
         },
