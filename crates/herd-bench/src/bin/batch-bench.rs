@@ -679,11 +679,27 @@ fn main() -> anyhow::Result<()> {
         herd_slots = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
         anyhow::ensure!(herd_slots.is_some(), "herd slots printed no number");
     }
-    let herd_j: usize = arg(&args, "--herd-jobs", herd_slots.unwrap_or(4)).max(1);
-    let herd_desc = format!("herd map -j{herd_j} (herd slots = {herd_slots:?})");
+    // Without --herd-jobs, herd map's own default (jobs in flight per slot).
+    let herd_j_arg: Option<usize> = args
+        .iter()
+        .position(|a| a == "--herd-jobs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok());
+    let herd_j: usize = herd_j_arg.unwrap_or(herd_slots.unwrap_or(4) * 4);
+    let herd_desc = match herd_j_arg {
+        Some(j) => format!("herd map -j{j} (herd slots = {herd_slots:?})"),
+        None => format!("herd map (default -j, herd slots = {herd_slots:?})"),
+    };
     let herd_map_cmd = || {
-        let j = herd_j.to_string();
-        let mut c = herd_cmd(&["map", "-j", &j, "--joblog", &jl]);
+        let mut argv = vec!["map".to_string()];
+        if let Some(j) = herd_j_arg {
+            argv.push("-j".into());
+            argv.push(j.to_string());
+        }
+        argv.push("--joblog".into());
+        argv.push(jl.clone());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut c = herd_cmd(&argv);
         args_of(&mut c);
         c
     };
