@@ -174,34 +174,27 @@ pub fn map(dir: &StateDir, args: MapArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let summary = if groups.is_empty() {
+    // Boxed, the rows keep their size hint (the progress bar's total).
+    type Rows = Box<dyn Iterator<Item = std::io::Result<Vec<String>>> + Send>;
+    let rows: Rows = if groups.is_empty() {
         if std::io::stdin().is_terminal() {
             eprintln!(
                 "herd map: reading arguments from stdin, one per line (none given after :::)"
             );
         }
-        let rows = herd_map::lines(std::io::BufReader::new(std::io::stdin()));
-        herd_map::run_map(
-            &opts,
-            &template,
-            rows,
-            &runner,
-            &mut stdout.lock(),
-            &mut stderr.lock(),
-            &cancel,
-        )?
+        Box::new(herd_map::lines(std::io::BufReader::new(std::io::stdin())))
     } else {
-        let rows = herd_map::cartesian(groups).map(Ok);
-        herd_map::run_map(
-            &opts,
-            &template,
-            rows,
-            &runner,
-            &mut stdout.lock(),
-            &mut stderr.lock(),
-            &cancel,
-        )?
+        Box::new(herd_map::cartesian(groups).map(Ok))
     };
+    let summary = herd_map::run_map(
+        &opts,
+        &template,
+        rows,
+        &runner,
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+        &cancel,
+    )?;
     rt.shutdown_timeout(Duration::from_millis(100));
     if summary.cancelled {
         return Ok(ExitCode::from(130));
