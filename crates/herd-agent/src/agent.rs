@@ -908,12 +908,23 @@ impl Agent {
             return;
         }
         let nodes = self.sched_nodes();
+        // Read membership once per call: alive exec nodes and every node's address.
+        let members = self.membership.nodes();
+        let exec_alive: std::collections::HashSet<&str> = members
+            .iter()
+            .filter(|n| n.state == NodeState::Alive && self.is_exec(n))
+            .map(|n| n.id.name.as_str())
+            .collect();
+        let addrs: HashMap<&str, SocketAddr> = members
+            .iter()
+            .map(|n| (n.id.name.as_str(), n.id.addr))
+            .collect();
         let hopeless: Vec<u64> = self
             .queue
             .pending()
             .filter(|p| {
                 !nodes.iter().any(|n| {
-                    self.is_exec_name(&n.name)
+                    exec_alive.contains(n.name.as_str())
                         && !p.avoid.contains(&n.name)
                         && p.spec.on.as_deref().is_none_or(|on| on == n.name)
                         && (!n.local || p.spec.local_ok)
@@ -969,13 +980,7 @@ impl Agent {
                 });
                 continue;
             }
-            let addr = self
-                .membership
-                .nodes()
-                .iter()
-                .find(|m| m.id.name == n.name)
-                .map(|m| m.id.addr);
-            let Some(addr) = addr else {
+            let Some(&addr) = addrs.get(n.name.as_str()) else {
                 self.queue.end(job, false);
                 self.queue.push_front(p);
                 continue;
@@ -993,14 +998,6 @@ impl Agent {
                 let _ = events.send(Event::JobEnded { job, end }).await;
             });
         }
-    }
-
-    fn is_exec_name(&self, name: &str) -> bool {
-        self.membership
-            .nodes()
-            .iter()
-            .find(|n| n.id.name == name)
-            .is_some_and(|n| n.state == NodeState::Alive && self.is_exec(n))
     }
 
     fn node_infos(&self) -> Vec<NodeInfo> {
