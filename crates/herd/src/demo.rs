@@ -1007,23 +1007,14 @@ fn watch_signals() -> anyhow::Result<Arc<AtomicBool>> {
 /// The two system calls std does not offer: kill(2) with SIGTERM, and
 /// prctl(PR_SET_PDEATHSIG).
 mod sys {
-    use std::ffi::{c_int, c_ulong};
     use std::os::unix::process::CommandExt;
     use std::process::Command;
-
-    const SIGTERM: c_int = 15;
-    const PR_SET_PDEATHSIG: c_int = 1;
-
-    unsafe extern "C" {
-        fn kill(pid: c_int, sig: c_int) -> c_int;
-        fn prctl(option: c_int, ...) -> c_int;
-    }
 
     /// Sends SIGTERM to `pid` (a child not reaped yet, so the pid is still ours).
     pub fn terminate(pid: u32) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
-            kill(pid as c_int, SIGTERM);
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
         }
     }
 
@@ -1034,7 +1025,7 @@ mod sys {
         // call, which is async-signal-safe; it allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
-                if prctl(PR_SET_PDEATHSIG, SIGTERM as c_ulong) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
