@@ -160,8 +160,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command on a helper, seeing this machine's files, cwd, environment and
-    /// uid; its file changes come back when it exits.
+    /// Run a command where it finishes soonest (a helper, or this machine), seeing
+    /// this machine's files, cwd, environment and uid; on a helper its file changes come
+    /// back when it exits.
     Run {
         #[command(flatten)]
         state: StateArg,
