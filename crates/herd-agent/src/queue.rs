@@ -10,7 +10,7 @@
 //! view, calls [`herd_sched::place`] and starts what it returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herd_proto::RunSpec;
 use tokio::net::UnixStream;
@@ -332,9 +332,6 @@ pub fn exe_key(argv: &[Vec<u8>]) -> String {
     }
     prog
 }
-
-/// How long a task with no history is assumed to take on one reference core.
-pub const DEFAULT_ESTIMATE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
