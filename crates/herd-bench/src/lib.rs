@@ -349,3 +349,72 @@ mod tests {
         assert!(Summary::of(&[]).is_none());
     }
 }
+
+/// One run of a method: its makespan and its efficiency against the ideal.
+pub trait MethodRun {
+    /// From start to end, in seconds.
+    fn makespan_s(&self) -> f64;
+    /// Ideal makespan / makespan.
+    fn efficiency(&self) -> f64;
+}
+
+/// One way of running a workload (local, through herd, a baseline), with its runs.
+#[derive(Debug, Serialize)]
+pub struct Method<R> {
+    /// Short name for tables.
+    pub name: String,
+    /// The command it runs.
+    pub command: String,
+    /// The hosts it may use, with their CPU quotas.
+    pub hosts: Vec<(String, f64)>,
+    /// Runs whose numbers are summarised.
+    pub runs: Vec<R>,
+    /// Makespan over the runs.
+    pub makespan: Option<Summary>,
+    /// Median efficiency over the runs.
+    pub efficiency_median: Option<f64>,
+    /// Filled in once the local method is known.
+    pub speedup_vs_local: Option<f64>,
+    /// Anything a reader should know.
+    pub note: String,
+}
+
+impl<R: MethodRun> Method<R> {
+    /// Summarises `runs` of the method `name`.
+    pub fn new(
+        name: &str,
+        command: &str,
+        hosts: &[(String, f64)],
+        runs: Vec<R>,
+        note: &str,
+    ) -> Self {
+        let makespan = Summary::of(
+            &runs
+                .iter()
+                .map(|r| Duration::from_secs_f64(r.makespan_s()))
+                .collect::<Vec<_>>(),
+        );
+        Method {
+            name: name.into(),
+            command: command.into(),
+            hosts: hosts.to_vec(),
+            efficiency_median: median(runs.iter().map(|r| r.efficiency())),
+            runs,
+            makespan,
+            speedup_vs_local: None,
+            note: note.into(),
+        }
+    }
+}
+
+/// Parses `--quotas ws,h1,h2,h3` (CPU quotas of the workstation and three helpers).
+pub fn parse_quotas(s: &str) -> anyhow::Result<[f64; 4]> {
+    use anyhow::Context;
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("--quotas: four numbers, e.g. 0.5,0.25,0.5,0.75")?;
+    v.try_into()
+        .map_err(|_| anyhow::anyhow!("--quotas needs four numbers: ws, h1, h2, h3"))
+}

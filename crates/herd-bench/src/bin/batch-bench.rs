@@ -64,8 +64,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
 use herd_bench::{
-    Summary, Timed, arg, children_cpu, herd_binary, host_cpu, machine_busy, median,
-    owner_load_note, run_timed, start_cluster, wait_quiet, write_json,
+    Timed, arg, children_cpu, herd_binary, host_cpu, machine_busy, median, owner_load_note,
+    run_timed, start_cluster, wait_quiet, write_json,
 };
 use herd_testbed::cluster::Node;
 use herd_testbed::{HostCommand, HostSpec, Testbed};
@@ -280,19 +280,15 @@ fn analyse(
     }
 }
 
-/// One way of running the batch, with its runs.
-#[derive(Debug, Serialize)]
-struct Method {
-    name: String,
-    command: String,
-    /// The hosts it may use, with their CPU quotas.
-    hosts: Vec<(String, f64)>,
-    /// Runs whose numbers are summarised (the cold herd run is a method of its own).
-    runs: Vec<RunStats>,
-    makespan: Option<Summary>,
-    efficiency_median: Option<f64>,
-    speedup_vs_local: Option<f64>,
-    note: String,
+type Method = herd_bench::Method<RunStats>;
+
+impl herd_bench::MethodRun for RunStats {
+    fn makespan_s(&self) -> f64 {
+        self.makespan_s
+    }
+    fn efficiency(&self) -> f64 {
+        self.efficiency
+    }
 }
 
 #[derive(Serialize)]
@@ -431,31 +427,6 @@ impl Bench<'_> {
     }
 }
 
-fn method(
-    name: &str,
-    command: &str,
-    hosts: &[(String, f64)],
-    runs: Vec<RunStats>,
-    note: &str,
-) -> Method {
-    let makespan = Summary::of(
-        &runs
-            .iter()
-            .map(|r| Duration::from_secs_f64(r.makespan_s))
-            .collect::<Vec<_>>(),
-    );
-    Method {
-        name: name.into(),
-        command: command.into(),
-        hosts: hosts.to_vec(),
-        efficiency_median: median(runs.iter().map(|r| r.efficiency)),
-        runs,
-        makespan,
-        speedup_vs_local: None,
-        note: note.into(),
-    }
-}
-
 /// Key-auth sshd on each of `hosts`; returns the client key and the daemons.
 fn start_sshds(bed: &Testbed, hosts: &[&str], dir: &Path) -> anyhow::Result<(PathBuf, Vec<Child>)> {
     let key = dir.join("id");
@@ -486,16 +457,6 @@ fn start_sshds(bed: &Testbed, hosts: &[&str], dir: &Path) -> anyhow::Result<(Pat
     Ok((key, daemons))
 }
 
-fn parse_quotas(s: &str) -> anyhow::Result<[f64; 4]> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .context("--quotas: four numbers, e.g. 0.5,0.25,0.5,0.75")?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("--quotas needs four numbers: ws, h1, h2, h3"))
-}
-
 fn fmt_hosts(m: &BTreeMap<String, usize>) -> String {
     m.iter()
         .map(|(h, n)| format!("{h}:{n}"))
@@ -510,7 +471,8 @@ fn main() -> anyhow::Result<()> {
     let blur: u32 = arg(&args, "--blur", 8);
     let size: u32 = arg(&args, "--size", 2000);
     let ssh_slots: usize = arg(&args, "--ssh-slots", 1).max(1);
-    let quotas = parse_quotas(&arg(&args, "--quotas", "0.5,0.25,0.5,0.75".to_string()))?;
+    let quotas =
+        herd_bench::parse_quotas(&arg(&args, "--quotas", "0.5,0.25,0.5,0.75".to_string()))?;
     let with_herd = !args.iter().any(|a| a == "--no-herd");
     let herd = herd_binary(&args)?;
     anyhow::ensure!(
@@ -813,7 +775,7 @@ fn main() -> anyhow::Result<()> {
         let _ = d.wait();
     }
 
-    let mut methods = vec![method(
+    let mut methods = vec![Method::new(
         "local only",
         &local_desc,
         &ws_only,
@@ -821,14 +783,14 @@ fn main() -> anyhow::Result<()> {
         "ws alone, 0.5 CPU",
     )];
     if has_map {
-        methods.push(method(
+        methods.push(Method::new(
             "herd map, cold",
             &herd_desc,
             &herd_hosts,
             cold,
             "first run: helpers' caches empty",
         ));
-        methods.push(method(
+        methods.push(Method::new(
             "herd map",
             &herd_desc,
             &herd_hosts,
@@ -837,7 +799,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     if with_ssh {
-        methods.push(method(
+        methods.push(Method::new(
             "parallel over ssh",
             &ssh_desc,
             &ssh_hosts,
@@ -846,7 +808,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     if with_ssh && ssh_idle {
-        methods.push(method(
+        methods.push(Method::new(
             "ssh, idle priority",
             &format!("{ssh_desc}, jobs under `{IDLE_PREFIX}`"),
             &ssh_hosts,

@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use herd_bench::cproject;
 use herd_bench::{
-    Summary, arg, children_cpu, herd_binary, host_cpu, machine_busy, median, owner_load_note,
-    run_timed, start_cluster, wait_quiet, write_json,
+    arg, children_cpu, herd_binary, host_cpu, machine_busy, median, owner_load_note, run_timed,
+    start_cluster, wait_quiet, write_json,
 };
 use herd_testbed::cluster::Node;
 use herd_testbed::{HostCommand, HostSpec, Testbed};
@@ -73,16 +73,15 @@ struct BuildRun {
     compiles_per_host: BTreeMap<String, usize>,
 }
 
-#[derive(Debug, Serialize)]
-struct Method {
-    name: String,
-    command: String,
-    hosts: Vec<(String, f64)>,
-    runs: Vec<BuildRun>,
-    makespan: Option<Summary>,
-    efficiency_median: Option<f64>,
-    speedup_vs_local: Option<f64>,
-    note: String,
+type Method = herd_bench::Method<BuildRun>;
+
+impl herd_bench::MethodRun for BuildRun {
+    fn makespan_s(&self) -> f64 {
+        self.makespan_s
+    }
+    fn efficiency(&self) -> f64 {
+        self.efficiency
+    }
 }
 
 #[derive(Serialize)]
@@ -104,31 +103,6 @@ struct Report {
     herd_speedup_vs_distcc: Option<f64>,
     loadavg_at_start: String,
     expected_output: String,
-}
-
-fn method(
-    name: &str,
-    command: &str,
-    hosts: &[(String, f64)],
-    runs: Vec<BuildRun>,
-    note: &str,
-) -> Method {
-    let makespan = Summary::of(
-        &runs
-            .iter()
-            .map(|r| Duration::from_secs_f64(r.makespan_s))
-            .collect::<Vec<_>>(),
-    );
-    Method {
-        name: name.into(),
-        command: command.into(),
-        hosts: hosts.to_vec(),
-        efficiency_median: median(runs.iter().map(|r| r.efficiency)),
-        runs,
-        makespan,
-        speedup_vs_local: None,
-        note: note.into(),
-    }
 }
 
 struct Bench<'a> {
@@ -226,16 +200,6 @@ impl Bench<'_> {
     }
 }
 
-fn parse_quotas(s: &str) -> anyhow::Result<[f64; 4]> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .context("--quotas: four numbers, e.g. 0.5,0.25,0.5,0.75")?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("--quotas needs four numbers: ws, h1, h2, h3"))
-}
-
 /// Counts "COMPILE_OK" lines in each distccd's log.
 fn distcc_counts(logs: &[(String, PathBuf)]) -> BTreeMap<String, usize> {
     logs.iter()
@@ -257,7 +221,8 @@ fn main() -> anyhow::Result<()> {
     let work: usize = arg(&args, "--work", 10).max(1);
     let local_j: usize = arg(&args, "--local-jobs", 2).max(1);
     let distcc_slots: usize = arg(&args, "--distcc-slots", 1).max(1);
-    let quotas = parse_quotas(&arg(&args, "--quotas", "0.5,0.25,0.5,0.75".to_string()))?;
+    let quotas =
+        herd_bench::parse_quotas(&arg(&args, "--quotas", "0.5,0.25,0.5,0.75".to_string()))?;
     let herd_cc: String = arg(&args, "--herd-cc", "shell".to_string());
     anyhow::ensure!(
         herd_cc == "shell" || herd_cc == "run",
@@ -514,7 +479,7 @@ fn main() -> anyhow::Result<()> {
         let _ = d.wait();
     }
 
-    let mut methods = vec![method(
+    let mut methods = vec![Method::new(
         "local",
         &format!("make -j{local_j} on ws"),
         &ws_only,
@@ -527,14 +492,14 @@ fn main() -> anyhow::Result<()> {
         "herd run as CC"
     };
     if use_herd {
-        methods.push(method(
+        methods.push(Method::new(
             &format!("{herd_name}, cold"),
             &herd_desc,
             &herd_hosts,
             cold,
             "first build: helpers' caches empty",
         ));
-        methods.push(method(
+        methods.push(Method::new(
             herd_name,
             &herd_desc,
             &herd_hosts,
@@ -543,7 +508,7 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     if with_distcc {
-        methods.push(method(
+        methods.push(Method::new(
             "distcc",
             &distcc_desc,
             &distcc_host_list,
