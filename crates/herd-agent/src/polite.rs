@@ -1286,27 +1286,6 @@ fn up_to(dir: &Path, mount: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Undoes the octal escapes (`\040` for a space) of mountinfo fields.
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let d = |c: u8| c - b'0';
-            out.push(d(b[i + 1]) * 64 + d(b[i + 2]) * 8 + d(b[i + 3]));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The cgroup path of hierarchy `h` in the text of a `/proc/PID/cgroup`.
 fn own_path(proc_cgroup: &str, h: &Hier) -> Option<PathBuf> {
     proc_cgroup.lines().find_map(|l| {
@@ -1347,7 +1326,7 @@ fn parse_hierarchies(
         if devs.iter().any(|d| d == f[2]) {
             continue;
         }
-        let mount = PathBuf::from(unescape(f[4]));
+        let mount = PathBuf::from(herd_sandbox::unescape_mountinfo(f[4]));
         let controllers: Vec<String> = if v2 {
             read(&mount.join("cgroup.controllers"))
                 .unwrap_or_default()
@@ -1368,7 +1347,7 @@ fn parse_hierarchies(
         let mut h = Hier {
             v2,
             mount,
-            root: PathBuf::from(unescape(f[3])),
+            root: PathBuf::from(herd_sandbox::unescape_mountinfo(f[3])),
             controllers,
             own: PathBuf::from("/"),
         };

@@ -47,7 +47,8 @@ pub(crate) struct Group {
     pub dir: PathBuf,
 }
 
-fn unescape(field: &str) -> String {
+/// Undoes the octal escapes (`\040` for a space) of a `/proc/PID/mountinfo` field.
+pub fn unescape(field: &str) -> String {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -186,6 +186,7 @@ mod spec;
 
 use std::path::Path;
 
+pub use cgroup::unescape as unescape_mountinfo;
 pub use error::SandboxError;
 pub use spawn::{Sandbox, SandboxHandle, TaskExit, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
