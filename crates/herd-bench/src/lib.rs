@@ -13,10 +13,10 @@
 pub mod cproject;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
-use herd_testbed::cluster::{Node, sigterm};
+use herd_testbed::cluster::Node;
 use herd_testbed::{Host, HostCommand, Testbed};
 use serde::Serialize;
 
@@ -216,20 +216,7 @@ pub fn owner_load_note(nodes: Option<&serde_json::Value>) -> Option<String> {
     })
 }
 
-/// The agents of a testbed cluster; dropping it stops them (SIGTERM, a graceful leave)
-/// and waits for them.
-pub struct Agents(pub Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for a in &self.0 {
-            sigterm(a);
-        }
-        for a in &mut self.0 {
-            let _ = a.wait();
-        }
-    }
-}
+pub use herd_testbed::cluster::Agents;
 
 /// Forms a cluster: `herd init` and an agent on `ws`, then an agent joining from each
 /// of `helpers`; returns when `ws` sees every helper alive with its load report (its

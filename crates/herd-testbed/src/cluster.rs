@@ -180,3 +180,37 @@ pub fn sigterm(child: &Child) {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
 }
+
+/// Agents started on the testbed; dropping it stops them (SIGTERM, a graceful leave)
+/// and waits for them.
+pub struct Agents(pub Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            sigterm(a);
+        }
+        for a in &mut self.0 {
+            let _ = a.wait();
+        }
+    }
+}
+
+/// Bytes as text, lossily.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// The stdout of a command that must have succeeded; otherwise panics showing its
+/// status and both streams.
+#[track_caller]
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use herd_testbed::cluster::{Node, sigterm, wait_for};
+use herd_testbed::cluster::{Agents, Node, ok, text, wait_for};
 use herd_testbed::{HostSpec, Testbed};
 
 const CONVERGE: Duration = Duration::from_secs(40);
@@ -18,7 +18,7 @@ fn herd_bin() -> &'static Path {
 
 struct Cluster {
     bed: Testbed,
-    agents: Vec<(String, Child)>,
+    _agents: Agents,
     project: tempfile::TempDir,
 }
 
@@ -42,13 +42,13 @@ impl Cluster {
         let token = ws.init();
         let mut args = vec!["--no-mdns"];
         args.extend_from_slice(ws_args);
-        let mut agents = vec![("ws".to_string(), ws.agent(&args))];
+        let mut agents = vec![ws.agent(&args)];
         for (h, _) in helpers {
             let n = Node::new(bed.host(h), herd_bin());
             let listen = n.listen();
             let mut args = vec!["--join", token.as_str(), "--name", h, "--listen", &listen];
             args.extend_from_slice(helper_args);
-            agents.push((h.to_string(), n.agent(&args)));
+            agents.push(n.agent(&args));
         }
         let names: Vec<&str> = helpers.iter().map(|(h, _)| *h).collect();
         wait_for("helpers alive with load reports at ws", CONVERGE, || {
@@ -71,7 +71,7 @@ impl Cluster {
             .unwrap();
         Cluster {
             bed,
-            agents,
+            _agents: Agents(agents),
             project,
         }
     }
@@ -109,33 +109,6 @@ impl Cluster {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["tasks_submitted"].as_u64().unwrap()
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, a) in &self.agents {
-            sigterm(a);
-        }
-        for (_, a) in &mut self.agents {
-            let _ = a.wait();
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// Files in `dir` whose names contain `needle`.
@@ -686,13 +659,13 @@ fn a_task_that_eats_the_helpers_memory_is_evicted_and_runs_elsewhere() {
         .unwrap();
     let ws = Node::new(bed.host("ws"), herd_bin());
     let token = ws.init();
-    let mut agents = vec![ws.agent(&["--no-mdns", "--cpus", "0"])];
+    let mut agents = Agents(vec![ws.agent(&["--no-mdns", "--cpus", "0"])]);
     for (h, extra) in [("h1", vec!["--min-free-mem", "60%"]), ("h2", vec![])] {
         let n = Node::new(bed.host(h), herd_bin());
         let listen = n.listen();
         let mut args = vec!["--join", token.as_str(), "--name", h, "--listen", &listen];
         args.extend(extra);
-        agents.push(n.agent(&args));
+        agents.0.push(n.agent(&args));
     }
     wait_for("both helpers take work", CONVERGE, || {
         ws.nodes().is_some_and(|ns| {
@@ -728,12 +701,7 @@ fn a_task_that_eats_the_helpers_memory_is_evicted_and_runs_elsewhere() {
         .output()
         .unwrap();
     let err = text(&out.stderr);
-    for a in &agents {
-        sigterm(a);
-    }
-    for mut a in agents {
-        let _ = a.wait();
-    }
+    drop(agents);
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains("the helper h1 evicted the task (the host is short of memory)"),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use herd_testbed::cluster::{Node, all_see, sigterm, wait_for};
+use herd_testbed::cluster::{Agents, Node, all_see, ok, sigterm, text, wait_for};
 use herd_testbed::{HostSpec, Testbed};
 
 const CONVERGE: Duration = Duration::from_secs(40);
@@ -18,7 +18,7 @@ fn herd_bin() -> &'static Path {
 
 struct Cluster {
     bed: Testbed,
-    agents: Vec<Child>,
+    agents: Agents,
     /// A project directory on the workstation (not under /tmp: tasks get a private /tmp).
     project: tempfile::TempDir,
 }
@@ -40,7 +40,7 @@ impl Cluster {
         let token = ws.init();
         let mut args = vec!["--no-mdns"];
         args.extend_from_slice(ws_args);
-        let agents = vec![ws.agent(&args), h1.join(&token)];
+        let agents = Agents(vec![ws.agent(&args), h1.join(&token)]);
         wait_for("h1 alive at ws", CONVERGE, || all_see(&[ws], "h1", "alive"));
         let project = tempfile::Builder::new()
             .prefix("herd-run-test")
@@ -103,33 +103,6 @@ impl Cluster {
     fn sh(&self, script: &str) -> Output {
         self.run(&["/bin/sh", "-c", script])
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for a in &self.agents {
-            sigterm(a);
-        }
-        for a in &mut self.agents {
-            let _ = a.wait();
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 #[test]
@@ -516,9 +489,9 @@ fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files(
 
     // The cache outlives the helper's agent.
     let h1 = Node::new(c.bed.host("h1"), herd_bin());
-    sigterm(&c.agents[1]);
-    let _ = c.agents[1].wait();
-    c.agents[1] = h1.agent(&[]);
+    sigterm(&c.agents.0[1]);
+    let _ = c.agents.0[1].wait();
+    c.agents.0[1] = h1.agent(&[]);
     let ws = c.ws();
     wait_for("h1 back", CONVERGE, || all_see(&[ws], "h1", "alive"));
     let (out, warm) = c.counted(&["cat", "data.txt"]);
@@ -574,8 +547,8 @@ fn herds_own_failures_exit_255_with_one_line() {
     // The workstation lends no cores (--cpus 0).
     check(&run(&c, &["--on", "ws", "--", "true"]), "lends no cores");
     // The only helper leaves: nothing can take the task.
-    sigterm(&c.agents[1]);
-    let _ = c.agents[1].wait();
+    sigterm(&c.agents.0[1]);
+    let _ = c.agents.0[1].wait();
     let ws = c.ws();
     wait_for("h1 left", CONVERGE, || all_see(&[ws], "h1", "left"));
     check(&run(&c, &["--", "true"]), "no helper is available");
