@@ -721,7 +721,9 @@ impl Agent {
         let resp = match call.request {
             LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
             LocalRequest::Run(_) => return,
-            LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(&self.sched_nodes())),
+            LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(
+                &self.sched_nodes(&self.membership.nodes()),
+            )),
             LocalRequest::Ps => LocalResponse::Ps(self.queue.list()),
             LocalRequest::Kill(job) => match self.queue.owner(job) {
                 None => LocalResponse::Error(format!("no task {job} here (see `herd ps`)")),
@@ -858,10 +860,9 @@ impl Agent {
     }
 
     /// The cluster as placement sees it.
-    fn sched_nodes(&self) -> Vec<herd_sched::Node> {
-        self.membership
-            .nodes()
-            .into_iter()
+    fn sched_nodes(&self, members: &[herd_membership::NodeView]) -> Vec<herd_sched::Node> {
+        members
+            .iter()
             .filter(|n| n.state.is_active())
             .map(|n| {
                 let local = n.id.name == self.me.name;
@@ -878,7 +879,7 @@ impl Agent {
                 }
                 herd_sched::Node {
                     accepting: n.state == NodeState::Alive
-                        && self.is_exec(&n)
+                        && self.is_exec(n)
                         // The workstation's own policy guards helpers' tasks, not the
                         // submitter's own work run here.
                         && (local || (!load.draining && n.load.is_some())),
@@ -907,9 +908,10 @@ impl Agent {
         if self.queue.is_empty() {
             return;
         }
-        let nodes = self.sched_nodes();
-        // Read membership once per call: alive exec nodes and every node's address.
+        // Read membership once per call: the placement view, alive exec nodes and every
+        // node's address.
         let members = self.membership.nodes();
+        let nodes = self.sched_nodes(&members);
         let exec_alive: std::collections::HashSet<&str> = members
             .iter()
             .filter(|n| n.state == NodeState::Alive && self.is_exec(n))
