@@ -219,6 +219,22 @@ pub async fn run_agent(
     tokio::spawn(local::serve(socket, local_tx));
     task::make_tasks_dir(&dir.root().join("tasks"))
         .map_err(|e| AgentError::io(&dir.root().join("tasks"), e))?;
+    let views_dir = dir.root().join("tasks").join("views");
+    {
+        let d = views_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::views::clean_stale(&d)).await;
+    }
+    let views = Arc::new(crate::views::ViewPool::new(views_dir));
+    {
+        let views = views.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let v = views.clone();
+                let _ = tokio::task::spawn_blocking(move || v.expire()).await;
+            }
+        });
+    }
     let exe = std::env::current_exe()
         .map_err(|e| AgentError::Net(format!("cannot find herd's own binary: {e}")))?;
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
@@ -255,6 +271,7 @@ pub async fn run_agent(
                     None
                 }
             },
+            views: views.clone(),
             running: Default::default(),
             suspended: Default::default(),
             tasks_changed: Default::default(),
@@ -389,6 +406,8 @@ pub async fn run_agent(
         }
     }
     agent.leave().await;
+    // Kept views are unmounted, not left behind as dead FUSE mounts.
+    let _ = tokio::task::spawn_blocking(move || views.clear()).await;
     let _ = std::fs::remove_file(dir.socket_path());
     Ok(())
 }

@@ -18,6 +18,8 @@
 //! * [`host`]: what the host grants and how loaded it is.
 //! * [`discovery`]: LAN discovery of peers by mDNS.
 //! * [`task`]: running a task, on the workstation's side and on the helper's.
+//! * [`views`]: a helper's views of workstations, kept mounted between tasks and
+//!   validated before each.
 //! * [`fsserve`]: the workstation's file service and commits, run as the submitter.
 //!
 //! **Architecture invariant:** only this crate (and the binary above it) knows tokio
@@ -42,6 +44,7 @@ pub mod queue;
 pub mod shell;
 pub mod state;
 pub mod task;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 

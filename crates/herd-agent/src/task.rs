@@ -20,14 +20,14 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use herd_fs::{Source, View};
+use herd_fs::View;
 use herd_pki::PeerCert;
-use herd_proto::fs::{Attr, CommitFrame, CommitReport, DirEntry, FsRequest, FsResponse};
+use herd_proto::fs::{CommitFrame, CommitReport, FsRequest, FsResponse};
 use herd_proto::{PeerRequest, RunEvent, RunSpec, TaskInput, TaskOutput, TaskSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -488,76 +488,10 @@ async fn read_report(child: &mut tokio::process::Child) -> Result<CommitReport, 
     herd_proto::decode(&frame).map_err(|e| e.to_string())
 }
 
-/// The helper's view of the workstation: questions go back over the connection the
-/// task came in on.
-struct RemoteSource {
-    conn: quinn::Connection,
-    task: u64,
-    rt: tokio::runtime::Handle,
-}
-
-impl RemoteSource {
-    fn ask(&self, req: FsRequest) -> FsResponse {
-        let conn = self.conn.clone();
-        let task = self.task;
-        self.rt
-            .block_on(async move {
-                net::request::<_, FsResponse>(&conn, &PeerRequest::Fs { task, req }).await
-            })
-            .unwrap_or(FsResponse::Errno(libc::EIO))
-    }
-}
-
-fn path_bytes(p: &Path) -> Vec<u8> {
-    p.as_os_str().as_bytes().to_vec()
-}
-
-impl Source for RemoteSource {
-    fn stat(&self, path: &Path) -> Result<Attr, i32> {
-        match self.ask(FsRequest::Stat {
-            path: path_bytes(path),
-        }) {
-            FsResponse::Attr(a) => Ok(a),
-            FsResponse::Errno(e) => Err(e),
-            _ => Err(libc::EIO),
-        }
-    }
-    fn list(&self, path: &Path) -> Result<Vec<DirEntry>, i32> {
-        match self.ask(FsRequest::List {
-            path: path_bytes(path),
-        }) {
-            FsResponse::Entries(e) => Ok(e),
-            FsResponse::Errno(e) => Err(e),
-            _ => Err(libc::EIO),
-        }
-    }
-    fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, i32> {
-        match self.ask(FsRequest::Read {
-            path: path_bytes(path),
-            offset,
-            len,
-        }) {
-            FsResponse::Data(d) => Ok(d),
-            FsResponse::Errno(e) => Err(e),
-            _ => Err(libc::EIO),
-        }
-    }
-    fn prefetch(&self, path: &Path) -> Vec<herd_proto::fs::Prefetched> {
-        match self.ask(FsRequest::Prefetch {
-            path: path_bytes(path),
-        }) {
-            FsResponse::Bundle(items) => items,
-            _ => Vec::new(),
-        }
-    }
-    fn readlink(&self, path: &Path) -> Result<PathBuf, i32> {
-        match self.ask(FsRequest::ReadLink {
-            path: path_bytes(path),
-        }) {
-            FsResponse::Target(t) => Ok(PathBuf::from(OsString::from_vec(t))),
-            FsResponse::Errno(e) => Err(e),
-            _ => Err(libc::EIO),
-        }
+/// Unmounts a view off the async threads.
+async fn drop_view(view: Option<crate::views::LeasedView>) {
+    if let Some(v) = view {
+        let _ = tokio::task::spawn_blocking(move || drop(v)).await;
     }
 }
 
@@ -575,6 +509,8 @@ pub struct HelperCtx {
     pub exec: bool,
     /// The persistent cache of workstations' files.
     pub cache: Arc<herd_fs::cache::Cache>,
+    /// Views kept mounted between tasks.
+    pub views: Arc<crate::views::ViewPool>,
     /// The cgroup task groups nest under (`None`: the agent's own).
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
@@ -761,68 +697,34 @@ async fn run_here(
             ctx.name
         )));
     }
-    let (view_dir, upper, work) = (dir.join("view"), dir.join("upper"), dir.join("work"));
-    for d in [&view_dir, &upper, &work] {
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
     }
-    let remote = RemoteSource {
-        conn: conn.clone(),
-        task,
-        rt: tokio::runtime::Handle::current(),
-    };
-    // Validate the command's working set from earlier runs in one round trip.
+    // A view kept from this workstation's and user's last task, validated in one round
+    // trip (and one more per changed directory), or a fresh one trusting the command's
+    // validated working set.
     let set_key =
         String::from_utf8_lossy(spec.run.argv.first().map(|a| a.as_slice()).unwrap_or(b""))
             .to_string();
-    let mut trusted = ctx.cache.working_set(ws, &set_key);
-    if !trusted.is_empty() {
-        let items = trusted
-            .iter()
-            .map(|(p, f)| {
-                (
-                    p.clone(),
-                    f.attr.as_ref().map(herd_proto::fs::Version::from),
-                    f.listing.as_deref().map(herd_fs::cache::listing_digest),
-                )
-            })
-            .collect();
-        let req = PeerRequest::Fs {
-            task,
-            req: FsRequest::Validate { items },
-        };
-        match net::request::<_, FsResponse>(conn, &req).await {
-            Ok(FsResponse::Stale(stale)) => {
-                for (i, now) in stale {
-                    if let Some(entry) = trusted.get_mut(i as usize) {
-                        entry.1 = herd_fs::cache::Fact {
-                            attr: now,
-                            ..Default::default()
-                        };
-                    }
-                }
-            }
-            _ => trusted.clear(),
-        }
-    }
+    let key: crate::views::Key = (
+        ws.to_string(),
+        spec.uid,
+        spec.gid,
+        spec.groups.clone(),
+        spec.hidden.clone(),
+    );
+    let working = ctx.cache.working_set(ws, &set_key);
+    let view = ctx
+        .views
+        .lease(key, conn, task, ctx.cache.clone(), working)
+        .await
+        .map_err(AgentError::Net)?;
     let t_validated = t0.elapsed();
-    let cached = Arc::new(herd_fs::cached::CachedSource::new(
-        remote,
-        ctx.cache.clone(),
-        trusted,
-    ));
-    let src = cached.clone();
-    let vd = view_dir.clone();
-    let (mounted, seen) = tokio::task::spawn_blocking(move || {
-        let view = View::new(src)
-            .map_err(|e| format!("the workstation's files are not reachable: {e:?}"))?;
-        let seen = view.seen();
-        let m = herd_fs::mount(view, &vd)
-            .map_err(|e| format!("cannot mount the workstation's files: {e}"))?;
-        Ok::<_, String>((m, seen))
-    })
-    .await
-    .map_err(|e| AgentError::Net(e.to_string()))?
-    .map_err(AgentError::Net)?;
+    let view_dir = view.dir().to_path_buf();
+    // Given back to the pool only when the task ended by itself and its changes were
+    // read; dropped (unmounted) on every other path.
+    let mut view = Some(view);
 
     let run = &spec.run;
     let os = |b: &Vec<u8>| OsString::from_vec(b.clone());
@@ -878,7 +780,7 @@ async fn run_here(
                 herd_sandbox::SandboxError::Cwd { .. } => herd_sandbox::EXIT_NOT_FOUND,
                 _ => 255,
             };
-            drop(mounted);
+            drop_view(view.take()).await;
             out(
                 send,
                 &TaskOutput::Failed {
@@ -975,7 +877,7 @@ async fn run_here(
             Ok(reason) = &mut evicted, if exit.is_none() => {
                 handle.kill_tree();
                 let _ = (&mut waiter).await;
-                drop(mounted);
+                drop_view(view.take()).await;
                 tracing::info!(task = format!("{task:016x}"), "evicted: {reason}");
                 ctx.metrics.hosted_evicted();
                 out(send, &TaskOutput::Evicted { reason }).await?;
@@ -1016,7 +918,7 @@ async fn run_here(
                     // The workstation is gone or herd run exited: kill the whole tree.
                     handle.kill_tree();
                     let _ = (&mut waiter).await;
-                    drop(mounted);
+                    drop_view(view.take()).await;
                     return Err(AgentError::Net("the workstation went away; task killed".into()));
                 }
             },
@@ -1024,12 +926,13 @@ async fn run_here(
     }
     let code = exit.unwrap_or(255);
     let t_exited = t0.elapsed();
+    let Some(view) = view.take() else {
+        return Err(AgentError::Net("the task's view is gone".into()));
+    };
+    let seen = view.seen.clone();
+    let cached = view.cached.clone();
     let ws_name = ws.to_string();
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = mounted.unmount();
-        cached.finish(&ws_name, &set_key);
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || cached.finish(&ws_name, &set_key)).await;
     // A task that filled the helper's disk may have lost writes (ENOSPC): its changes
     // cannot be trusted, so none are committed.
     if let Ok(st) = rustix::fs::statvfs(&upper)
@@ -1039,6 +942,7 @@ async fn run_here(
             task = format!("{task:016x}"),
             "the task filled the disk; nothing committed"
         );
+        drop_view(Some(view)).await;
         out(
             send,
             &TaskOutput::Failed {
@@ -1059,6 +963,9 @@ async fn run_here(
             .await
             .map_err(|e| AgentError::Net(e.to_string()))?
             .map_err(|e| AgentError::Net(format!("cannot read the task's changes: {e}")))?;
+    // The changes are read (with what the view saw): the view can serve the next task.
+    let (pool, rounds, reused) = (ctx.views.clone(), view.rounds, view.reused);
+    tokio::task::spawn_blocking(move || pool.put_back(view));
     for s in changes {
         out(send, &TaskOutput::Change(s.change.clone())).await?;
         if let Some(p) = &s.data {
@@ -1078,6 +985,8 @@ async fn run_here(
     out(send, &TaskOutput::Done).await?;
     tracing::debug!(
         task = format!("{task:016x}"),
+        reused,
+        rounds,
         validated_ms = t_validated.as_secs_f64() * 1e3,
         mounted_ms = t_mounted.as_secs_f64() * 1e3,
         started_ms = t_started.as_secs_f64() * 1e3,

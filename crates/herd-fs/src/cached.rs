@@ -11,17 +11,26 @@
 //!
 //! [`CachedSource::finish`] records what the task used as the command's next working
 //! set.
+//!
+//! A source can serve one task after another (with the view mounted over it): before
+//! the next task, [`CachedSource::checks`] lists everything it holds for validation,
+//! [`CachedSource::changed`] drops what the workstation changed, and
+//! [`CachedSource::begin`] starts the new task's record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use herd_proto::fs::{Attr, DirEntry, FileKind};
+use herd_proto::fs::{Attr, DirEntry, FileKind, Version};
 
 use crate::cache::{Cache, Fact};
 use crate::source::{Errno, MAX_READ, Source};
+
+/// One validation item: a path, the version held (`None`: known absent) and the
+/// digest of its listing when one is held.
+pub type Check = (Vec<u8>, Option<Version>, Option<[u8; 32]>);
 
 /// Files up to this size are fetched whole and cached.
 pub const WHOLE_FILE: u64 = 64 << 20;
@@ -47,6 +56,94 @@ impl<S: Source> CachedSource<S> {
             known: Mutex::new(trusted.into_iter().collect()),
             used: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What to validate before the next task uses this source: every fact it holds
+    /// (path, version or absent, listing digest), except paths in `done` and entries of
+    /// a directory whose listing is held (the listing's digest covers their versions),
+    /// unless they hold a listing of their own.
+    pub fn checks(&self, done: &HashSet<Vec<u8>>) -> Vec<Check> {
+        let Ok(k) = self.known.lock() else {
+            return Vec::new();
+        };
+        let covered = |p: &[u8]| {
+            Path::new(std::ffi::OsStr::from_bytes(p))
+                .parent()
+                .is_some_and(|d| {
+                    k.get(d.as_os_str().as_bytes())
+                        .is_some_and(|f| f.listing.is_some())
+                })
+        };
+        k.iter()
+            // A listed directory's own listing is checked even when its parent's
+            // listing covers its version: that does not cover its entries.
+            .filter(|(p, f)| !done.contains(*p) && (f.listing.is_some() || !covered(p)))
+            .map(|(p, f)| {
+                (
+                    p.clone(),
+                    f.attr.as_ref().map(Version::from),
+                    f.listing.as_deref().map(crate::cache::listing_digest),
+                )
+            })
+            .collect()
+    }
+
+    /// The workstation says `path` is now `now`: what was known of it is dropped (its
+    /// listing and contents too), and if it vanished or changed kind, everything known
+    /// below it.
+    pub fn changed(&self, path: &[u8], now: Option<Attr>) {
+        let Ok(mut k) = self.known.lock() else {
+            return;
+        };
+        let same_kind = k
+            .get(path)
+            .and_then(|f| f.attr)
+            .zip(now)
+            .is_some_and(|(a, b)| a.kind == b.kind);
+        if !same_kind {
+            let below = Path::new(std::ffi::OsStr::from_bytes(path));
+            k.retain(|p, _| {
+                p.as_slice() == path
+                    || !Path::new(std::ffi::OsStr::from_bytes(p)).starts_with(below)
+            });
+        }
+        k.insert(
+            path.to_vec(),
+            Fact {
+                attr: now,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Adds validated facts (a command's working set) for paths this source does not
+    /// know yet.
+    pub fn trust(&self, facts: Vec<(Vec<u8>, Fact)>) {
+        if let Ok(mut k) = self.known.lock() {
+            for (p, f) in facts {
+                k.entry(p).or_insert(f);
+            }
+        }
+    }
+
+    /// Starts the next task on this source: what it uses is recorded afresh (see
+    /// [`CachedSource::finish`]), starting with `carry`, the command's working set.
+    /// (The kernel answers most of a warm task's lookups itself, so what the task asks
+    /// alone would shrink the working set a fresh view starts from.)
+    pub fn begin(&self, carry: Vec<Vec<u8>>) {
+        if let Ok(mut u) = self.used.lock() {
+            *u = carry;
+        }
+    }
+
+    /// How many facts this source holds.
+    pub fn len(&self) -> usize {
+        self.known.lock().map(|k| k.len()).unwrap_or(usize::MAX)
+    }
+
+    /// Whether this source holds no facts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn fact(&self, p: &[u8]) -> Option<Fact> {

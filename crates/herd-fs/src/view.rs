@@ -1,9 +1,12 @@
 //! The FUSE view: a read-only filesystem whose files come from a [`Source`].
 //!
-//! A view is mounted once per task, so everything it learns is valid for the task's
-//! lifetime: attributes and directory listings are kept in memory and handed to the
-//! kernel with a long TTL, and a listing stores the attributes of every entry it
-//! names, so walking a directory after listing it costs no further question. The
+//! Everything a view learns is valid for the task using it: attributes, directory
+//! listings and absent names are kept in memory and handed to the kernel with a long
+//! TTL, and a listing stores the attributes of every entry it names, so walking a
+//! directory after listing it costs no further question. A helper keeps a mounted view
+//! for the next task of the same workstation and user (the kernel's page and entry
+//! caches then stay warm); before that task starts, [`ViewCtl::changed`] drops what the
+//! workstation changed in the meantime. The
 //! mount uses `default_permissions` (the kernel checks modes against the task's uid)
 //! and `allow_other` (the task does not run as the mounting user).
 //!
@@ -26,8 +29,9 @@ use herd_proto::fs::{Attr, Base, FileKind, Version};
 
 use crate::source::Source;
 
-/// How long the kernel may cache what the view answers: the view lives as long as
-/// its task, and the task sees the workstation as it was when the task started.
+/// How long the kernel may cache what the view answers: a task sees the workstation
+/// as it was when the task started, and [`ViewCtl::changed`] drops what changed
+/// before the next task.
 const TTL: Duration = Duration::from_secs(3600);
 
 struct Node {
@@ -159,6 +163,26 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
+/// Answers a lookup with "nothing there" that the kernel may cache (a negative entry:
+/// node id 0 with a timeout), so a task probing a missing name again (a search path, an
+/// import) costs no question; [`ViewCtl::changed`] drops it when the name appears.
+fn reply_absent(reply: ReplyEntry) {
+    let none = Attr {
+        ino: 0,
+        kind: FileKind::File,
+        mode: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        atime_ns: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    };
+    reply.entry(&TTL, &file_attr(0, &none), Generation(0));
+}
+
 impl<S: Source> Filesystem for View<S> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some((dir, _)) = self.node(parent) else {
@@ -183,7 +207,7 @@ impl<S: Source> Filesystem for View<S> {
             if let Ok(mut t) = self.table.lock() {
                 t.absent.insert(path);
             }
-            return reply.error(Errno::ENOENT);
+            return reply_absent(reply);
         }
         self.ask();
         match self.src.stat(&path) {
@@ -194,14 +218,13 @@ impl<S: Source> Filesystem for View<S> {
                 };
                 reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
             }
-            Err(e) => {
-                if e == libc::ENOENT
-                    && let Ok(mut t) = self.table.lock()
-                {
+            Err(libc::ENOENT) => {
+                if let Ok(mut t) = self.table.lock() {
                     t.absent.insert(path);
                 }
-                reply.error(Errno::from_i32(e))
+                reply_absent(reply)
             }
+            Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
 
@@ -223,14 +246,18 @@ impl<S: Source> Filesystem for View<S> {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & (libc::O_WRONLY | libc::O_RDWR) != 0 {
-            return reply.error(Errno::EROFS);
-        }
-        match self.node(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            None => reply.error(Errno::ENOENT),
-        }
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Symlink targets stay in the kernel's cache like file pages do (dropped with
+        // the inode by `ViewCtl::changed`). An older kernel without it just asks.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        Ok(())
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // "Not implemented" tells the kernel to stop sending opens and releases: files
+        // then open without a question, keeping their cached pages. The mount is
+        // read-only, so the kernel refuses writes before they get here.
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -278,16 +305,13 @@ impl<S: Source> Filesystem for View<S> {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        // The view carries no extended attributes (overlayfs asks for its own).
-        reply.error(Errno::ENODATA);
+        // The view carries no extended attributes (overlayfs and exec ask for theirs):
+        // "not implemented" makes the kernel answer "not supported" without asking.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -394,6 +418,103 @@ impl Seen {
             Base::Absent
         } else {
             Base::Unseen
+        }
+    }
+}
+
+/// Tells a mounted view, between two tasks, what changed on the workstation: the view's
+/// table and the kernel's caches (entries, attributes, pages) then agree with the
+/// workstation as it is now. Use it only while no task uses the view: the kernel's
+/// invalidation waits for the locks a running lookup holds.
+#[derive(Clone)]
+pub struct ViewCtl {
+    table: Arc<Mutex<Table>>,
+    notifier: fuser::Notifier,
+}
+
+enum Inval {
+    Entry(u64, Vec<u8>),
+    Inode(u64),
+}
+
+impl ViewCtl {
+    /// Control over the view whose table `seen` shows, mounted as `mounted`.
+    pub fn new(seen: &Seen, mounted: &Mounted) -> Option<ViewCtl> {
+        Some(ViewCtl {
+            table: seen.table.clone(),
+            notifier: mounted.session.as_ref()?.notifier(),
+        })
+    }
+
+    /// How many paths the view knows (its memory grows with it).
+    pub fn size(&self) -> usize {
+        self.table
+            .lock()
+            .map(|t| t.by_path.len() + t.absent.len())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// `path` on the workstation is now `now` (`None`: nothing there). Its cached
+    /// attributes and contents are dropped; if it appeared, vanished or changed kind,
+    /// so is its entry (and everything the view knew below it); a directory's listing
+    /// and the names it said were absent are forgotten.
+    pub fn changed(&self, path: &Path, now: Option<Attr>) {
+        let mut inval = Vec::new();
+        if let Ok(mut t) = self.table.lock() {
+            let parent = path.parent().and_then(|p| t.by_path.get(p).copied());
+            let name = path.file_name().map(|n| n.as_bytes().to_vec());
+            let entry = |inval: &mut Vec<Inval>| {
+                if let (Some(p), Some(n)) = (parent, &name) {
+                    inval.push(Inval::Entry(p, n.clone()));
+                }
+            };
+            match t.by_path.get(path).copied() {
+                Some(ino) => {
+                    let old = t.nodes.get(&ino).map(|n| n.attr.kind);
+                    inval.push(Inval::Inode(ino));
+                    t.listings.remove(&ino);
+                    match now {
+                        Some(a) if Some(a.kind) == old => {
+                            if let Some(n) = t.nodes.get_mut(&ino) {
+                                n.attr = a;
+                            }
+                        }
+                        _ => {
+                            entry(&mut inval);
+                            t.by_path.retain(|p, _| !p.starts_with(path));
+                            t.absent.retain(|p| !p.starts_with(path));
+                        }
+                    }
+                }
+                None => entry(&mut inval),
+            }
+            t.absent.remove(path);
+            // Names found absent because this directory's listing lacked them.
+            let gone: Vec<PathBuf> = t
+                .absent
+                .iter()
+                .filter(|p| p.parent() == Some(path))
+                .cloned()
+                .collect();
+            if let Some(&ino) = t.by_path.get(path) {
+                for p in &gone {
+                    if let Some(n) = p.file_name() {
+                        inval.push(Inval::Entry(ino, n.as_bytes().to_vec()));
+                    }
+                }
+            }
+            for p in gone {
+                t.absent.remove(&p);
+            }
+        }
+        // Errors mean the kernel holds nothing of that entry or inode: nothing to drop.
+        for i in inval {
+            let _ = match i {
+                Inval::Entry(parent, name) => self
+                    .notifier
+                    .inval_entry(INodeNo(parent), OsStr::from_bytes(&name)),
+                Inval::Inode(ino) => self.notifier.inval_inode(INodeNo(ino), 0, 0),
+            };
         }
     }
 }

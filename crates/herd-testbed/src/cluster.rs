@@ -109,9 +109,11 @@ impl<'a> Node<'a> {
         ];
         argv.extend_from_slice(extra);
         let bin = self.bin();
+        // An outer HERD_LOG (for profiling a benchmark) wins over the default.
+        let log = std::env::var("HERD_LOG").unwrap_or_else(|_| "info".into());
         self.host
             .command(bin.to_str().expect("utf-8 path"), &argv)
-            .env("HERD_LOG", "info")
+            .env("HERD_LOG", log)
             .spawn()
             .expect("start agent")
     }

@@ -304,9 +304,12 @@ impl Cluster {
         self.bed.host("h1").pids().len().saturating_sub(1)
     }
 
+    /// Task directories on h1 (the views kept for the next task live in `views`).
     fn h1_task_dirs(&self) -> usize {
         let dir = self.bed.host("h1").machine_path("/var/lib/herd/tasks");
-        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.file_name() != "views").count())
+            .unwrap_or(0)
     }
 }
 
@@ -486,6 +489,20 @@ fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files(
         !out.lines().any(|l| l == "a.txt") && out.lines().any(|l| l == "b.txt"),
         "{out}"
     );
+
+    // The helper keeps the view for the next task; a file changed deep below
+    // directories it listed is still seen anew (a listing's digest vouches for its
+    // entries' versions, not for what the listed subdirectories hold).
+    std::fs::create_dir_all(c.p("d/e")).unwrap();
+    std::fs::write(c.p("d/e/f"), "one\n").unwrap();
+    let (out, _) = c.counted(&["/bin/sh", "-c", "ls d; ls d/e; cat d/e/f"]);
+    assert_eq!(out, "e\nf\none\n");
+    std::fs::write(c.p("d/e/f"), "two, longer\n").unwrap();
+    let (out, _) = c.counted(&["/bin/sh", "-c", "ls d; ls d/e; cat d/e/f"]);
+    assert_eq!(out, "e\nf\ntwo, longer\n");
+    std::fs::write(c.p("d/e/g"), "new\n").unwrap();
+    let (out, _) = c.counted(&["/bin/sh", "-c", "ls d/e; cat d/e/g"]);
+    assert_eq!(out, "f\ng\nnew\n");
 
     // The cache outlives the helper's agent.
     let h1 = Node::new(c.bed.host("h1"), herd_bin());
