@@ -5,9 +5,11 @@
 //!   and [`LocalSource`], which answers from this machine's filesystem while hiding
 //!   secret paths. The workstation's file service runs a `LocalSource` as the
 //!   submitting user; tests mount one directly.
-//! * [`view`]: [`View`], a FUSE filesystem (fuser) over any source, mounted once per
-//!   task; what it learns is kept for the task's lifetime, and a directory listing
-//!   brings the attributes of all its entries.
+//! * [`view`]: [`View`], a FUSE filesystem (fuser) over any source; what it learns is
+//!   kept for the task's lifetime, and a directory listing brings the attributes of
+//!   all its entries. A helper keeps it mounted for the next task, and
+//!   [`view::ViewCtl`] drops from it (and from the kernel's caches) what changed on
+//!   the workstation in between.
 //! * [`cache`]: the helper's persistent cache of facts and contents, validated in one
 //!   round trip per task.
 //! * [`cached`]: a source that answers validated facts from the cache and asks for
