@@ -272,6 +272,7 @@ pub async fn run_agent(
                 }
             },
             views: views.clone(),
+            prepared: Default::default(),
             running: Default::default(),
             suspended: Default::default(),
             tasks_changed: Default::default(),
@@ -285,6 +286,7 @@ pub async fn run_agent(
             ),
         }),
     });
+    shared.helper.prepare_next();
     tokio::spawn(accept_loop(shared.clone(), events.clone()));
     let mut meter = OwnerMeter::new(
         opts.host_cgroup.as_deref(),
@@ -406,8 +408,14 @@ pub async fn run_agent(
         }
     }
     agent.leave().await;
-    // Kept views are unmounted, not left behind as dead FUSE mounts.
-    let _ = tokio::task::spawn_blocking(move || views.clear()).await;
+    // Kept views are unmounted, not left behind as dead FUSE mounts, and the sandbox
+    // prepared ahead is ended.
+    let helper = agent.shared.helper.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        views.clear();
+        helper.stop();
+    })
+    .await;
     let _ = std::fs::remove_file(dir.socket_path());
     Ok(())
 }

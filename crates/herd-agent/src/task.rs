@@ -511,6 +511,8 @@ pub struct HelperCtx {
     pub cache: Arc<herd_fs::cache::Cache>,
     /// Views kept mounted between tasks.
     pub views: Arc<crate::views::ViewPool>,
+    /// A sandbox init started ahead for the next task (see `herd_sandbox::prepare`).
+    pub prepared: Mutex<Option<herd_sandbox::Prepared>>,
     /// The cgroup task groups nest under (`None`: the agent's own).
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
@@ -533,6 +535,50 @@ pub struct HelperTask {
 }
 
 impl HelperCtx {
+    /// The cgroup a task gets: the granted CPUs and memory.
+    fn task_cgroup(&self) -> herd_sandbox::CgroupSpec {
+        herd_sandbox::CgroupSpec {
+            parent: self.cgroup_parent.clone(),
+            name: format!("herd-task-{:016x}", rand::random::<u64>()),
+            cpus: Some(f64::from(self.grant.cpus)),
+            memory: Some(self.grant.memory),
+        }
+    }
+
+    /// Starts a sandbox init for the next task in the background, unless one waits
+    /// already or this node runs no tasks.
+    pub fn prepare_next(self: &Arc<Self>) {
+        if !self.exec || self.ready.is_err() || self.grant.cpus <= 0.0 {
+            return;
+        }
+        if self.prepared.lock().map(|p| p.is_some()).unwrap_or(true) {
+            return;
+        }
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || {
+            match herd_sandbox::prepare(&ctx.exe, Some(ctx.task_cgroup())) {
+                Ok(p) => {
+                    if let Ok(mut slot) = ctx.prepared.lock()
+                        && slot.is_none()
+                    {
+                        *slot = Some(p);
+                    }
+                }
+                Err(e) => tracing::debug!("cannot prepare a sandbox ahead: {e}"),
+            }
+        });
+    }
+
+    /// Ends the sandbox init prepared ahead and saves the file cache's index (the agent
+    /// is stopping). Blocking.
+    pub fn stop(&self) {
+        let p = self.prepared.lock().ok().and_then(|mut p| p.take());
+        drop(p);
+        if let Err(e) = self.cache.save() {
+            tracing::warn!("cannot save the file cache's index: {e}");
+        }
+    }
+
     /// How many tasks run here.
     pub fn task_count(&self) -> u32 {
         self.running.lock().map(|r| r.len() as u32).unwrap_or(0)
@@ -666,6 +712,8 @@ pub async fn serve_run(
     let _ = send.finish();
     let d = dir.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
+    // The next task's sandbox is prepared now, when it does not compete with this one.
+    ctx.prepare_next();
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
@@ -681,7 +729,7 @@ async fn run_here(
     recv: quinn::RecvStream,
     task: u64,
     spec: TaskSpec,
-    ctx: &HelperCtx,
+    ctx: &Arc<HelperCtx>,
     dir: &Path,
 ) -> Result<(), AgentError> {
     let t0 = std::time::Instant::now();
@@ -741,12 +789,7 @@ async fn run_here(
     sb.rlimits = run.rlimits.clone();
     sb.hidden = spec.hidden.iter().map(|h| PathBuf::from(os(h))).collect();
     sb.idle = true;
-    sb.cgroup = Some(herd_sandbox::CgroupSpec {
-        parent: ctx.cgroup_parent.clone(),
-        name: format!("herd-task-{task:016x}"),
-        cpus: Some(f64::from(ctx.grant.cpus)),
-        memory: Some(ctx.grant.memory),
-    });
+    sb.cgroup = Some(ctx.task_cgroup());
 
     // stdio: a terminal from the task's own devpts (its master comes back from the
     // sandbox), or three pipes.
@@ -766,8 +809,16 @@ async fn run_here(
     }
     let exe = ctx.exe.clone();
     let t_mounted = t0.elapsed();
+    // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
+    // steps; a fresh one is started if there is none or it died meanwhile.
+    let prepared = ctx.prepared.lock().ok().and_then(|mut p| p.take());
     let sandbox = tokio::task::spawn_blocking(move || {
-        let r = herd_sandbox::spawn(&exe, &sb);
+        let r = match prepared.map(|p| p.start(&sb)) {
+            None | Some(Err(herd_sandbox::SandboxError::Io { .. })) => {
+                herd_sandbox::spawn(&exe, &sb)
+            }
+            Some(r) => r,
+        };
         drop(sb); // close our copies of the task's ends
         r
     })
@@ -832,7 +883,7 @@ async fn run_here(
     )
     .await?;
 
-    let mut waiter = tokio::task::spawn_blocking(move || sandbox.wait());
+    let mut waiter = tokio::task::spawn_blocking(move || sandbox.wait_ended());
     let mut stdout = tokio::fs::File::from(std::fs::File::from(our_out));
     let mut stderr = our_err.map(|e| tokio::fs::File::from(std::fs::File::from(e)));
     let mut stdin = our_in.map(|i| tokio::fs::File::from(std::fs::File::from(i)));
@@ -932,7 +983,14 @@ async fn run_here(
     let seen = view.seen.clone();
     let cached = view.cached.clone();
     let ws_name = ws.to_string();
-    let _ = tokio::task::spawn_blocking(move || cached.finish(&ws_name, &set_key)).await;
+    cached.finish(&ws_name, &set_key);
+    // Written to disk in the background, off the task's critical path.
+    let cache = ctx.cache.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = cache.save() {
+            tracing::warn!("cannot save the file cache's index: {e}");
+        }
+    });
     // A task that filled the helper's disk may have lost writes (ENOSPC): its changes
     // cannot be trusted, so none are committed.
     if let Ok(st) = rustix::fs::statvfs(&upper)

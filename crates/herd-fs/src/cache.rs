@@ -69,6 +69,7 @@ pub struct Cache {
     limit: u64,
     index: Mutex<Index>,
     stats: Mutex<Stats>,
+    saving: Mutex<()>,
 }
 
 /// Digest of a directory listing: names and versions of all entries, sorted.
@@ -119,6 +120,7 @@ impl Cache {
                 bytes,
                 ..Default::default()
             }),
+            saving: Mutex::new(()),
         })
     }
 
@@ -232,8 +234,13 @@ impl Cache {
         Ok((hash, path))
     }
 
-    /// Writes the index to disk (atomically).
+    /// Writes the index to disk (atomically; concurrent calls take turns).
     pub fn save(&self) -> std::io::Result<()> {
+        // One save at a time: they share the temporary file.
+        let _one = self
+            .saving
+            .lock()
+            .map_err(|_| std::io::Error::other("cache lock poisoned"))?;
         let bytes = {
             let idx = self
                 .index

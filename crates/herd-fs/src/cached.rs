@@ -168,7 +168,8 @@ impl<S: Source> CachedSource<S> {
         }
     }
 
-    /// Records the facts this task used as working set `set` of workstation `ws`.
+    /// Records the facts this task used as working set `set` of workstation `ws` (in
+    /// memory: [`Cache::save`] writes them to disk).
     pub fn finish(&self, ws: &str, set: &str) {
         let (Ok(known), Ok(used)) = (self.known.lock(), self.used.lock()) else {
             return;
@@ -181,7 +182,6 @@ impl<S: Source> CachedSource<S> {
             .collect();
         drop((known, used));
         self.cache.record(ws, set, facts);
-        let _ = self.cache.save();
     }
 
     fn take_prefetch(&self, path: &Path) {

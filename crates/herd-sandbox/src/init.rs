@@ -161,6 +161,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 pub(crate) fn main() -> ! {
     block_signals();
     let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(2).is_some_and(|a| a == crate::PREPARED_ARG) {
+        prepared_main(&args)
+    }
     let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
     let (Some(spec_fd), Some(status_fd), Some(lifeline)) = (fd(2), fd(3), fd(4)) else {
         eprintln!("herd-sandbox: this entry point is started by the herd agent, not by hand");
@@ -186,7 +189,140 @@ pub(crate) fn main() -> ! {
     if spec.console.is_some() != console.is_some() {
         status.fail("console requested without a console socket (or the reverse)");
     }
-    supervisor(&spec, status, lifeline, console)
+    supervisor(&spec, status, lifeline, console, None)
+}
+
+/// A prepared init (`__sandbox-init prepared SPEC STATUS LIFELINE SOCKET`): makes the
+/// task's cgroup from the spec on SPEC, moves itself into it, says `ready`, and waits
+/// on SOCKET for the task: a length-prefixed spec with its stdin, stdout and stderr
+/// (and the console socket, when the spec asks for one) as `SCM_RIGHTS`. Then it goes
+/// on as the supervisor. Its pid 1 inherits the cgroup: no attach is left for the
+/// task's start. If SOCKET closes first, it leaves and removes the cgroup and exits.
+fn prepared_main(args: &[OsString]) -> ! {
+    let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
+    let (Some(spec_fd), Some(status_fd), Some(lifeline), Some(sock)) = (fd(3), fd(4), fd(5), fd(6))
+    else {
+        eprintln!("herd-sandbox: this entry point is started by the herd agent, not by hand");
+        exit(EXIT_SETUP_FAILED);
+    };
+    set_cloexec(status_fd);
+    set_cloexec(sock);
+    let status = Status(status_fd);
+    // SAFETY: the spawner passed us this descriptor for our exclusive use.
+    let mut spec_file = unsafe { fs::File::from_raw_fd(spec_fd) };
+    let mut data = Vec::new();
+    if let Err(e) = spec_file.read_to_end(&mut data) {
+        status.fail(&format!("read spec from fd {spec_fd}: {e}"));
+    }
+    drop(spec_file);
+    let groups = match WireSpec::decode(&data) {
+        Ok(s) => match &s.cgroup {
+            Some(c) => match cgroup::create(c) {
+                Ok(g) => g,
+                Err(e) => status.fail(&e),
+            },
+            None => Vec::new(),
+        },
+        Err(e) => status.fail(&e.to_string()),
+    };
+    for g in &groups {
+        status.send(&format!("cgroup {}", g.dir.display()));
+    }
+    // SAFETY: getpid has no preconditions.
+    if let Err(e) = cgroup::attach(&groups, unsafe { libc::getpid() }) {
+        cgroup::remove(&groups);
+        status.fail(&e);
+    }
+    status.send("ready");
+    let (data, fds) = match receive_task(sock) {
+        Some(t) => t,
+        None => {
+            // Nobody will give us a task: leave the cgroups (a group holding a process
+            // cannot be removed), remove them and go.
+            let parents: Vec<cgroup::Group> = groups
+                .iter()
+                .filter_map(|g| {
+                    Some(cgroup::Group {
+                        dir: g.dir.parent()?.to_path_buf(),
+                    })
+                })
+                .collect();
+            // SAFETY: getpid has no preconditions.
+            let _ = cgroup::attach(&parents, unsafe { libc::getpid() });
+            cgroup::remove(&groups);
+            exit(0)
+        }
+    };
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(sock) };
+    let spec = match WireSpec::decode(&data) {
+        Ok(s) => s,
+        Err(e) => status.fail(&e.to_string()),
+    };
+    let mut console = None;
+    match (spec.console.is_some(), fds.as_slice()) {
+        (false, [i, o, e]) => {
+            for (from, to) in [(i, 0), (o, 1), (e, 2)] {
+                // SAFETY: dup2 onto the standard descriptors from ones we received.
+                unsafe { libc::dup2(from.as_raw_fd(), to) };
+            }
+        }
+        (true, [c]) => {
+            null_stdio();
+            // SAFETY: duplicating a descriptor we received; the copy is ours.
+            let raw = unsafe { libc::dup(c.as_raw_fd()) };
+            set_cloexec(raw);
+            console = Some(raw);
+        }
+        _ => status.fail("the task came with the wrong descriptors"),
+    }
+    drop(fds);
+    supervisor(&spec, status, lifeline, console, Some(groups))
+}
+
+/// Receives the task of a prepared init: a 4-byte length, the spec, and descriptors
+/// with the first bytes. `None` when the socket closes first.
+fn receive_task(sock: RawFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut fds = Vec::new();
+    let mut got = 0usize;
+    loop {
+        let n = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf[got..])];
+            let mut space = nix::cmsg_space!([RawFd; 4]);
+            let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::empty()) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return None,
+            };
+            for c in msg.cmsgs().ok()? {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    // SAFETY: the kernel just installed these descriptors for us.
+                    fds.extend(r.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                }
+            }
+            msg.bytes
+        };
+        if n == 0 {
+            return None;
+        }
+        got += n;
+        if got >= 4 {
+            let len = u32::from_be_bytes(buf[..4].try_into().ok()?) as usize;
+            if buf.len() < 4 + len {
+                buf.resize(4 + len, 0);
+            }
+            if got >= 4 + len {
+                buf.truncate(4 + len);
+                buf.drain(..4);
+                return Some((buf, fds));
+            }
+        }
+        if got == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
 }
 
 /// Arms the lifeline: SIGIO arrives when the spawner's end closes.
@@ -208,7 +344,15 @@ fn spawner_gone(fd: RawFd) -> bool {
     n == 0
 }
 
-fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd, console: Option<RawFd>) -> ! {
+/// `prepared`: the cgroups a prepared init made and moved itself into (its children
+/// inherit them; the spawner removes them after it exits), instead of the spec's.
+fn supervisor(
+    spec: &WireSpec,
+    status: Status,
+    lifeline: RawFd,
+    console: Option<RawFd>,
+    prepared: Option<Vec<cgroup::Group>>,
+) -> ! {
     arm_lifeline(lifeline);
     // Detach from the agent's session: its terminal's signals are not the task's.
     // SAFETY: setsid has no preconditions.
@@ -217,18 +361,24 @@ fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd, console: Option<
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let rootless = euid != 0;
 
-    let groups = match &spec.cgroup {
-        Some(c) => match cgroup::create(c) {
+    let inside = prepared.is_some();
+    let groups = match (prepared, &spec.cgroup) {
+        (Some(g), _) => g,
+        (None, Some(c)) => match cgroup::create(c) {
             Ok(g) => g,
             Err(e) => status.fail(&e),
         },
-        None => Vec::new(),
+        (None, None) => Vec::new(),
     };
-    for g in &groups {
-        status.send(&format!("cgroup {}", g.dir.display()));
+    if !inside {
+        for g in &groups {
+            status.send(&format!("cgroup {}", g.dir.display()));
+        }
     }
+    // Groups this process is in cannot be removed by it: the spawner does that.
+    let own: &[cgroup::Group] = if inside { &[] } else { &groups };
     let fail = |msg: String| -> ! {
-        cgroup::remove(&groups);
+        cgroup::remove(own);
         status.fail(&msg)
     };
 
@@ -284,7 +434,7 @@ fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd, console: Option<
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
             close_console(console);
-            if let Err(e) = cgroup::attach(&groups, child.as_raw()) {
+            if let Err(e) = cgroup::attach(own, child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = waitpid(child, None);
                 fail(e);
@@ -318,7 +468,9 @@ fn supervisor(spec: &WireSpec, status: Status, lifeline: RawFd, console: Option<
                 // SAFETY: kill with a pid we own (our unreaped child) and a signal number.
                 unsafe { libc::kill(child.as_raw(), sig) };
             };
-            if let Some(e) = cgroup::remove(&groups) {
+            // pid 1 is reaped, so its namespace is empty: the whole tree is gone.
+            status.send("ended");
+            if let Some(e) = cgroup::remove(own) {
                 status.send(&format!("warn {e}"));
             }
             exit(code)

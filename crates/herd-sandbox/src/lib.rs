@@ -188,11 +188,14 @@ use std::path::Path;
 
 pub use cgroup::unescape as unescape_mountinfo;
 pub use error::SandboxError;
-pub use spawn::{Sandbox, SandboxHandle, TaskExit, spawn};
+pub use spawn::{Prepared, Sandbox, SandboxHandle, TaskExit, prepare, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
 
 /// `argv[1]` that makes the herd binary run [`init_main`].
 pub const INIT_ARG: &str = "__sandbox-init";
+
+/// The argument after [`INIT_ARG`] that starts a prepared init ([`prepare`]).
+pub(crate) const PREPARED_ARG: &str = "prepared";
 
 /// Exit code of the init when the sandbox could not be set up (the reason is reported to
 /// the spawner as [`SandboxError::Setup`]).

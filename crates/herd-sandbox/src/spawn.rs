@@ -10,6 +10,7 @@
 //! | `error MSG` | any | setup failed; nothing of the task ran |
 //! | `cwd PATH\tMSG` | task | the working directory could not be entered |
 //! | `exit code N` / `exit signal N` | pid 1 / supervisor | how the task ended |
+//! | `ended` | supervisor | pid 1 is reaped: nothing of the tree runs any more |
 //! | `warn MSG` | supervisor | cleanup trouble after the task ended |
 //!
 //! With [`SandboxSpec::console`] a fourth descriptor is passed (`argv[5]`): one end of a
@@ -239,6 +240,43 @@ impl Sandbox {
         self.finish()
     }
 
+    /// Like [`Sandbox::wait`], but returns as soon as the task's whole tree has ended
+    /// (its pid namespace is empty), leaving the supervisor's removal of the task's
+    /// cgroups, and reaping it, to a background thread.
+    pub fn wait_ended(mut self) -> Result<TaskExit, SandboxError> {
+        self.waited = true;
+        let mut exit = None;
+        loop {
+            let mut raw = Vec::new();
+            match self.status.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches('\n');
+            if let Some(rest) = line.strip_prefix("exit code ") {
+                exit = rest.parse().ok().map(TaskExit::Exited);
+            } else if let Some(rest) = line.strip_prefix("exit signal ") {
+                exit = rest.parse().ok().map(TaskExit::Signaled);
+            } else if let Some(rest) = line.strip_prefix("warn ") {
+                tracing::warn!(sandbox = self.child.id(), "{rest}");
+            } else if line == "ended" {
+                break;
+            }
+        }
+        match exit {
+            Some(exit) => {
+                // `finish` reads what is left of the status pipe, reaps the supervisor
+                // and removes any cgroup it left.
+                std::thread::spawn(move || {
+                    let _ = self.finish();
+                });
+                Ok(exit)
+            }
+            None => self.finish(),
+        }
+    }
+
     fn finish(&mut self) -> Result<TaskExit, SandboxError> {
         let status = self.child.wait().map_err(|e| {
             SandboxError::io("wait for", format!("sandbox pid {}", self.child.id()), e)
@@ -399,8 +437,264 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
     // A write error means the helper died early; its status line or exit says why.
     let _ = File::from(spec_w).write_all(&data);
 
+    let status = BufReader::new(File::from(status_r));
+    follow(child, init, status, Vec::new(), life_w, console)
+}
+
+/// An init started ahead of its task ([`prepare`]): it has made the task's cgroup and
+/// moved itself into it, and waits. Dropping it ends it and removes the cgroup.
+#[derive(Debug)]
+pub struct Prepared {
+    child: Option<Child>,
+    init: OwnedFd,
+    sock: OwnedFd,
+    status: Option<BufReader<File>>,
+    cgroups: Vec<PathBuf>,
+    lifeline: Option<OwnedFd>,
+}
+
+/// Starts a sandbox init for a task to come, with `cgroup` made (see
+/// [`crate::SandboxSpec::cgroup`]) and the init already in it: the fork and exec of
+/// the init and the making and joining of the cgroup happen now, off the task's
+/// critical path. Errors as for [`spawn`].
+pub fn prepare(
+    helper_exe: &Path,
+    cgroup: Option<crate::CgroupSpec>,
+) -> Result<Prepared, SandboxError> {
+    let mut template = SandboxSpec::new("/", "/", "/", vec!["prepared".into()]);
+    template.cgroup = cgroup;
+    let data = WireSpec::from_spec(&template).encode()?;
+    let (spec_r, spec_w) = cloexec_pipe()?;
+    let (status_r, status_w) = cloexec_pipe()?;
+    let (life_r, life_w) = cloexec_pipe()?;
+    let (ours, theirs) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::Stream,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SandboxError::io("create", "task socketpair", io::Error::from(e)))?;
+    let passed = [
+        spec_r.as_raw_fd(),
+        status_w.as_raw_fd(),
+        life_r.as_raw_fd(),
+        theirs.as_raw_fd(),
+    ];
+    let mut cmd = Command::new(helper_exe);
+    cmd.arg(INIT_ARG).arg(crate::PREPARED_ARG);
+    for fd in passed {
+        cmd.arg(fd.to_string());
+    }
+    cmd.env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
+    // that are open in the child (fork copied them).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for fd in passed {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    drop((spec_r, status_w, life_r, theirs));
+    let init = match pidfd_open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::io(
+                "open pidfd of",
+                format!("pid {}", child.id()),
+                e,
+            ));
+        }
+    };
+    let _ = File::from(spec_w).write_all(&data);
     let mut status = BufReader::new(File::from(status_r));
-    let mut cgroups = Vec::new();
+    let mut p = Prepared {
+        child: Some(child),
+        init,
+        sock: ours,
+        status: None,
+        cgroups: Vec::new(),
+        lifeline: Some(life_w),
+    };
+    loop {
+        let mut raw = Vec::new();
+        let n = status.read_until(b'\n', &mut raw).unwrap_or(0);
+        if n == 0 {
+            return Err(SandboxError::InitDied("before it was ready".into()));
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches('\n');
+        if let Some(dir) = line.strip_prefix("cgroup ") {
+            p.cgroups.push(PathBuf::from(dir));
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            return Err(SandboxError::Setup(msg.to_owned()));
+        } else if line == "ready" {
+            break;
+        }
+    }
+    p.status = Some(status);
+    Ok(p)
+}
+
+impl Prepared {
+    /// The cgroup directories made for the task to come.
+    pub fn cgroups(&self) -> &[PathBuf] {
+        &self.cgroups
+    }
+
+    /// Runs `spec` in this prepared sandbox, as [`spawn`] would; `spec.cgroup` is
+    /// ignored (the prepared one applies).
+    pub fn start(mut self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Spec("empty command line".into()));
+        }
+        let mut wire = WireSpec::from_spec(spec);
+        wire.cgroup = None;
+        let data = wire.encode()?;
+        let console = match spec.console {
+            Some(_) => Some(
+                socket::socketpair(
+                    socket::AddressFamily::Unix,
+                    socket::SockType::Stream,
+                    None,
+                    socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| {
+                    SandboxError::io("create", "console socketpair", io::Error::from(e))
+                })?,
+            ),
+            None => None,
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        match &console {
+            Some((_, theirs)) => fds.push(
+                theirs
+                    .try_clone()
+                    .map_err(|e| SandboxError::io("duplicate", "console socket", e))?,
+            ),
+            None => {
+                for (s, n) in [
+                    (&spec.stdio.stdin, 0),
+                    (&spec.stdio.stdout, 1),
+                    (&spec.stdio.stderr, 2),
+                ] {
+                    fds.push(stdio_fd(s, n)?);
+                }
+            }
+        }
+        let mut msg = (data.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&data);
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        let sent = socket::sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[io::IoSlice::new(&msg)],
+            &cmsg,
+            socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| {
+            SandboxError::io(
+                "hand the task to",
+                "the prepared sandbox",
+                io::Error::from(e),
+            )
+        })?;
+        if sent < msg.len() {
+            let mut sock = File::from(
+                self.sock
+                    .try_clone()
+                    .map_err(|e| SandboxError::io("duplicate", "task socket", e))?,
+            );
+            sock.write_all(&msg[sent..])
+                .map_err(|e| SandboxError::io("hand the task to", "the prepared sandbox", e))?;
+        }
+        drop(fds);
+        let console = console.map(|(ours, theirs)| {
+            drop(theirs);
+            ours
+        });
+        let (Some(child), Some(status), Some(life)) =
+            (self.child.take(), self.status.take(), self.lifeline.take())
+        else {
+            return Err(SandboxError::Setup("the prepared sandbox was used".into()));
+        };
+        let init = self
+            .init
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate", "pidfd", e))?;
+        follow(
+            child,
+            init,
+            status,
+            std::mem::take(&mut self.cgroups),
+            life,
+            console,
+        )
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = pidfd_signal(&self.init, libc::SIGKILL);
+            let _ = child.wait();
+            let left: Vec<cgroup::Group> = self
+                .cgroups
+                .iter()
+                .filter(|d| d.exists())
+                .map(|d| cgroup::Group { dir: d.clone() })
+                .collect();
+            cgroup::remove(&left);
+        }
+    }
+}
+
+/// The descriptor a prepared init's task gets as its stream number `n`.
+fn stdio_fd(s: &StdioFd, n: RawFd) -> Result<OwnedFd, SandboxError> {
+    let dup = |fd: RawFd| {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor we own, or fails.
+        let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if r < 0 {
+            return Err(SandboxError::io(
+                "duplicate",
+                format!("fd {fd}"),
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(r) })
+    };
+    match s {
+        StdioFd::Inherit => dup(n),
+        StdioFd::Null => File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| SandboxError::io("open", "/dev/null", e)),
+        StdioFd::Fd(fd) => dup(fd.as_raw_fd()),
+    }
+}
+
+/// Follows a started init's status lines until the task runs (or setup fails), and
+/// makes the [`Sandbox`]. `cgroups`: those already reported (a prepared init's).
+fn follow(
+    mut child: Child,
+    init: OwnedFd,
+    mut status: BufReader<File>,
+    mut cgroups: Vec<PathBuf>,
+    life_w: OwnedFd,
+    console: Option<OwnedFd>,
+) -> Result<Sandbox, SandboxError> {
     let mut pid1_fd = None;
     let mut pid1 = 0;
     let fail = |mut child: Child, err: SandboxError, cgroups: &[PathBuf]| {

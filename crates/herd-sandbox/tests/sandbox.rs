@@ -740,6 +740,122 @@ fn kill_tree_kills_a_frozen_tree() {
 }
 
 #[test]
+fn wait_ended_returns_once_the_tree_is_gone_and_cleans_up_behind() {
+    let l = Layers::new();
+    // A background child keeps running after the shell exits: the tree ends only when
+    // the namespace's pid 1 takes it down.
+    let mut spec = l.spec(
+        Path::new("/"),
+        "sleep 1000 & echo $! > /var/tmp/bg.pid; exit 7",
+    );
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: unique("ended"),
+        cpus: None,
+        memory: None,
+    });
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    let dirs = sandbox.cgroups().to_vec();
+    assert!(!dirs.is_empty());
+    assert_eq!(sandbox.wait_ended().unwrap(), TaskExit::Exited(7));
+    // Nothing of the tree runs any more (its cgroups hold no process)...
+    for d in &dirs {
+        let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        assert!(procs.trim().is_empty(), "{}: {procs}", d.display());
+    }
+    // ...and the cgroups go soon after, removed in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dirs.iter().any(|d| d.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cgroups left: {dirs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_prepared_sandbox_runs_its_task_in_the_cgroup_it_made_ahead() {
+    let l = Layers::new();
+    let name = unique("prepared");
+    let prepared = herd_sandbox::prepare(
+        Path::new(INIT),
+        Some(CgroupSpec {
+            parent: None,
+            name: name.clone(),
+            cpus: Some(0.5),
+            memory: None,
+        }),
+    )
+    .unwrap();
+    let dirs = prepared.cgroups().to_vec();
+    assert!(!dirs.is_empty());
+    // The waiting init is in its groups already.
+    for d in &dirs {
+        let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert_eq!(procs.lines().count(), 1, "{}: {procs}", d.display());
+    }
+    let mut spec = l.spec(
+        Path::new("/"),
+        "grep -c herd-sbx-prepared /proc/self/cgroup; cat; echo err >&2; exit 3",
+    );
+    // A prepared sandbox ignores the spec's own cgroup.
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: unique("ignored"),
+        cpus: None,
+        memory: None,
+    });
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    spec.stdio.stdin = StdioFd::Fd(Arc::new(OwnedFd::from(in_r)));
+    spec.stdio.stdout = StdioFd::Fd(out_w);
+    spec.stdio.stderr = StdioFd::Fd(err_w);
+    let sandbox = prepared.start(&spec).unwrap();
+    assert_eq!(sandbox.cgroups(), &dirs[..]);
+    drop(spec);
+    {
+        let mut w = in_w;
+        std::io::Write::write_all(&mut w, b"from stdin\n").unwrap();
+    }
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(3));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(out_r), &mut out).unwrap();
+    let n: usize = out.lines().next().unwrap().trim().parse().unwrap();
+    assert!(n >= 1, "the task runs in the prepared group: {out}");
+    assert!(out.ends_with("from stdin\n"), "{out}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(err_r), &mut err).unwrap();
+    assert_eq!(err, "err\n");
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+    assert!(
+        !Path::new("/sys/fs/cgroup/freezer")
+            .join(unique("ignored"))
+            .exists()
+    );
+}
+
+#[test]
+fn a_prepared_sandbox_dropped_unused_leaves_nothing() {
+    require_root();
+    let prepared = herd_sandbox::prepare(
+        Path::new(INIT),
+        Some(CgroupSpec {
+            parent: None,
+            name: unique("unused"),
+            cpus: None,
+            memory: None,
+        }),
+    )
+    .unwrap();
+    let dirs = prepared.cgroups().to_vec();
+    assert!(dirs.iter().all(|d| d.exists()));
+    drop(prepared);
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+}
+
+#[test]
 fn freeze_without_a_cgroup_says_why() {
     let l = Layers::new();
     let mut spec = l.spec(Path::new("/"), "read line");

@@ -597,6 +597,13 @@ fn a_busy_owner_suspends_herds_tasks_and_a_long_suspension_evicts_them_elsewhere
                 if !e.file_name().to_string_lossy().starts_with("herd-task-") {
                     continue;
                 }
+                // A group holding one process is the sandbox prepared for the next task
+                // (its init waits there), not a running task.
+                let procs =
+                    std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                if procs.lines().count() <= 1 {
+                    continue;
+                }
                 if let Ok(s) = std::fs::read_to_string(e.path().join("freezer.state")) {
                     states.push(s.trim() == "FROZEN");
                 }
