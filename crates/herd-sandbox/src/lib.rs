@@ -29,6 +29,17 @@
 //!    unshares the pid namespace and forks **pid 1**, which it moves into the cgroup
 //!    before letting it continue. It forwards signals to pid 1, waits for it, removes
 //!    the cgroup and exits with the task's status.
+//!
+//!    **Prepared ahead** ([`prepare`], then [`Prepared::start`]): the init is started
+//!    before its task with only the cgroup to make; it moves *itself* into the cgroup
+//!    and waits on a socket for the spec and the task's stdin, stdout and stderr (or
+//!    its console socket), passed with `SCM_RIGHTS`. Pid 1 then inherits the cgroup,
+//!    and the spawner removes it after the supervisor exits. The fork and exec of the
+//!    init and the making and joining of the cgroup (a cgroup v1 attach can wait for
+//!    an RCU grace period) are then off the task's critical path.
+//!
+//!    [`Sandbox::wait_ended`] returns as soon as the supervisor reports pid 1 reaped
+//!    (the tree is gone), and leaves the removal of the cgroup to a background thread.
 //! 2. **Pid 1** of the new pid namespace: unshares mount, IPC and UTS namespaces, makes
 //!    every mount private, mounts `overlay(lower, upper, work)` on top of the work
 //!    directory and builds the root there (below), `pivot_root`s into it and detaches the
