@@ -129,6 +129,8 @@ struct Agent {
     policy: Policy,
     last_sample: Option<Sample>,
     metrics: Arc<Metrics>,
+    /// Clients running tasks placed on this node (their CPU is herd's).
+    local_clients: polite::LocalClients,
 }
 
 /// Runs an agent until `shutdown` resolves or SIGTERM/SIGINT arrives.
@@ -293,6 +295,7 @@ pub async fn run_agent(
         shared.helper.cgroup_parent.as_deref(),
     )
     .map_err(|e| AgentError::Usage(e.to_string()))?;
+    let local_clients = meter.clients();
 
     let mut agent = Agent {
         dir: dir.clone(),
@@ -318,6 +321,7 @@ pub async fn run_agent(
         policy: Policy::new(opts.polite.clone()),
         last_sample: None,
         metrics,
+        local_clients,
     };
     {
         let events = agent.events.clone();
@@ -993,6 +997,10 @@ impl Agent {
             let lost = self.queue.start(&p, &n.name, rate);
             let (job, events) = (p.job, self.events.clone());
             if n.local {
+                // The client runs it: its CPU is herd's, not the owner's.
+                if let Some(pid) = p.caller.pid.and_then(|p| u32::try_from(p).ok()) {
+                    self.local_clients.add(pid);
+                }
                 let node = n.name.clone();
                 let mut attempt = self.metrics.attempt(&node, p.since);
                 tokio::spawn(async move {

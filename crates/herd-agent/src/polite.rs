@@ -75,7 +75,10 @@
 //!   last resort). A task tree's CPU is in its group while it runs and moves into its
 //!   supervisor's `cutime` when its pid 1 is reaped, then into the agent's when the
 //!   supervisor is: the sum stays continuous, so nothing is counted twice and a task's
-//!   last partial interval is not lost.
+//!   last partial interval is not lost. Also herd's: the `herd run` and `herd map`
+//!   processes that run tasks placed on this node themselves ([`LocalClients`]), with
+//!   their descendants, from the first sample after the agent told them to until they
+//!   are gone.
 //!
 //! Known error: between the supervisor removing an emptied task group and the agent
 //! reaping the supervisor (milliseconds) herd's sum dips by the task's last unseen CPU,
@@ -112,9 +115,10 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the agent should call [`OwnerMeter::sample`] and [`Policy::observe`].
@@ -739,6 +743,36 @@ struct HostGroup {
     inside: bool,
 }
 
+/// The `herd` processes (`herd run`, `herd map`) that run tasks placed on this node
+/// themselves, outside the sandbox: their CPU and their children's is herd's, not the
+/// owner's. The agent adds a client when it tells it to run a task here; the meter
+/// counts the client's CPU from then on, until the process is gone.
+#[derive(Debug, Clone, Default)]
+pub struct LocalClients(Arc<Mutex<ClientsState>>);
+
+#[derive(Debug, Default)]
+struct ClientsState {
+    by_pid: HashMap<u32, Client>,
+    /// Ticks of clients that are gone.
+    retired: u64,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    start: Option<u64>,
+    baseline: Option<u64>,
+    last: u64,
+}
+
+impl LocalClients {
+    /// Counts process `pid` (and its descendants) as herd's from the next sample on.
+    pub fn add(&self, pid: u32) {
+        if let Ok(mut st) = self.0.lock() {
+            st.by_pid.entry(pid).or_default();
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Last {
     at: Instant,
@@ -761,6 +795,7 @@ pub struct OwnerMeter {
     /// scanning `/proc`).
     children_files: bool,
     last: Option<Last>,
+    clients: LocalClients,
 }
 
 impl OwnerMeter {
@@ -811,11 +846,17 @@ impl OwnerMeter {
             ns_per_tick: 1_000_000_000 / ticks_per_second.max(1),
             children_files,
             last: None,
+            clients: LocalClients::default(),
         };
         if let Some(given) = host_cgroup {
             meter.host = Some(meter.resolve_host(given)?);
         }
         Ok(meter)
+    }
+
+    /// The clients running tasks placed here, whose CPU counts as herd's.
+    pub fn clients(&self) -> LocalClients {
+        self.clients.clone()
     }
 
     /// Measures now. The CPU figures cover the time since the previous call (the first
@@ -1034,7 +1075,69 @@ impl OwnerMeter {
             .filter_map(|pid| self.stat(&pid.to_string()))
             .map(|s| s.ticks)
             .sum();
-        (me.ticks + children) * self.ns_per_tick + self.tasks_ns()
+        (me.ticks + children + self.clients_ticks()) * self.ns_per_tick + self.tasks_ns()
+    }
+
+    /// The ticks local clients used since they were added (see [`LocalClients`]): each
+    /// one's own with its reaped descendants', plus its live descendants'.
+    fn clients_ticks(&self) -> u64 {
+        let Ok(mut st) = self.clients.0.lock() else {
+            return 0;
+        };
+        let mut retired = st.retired;
+        st.by_pid.retain(|&pid, c| {
+            let now = self
+                .stat(&pid.to_string())
+                .filter(|p| c.start.is_none_or(|s| s == p.start));
+            match now {
+                Some(p) => {
+                    c.start = Some(p.start);
+                    let ticks = p.ticks + self.descendants_ticks(pid);
+                    let base = *c.baseline.get_or_insert(ticks);
+                    c.last = ticks.max(base);
+                    true
+                }
+                None => {
+                    retired += c.last - c.baseline.unwrap_or(c.last);
+                    false
+                }
+            }
+        });
+        st.retired = retired;
+        retired
+            + st.by_pid
+                .values()
+                .map(|c| c.last - c.baseline.unwrap_or(c.last))
+                .sum::<u64>()
+    }
+
+    /// The ticks of `pid`'s live descendants (each with its own reaped ones).
+    fn descendants_ticks(&self, pid: u32) -> u64 {
+        let mut total = 0;
+        let mut todo = vec![pid];
+        let mut seen = 0;
+        while let Some(p) = todo.pop() {
+            seen += 1;
+            if seen > 4096 {
+                break;
+            }
+            let Ok(rd) = fs::read_dir(self.proc.join(p.to_string()).join("task")) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let text = fs::read_to_string(e.path().join("children")).unwrap_or_default();
+                for c in text
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok())
+                {
+                    if let Some(st) = self.stat(&c.to_string()) {
+                        total += st.ticks;
+                    }
+                    todo.push(c);
+                }
+            }
+        }
+        total
     }
 
     fn live_children(&self, me: u32) -> Vec<u32> {
@@ -1201,6 +1304,8 @@ struct ProcStat {
     pid: u32,
     ppid: u32,
     ticks: u64,
+    /// Start time (ticks after boot): with the pid, which process this is.
+    start: u64,
 }
 
 /// Parses `/proc/PID/stat` (the command may hold spaces and parentheses).
@@ -1214,6 +1319,7 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
         pid,
         ppid: num(1)? as u32,
         ticks: num(11)? + num(12)? + num(13)? + num(14)?,
+        start: num(19).unwrap_or(0),
     })
 }
 
@@ -2059,6 +2165,41 @@ mod tests {
     }
 
     #[test]
+    fn a_client_running_a_task_here_counts_as_herd_until_it_is_gone() {
+        let f = v1_machine();
+        let mut m = f.meter(Some("/bed/h1"), None).unwrap();
+        // `herd map` (5000, not the agent's child) runs a job (5001) itself.
+        f.stat("5000", 5000, 1, [50, 0, 20, 0]);
+        f.put("proc/5000/task/5000/children", "5001 ");
+        f.stat("5001", 5001, 5000, [5, 0, 0, 0]);
+        let clients = m.clients();
+        clients.add(5000);
+        let t0 = Instant::now();
+        m.sample_at(t0);
+        f.stat("5000", 5000, 1, [60, 0, 20, 0]);
+        f.stat("5001", 5001, 5000, [35, 0, 0, 0]);
+        f.put("cg/cpu,cpuacct/bed/h1/cpuacct.usage", "6000000000\n");
+        let s = m.sample_at(t0 + S);
+        assert!(close(s.herd_cores, 0.4), "{s:?}");
+        assert!(close(s.owner_cores, 0.6), "{s:?}");
+        // The job ends and is reaped: its ticks move into the client's cutime.
+        f.put("proc/5000/task/5000/children", "");
+        fs::remove_dir_all(f.p("proc/5001")).unwrap();
+        f.stat("5000", 5000, 1, [60, 0, 60, 0]);
+        f.put("cg/cpu,cpuacct/bed/h1/cpuacct.usage", "6100000000\n");
+        // (It ran 5 more ticks before it ended.)
+        let s = m.sample_at(t0 + 2 * S);
+        assert!(close(s.herd_cores, 0.05), "{s:?}");
+        assert!(close(s.owner_cores, 0.05), "{s:?}");
+        // The client exits: what it used stays counted, nothing more is added.
+        fs::remove_dir_all(f.p("proc/5000")).unwrap();
+        f.put("cg/cpu,cpuacct/bed/h1/cpuacct.usage", "6600000000\n");
+        let s = m.sample_at(t0 + 3 * S);
+        assert!(close(s.herd_cores, 0.0), "{s:?}");
+        assert!(close(s.owner_cores, 0.5), "{s:?}");
+    }
+
+    #[test]
     fn an_agent_outside_the_host_is_not_subtracted() {
         let f = v1_machine();
         f.put("cg/cpu,cpuacct/other/cpuacct.usage", "0\n");
@@ -2271,9 +2412,12 @@ mod tests {
             ProcStat {
                 pid: 12,
                 ppid: 7,
-                ticks: 18
+                ticks: 18,
+                start: 0,
             }
         );
+        let s = parse_stat("12 (x) R 7 1 1 0 -1 0 0 0 0 0 3 4 5 6 20 0 1 0 4711 0").unwrap();
+        assert_eq!(s.start, 4711);
         assert_eq!(online_cpus(STAT_2CPU), 2);
         assert_eq!(machine_busy_ticks(STAT_2CPU), Some(150));
         assert_eq!(task_id("herd-task-00000000000000ff"), Some(255));
