@@ -300,8 +300,32 @@ impl Cluster {
     }
 
     /// Processes on h1 other than its agent.
+    /// The task's own processes on h1: everything in h1's cgroups (task groups
+    /// included) but herd itself (the agent, sandbox inits, and the one prepared for the
+    /// next task).
     fn h1_task_processes(&self) -> usize {
-        self.bed.host("h1").pids().len().saturating_sub(1)
+        fn walk(dir: &Path, pids: &mut std::collections::HashSet<u32>) {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), pids);
+                    }
+                }
+            }
+        }
+        let mut pids = std::collections::HashSet::new();
+        for dir in self.bed.host("h1").cgroup_dirs() {
+            walk(dir, &mut pids);
+        }
+        pids.into_iter()
+            .filter(|pid| {
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                exe.file_name().is_some_and(|n| n != "herd")
+            })
+            .count()
     }
 
     /// Task directories on h1 (the views kept for the next task live in `views`).
