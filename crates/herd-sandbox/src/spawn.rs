@@ -371,15 +371,7 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
     let (life_r, life_w) = cloexec_pipe()?;
     // With a console: the socketpair the task sends its terminal's master over.
     let console = match spec.console {
-        Some(_) => Some(
-            socket::socketpair(
-                socket::AddressFamily::Unix,
-                socket::SockType::Stream,
-                None,
-                socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| SandboxError::io("create", "console socketpair", io::Error::from(e)))?,
-        ),
+        Some(_) => Some(stream_pair("console socketpair")?),
         None => None,
     };
     let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
@@ -400,21 +392,8 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
             .stdout(stdio(&spec.stdio.stdout)?)
             .stderr(stdio(&spec.stdio.stderr)?);
     }
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
-    // that are open in the child (fork copied them).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            for fd in passed.into_iter().chain(console_fd) {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    let passed: Vec<RawFd> = passed.into_iter().chain(console_fd).collect();
+    let (child, init) = start_init(&mut cmd, passed, helper_exe)?;
     drop(spec_r);
     drop(status_w);
     drop(life_r);
@@ -422,18 +401,6 @@ pub fn spawn(helper_exe: &Path, spec: &SandboxSpec) -> Result<Sandbox, SandboxEr
         drop(theirs);
         ours
     });
-    let init = match pidfd_open(child.id() as i32) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SandboxError::io(
-                "open pidfd of",
-                format!("pid {}", child.id()),
-                e,
-            ));
-        }
-    };
     // A write error means the helper died early; its status line or exit says why.
     let _ = File::from(spec_w).write_all(&data);
 
@@ -467,13 +434,7 @@ pub fn prepare(
     let (spec_r, spec_w) = cloexec_pipe()?;
     let (status_r, status_w) = cloexec_pipe()?;
     let (life_r, life_w) = cloexec_pipe()?;
-    let (ours, theirs) = socket::socketpair(
-        socket::AddressFamily::Unix,
-        socket::SockType::Stream,
-        None,
-        socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| SandboxError::io("create", "task socketpair", io::Error::from(e)))?;
+    let (ours, theirs) = stream_pair("task socketpair")?;
     let passed = [
         spec_r.as_raw_fd(),
         status_w.as_raw_fd(),
@@ -489,34 +450,8 @@ pub fn prepare(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
-    // that are open in the child (fork copied them).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            for fd in passed {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    let (child, init) = start_init(&mut cmd, passed.to_vec(), helper_exe)?;
     drop((spec_r, status_w, life_r, theirs));
-    let init = match pidfd_open(child.id() as i32) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SandboxError::io(
-                "open pidfd of",
-                format!("pid {}", child.id()),
-                e,
-            ));
-        }
-    };
     let _ = File::from(spec_w).write_all(&data);
     let mut status = BufReader::new(File::from(status_r));
     let mut p = Prepared {
@@ -563,17 +498,7 @@ impl Prepared {
         wire.cgroup = None;
         let data = wire.encode()?;
         let console = match spec.console {
-            Some(_) => Some(
-                socket::socketpair(
-                    socket::AddressFamily::Unix,
-                    socket::SockType::Stream,
-                    None,
-                    socket::SockFlag::SOCK_CLOEXEC,
-                )
-                .map_err(|e| {
-                    SandboxError::io("create", "console socketpair", io::Error::from(e))
-                })?,
-            ),
+            Some(_) => Some(stream_pair("console socketpair")?),
             None => None,
         };
         let mut fds: Vec<OwnedFd> = Vec::new();
@@ -683,6 +608,53 @@ fn stdio_fd(s: &StdioFd, n: RawFd) -> Result<OwnedFd, SandboxError> {
             .map_err(|e| SandboxError::io("open", "/dev/null", e)),
         StdioFd::Fd(fd) => dup(fd.as_raw_fd()),
     }
+}
+
+/// Starts the init with `cmd`, the descriptors in `passed` left open across exec, and
+/// opens a pidfd on it.
+fn start_init(
+    cmd: &mut Command,
+    passed: Vec<RawFd>,
+    helper_exe: &Path,
+) -> Result<(Child, OwnedFd), SandboxError> {
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on descriptors
+    // that are open in the child (fork copied them).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            for &fd in &passed {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    match pidfd_open(child.id() as i32) {
+        Ok(fd) => Ok((child, fd)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(SandboxError::io(
+                "open pidfd of",
+                format!("pid {}", child.id()),
+                e,
+            ))
+        }
+    }
+}
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+fn stream_pair(what: &str) -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::Stream,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SandboxError::io("create", what, io::Error::from(e)))
 }
 
 /// Follows a started init's status lines until the task runs (or setup fails), and
