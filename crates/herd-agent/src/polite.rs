@@ -1070,7 +1070,7 @@ impl OwnerMeter {
             return 0;
         };
         let children: u64 = self
-            .live_children(me.pid)
+            .live_children("self", me.pid)
             .iter()
             .filter_map(|pid| self.stat(&pid.to_string()))
             .map(|s| s.ticks)
@@ -1115,35 +1115,24 @@ impl OwnerMeter {
     fn descendants_ticks(&self, pid: u32) -> u64 {
         let mut total = 0;
         let mut todo = vec![pid];
-        let mut seen = 0;
-        while let Some(p) = todo.pop() {
-            seen += 1;
-            if seen > 4096 {
-                break;
-            }
-            let Ok(rd) = fs::read_dir(self.proc.join(p.to_string()).join("task")) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let text = fs::read_to_string(e.path().join("children")).unwrap_or_default();
-                for c in text
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok())
-                {
-                    if let Some(st) = self.stat(&c.to_string()) {
-                        total += st.ticks;
-                    }
-                    todo.push(c);
+        // Bounded, against a pid loop in a changing /proc.
+        for _ in 0..4096 {
+            let Some(p) = todo.pop() else { break };
+            for c in self.live_children(&p.to_string(), p) {
+                if let Some(st) = self.stat(&c.to_string()) {
+                    total += st.ticks;
                 }
+                todo.push(c);
             }
         }
         total
     }
 
-    fn live_children(&self, me: u32) -> Vec<u32> {
+    /// The live children of process `pid` (`who`: its `/proc` name, `self` or the pid).
+    fn live_children(&self, who: &str, me: u32) -> Vec<u32> {
         if self.children_files {
             let mut out = Vec::new();
-            if let Ok(rd) = fs::read_dir(self.proc.join("self/task")) {
+            if let Ok(rd) = fs::read_dir(self.proc.join(who).join("task")) {
                 for e in rd.flatten() {
                     let text = fs::read_to_string(e.path().join("children")).unwrap_or_default();
                     out.extend(

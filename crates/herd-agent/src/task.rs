@@ -768,7 +768,7 @@ async fn run_here(
         .lease(key, conn, task, ctx.cache.clone(), working)
         .await
         .map_err(AgentError::Net)?;
-    let t_validated = t0.elapsed();
+    let t_validated = t0.elapsed(); // the view is leased: validated, or mounted fresh
     let view_dir = view.dir().to_path_buf();
     // Given back to the pool only when the task ended by itself and its changes were
     // read; dropped (unmounted) on every other path.
@@ -808,7 +808,6 @@ async fn run_here(
         pipes = Some((iw, or, er));
     }
     let exe = ctx.exe.clone();
-    let t_mounted = t0.elapsed();
     // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
     // steps; a fresh one is started if there is none or it died meanwhile.
     let prepared = ctx.prepared.lock().ok().and_then(|mut p| p.take());
@@ -1045,8 +1044,7 @@ async fn run_here(
         task = format!("{task:016x}"),
         reused,
         rounds,
-        validated_ms = t_validated.as_secs_f64() * 1e3,
-        mounted_ms = t_mounted.as_secs_f64() * 1e3,
+        view_ms = t_validated.as_secs_f64() * 1e3,
         started_ms = t_started.as_secs_f64() * 1e3,
         exited_ms = t_exited.as_secs_f64() * 1e3,
         done_ms = t0.elapsed().as_secs_f64() * 1e3,

@@ -225,13 +225,7 @@ impl ViewPool {
             rounds += 1;
             let items = trusted
                 .iter()
-                .map(|(p, f)| {
-                    (
-                        p.clone(),
-                        f.attr.as_ref().map(herd_proto::fs::Version::from),
-                        f.listing.as_deref().map(herd_fs::cache::listing_digest),
-                    )
-                })
+                .map(|(p, f)| herd_fs::cached::check(p, f))
                 .collect();
             let req = PeerRequest::Fs {
                 task,
@@ -411,17 +405,6 @@ async fn renew(
         let Ok(FsResponse::Stale(stale)) = net::request::<_, FsResponse>(conn, &req).await else {
             return Err(v);
         };
-        tracing::debug!(
-            task = format!("{task:016x}"),
-            round = rounds,
-            items = paths.len(),
-            stale = ?stale
-                .iter()
-                .filter_map(|(i, _)| paths.get(*i as usize))
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect::<Vec<_>>(),
-            "validated a kept view"
-        );
         tracing::debug!(
             task = format!("{task:016x}"),
             round = rounds,

@@ -394,6 +394,33 @@ impl<R: MethodRun> Method<R> {
     }
 }
 
+/// The batch and build benchmarks' testbed, each host with its CPU quota from
+/// `quotas` (ws, h1, h2, h3): `ws` on the real filesystem; with `herd`, the
+/// zero-install helpers `h1`..`h3`; with `baseline` (a name prefix), three
+/// real-filesystem hosts `<prefix>1`..`<prefix>3` for the tool herd is compared with,
+/// with the helpers' quotas.
+pub fn quota_testbed(
+    herd: &Path,
+    quotas: &[f64; 4],
+    with_herd: bool,
+    baseline: Option<&str>,
+) -> anyhow::Result<Testbed> {
+    use herd_testbed::HostSpec;
+    let mut bed = Testbed::new()?;
+    bed.add_host(HostSpec::real_fs("ws").cpu_quota(quotas[0]))?;
+    if with_herd {
+        for (i, q) in quotas.iter().enumerate().skip(1) {
+            bed.add_host(HostSpec::minimal(format!("h{i}"), herd).cpu_quota(*q))?;
+        }
+    }
+    if let Some(prefix) = baseline {
+        for (i, q) in quotas.iter().enumerate().skip(1) {
+            bed.add_host(HostSpec::real_fs(format!("{prefix}{i}")).cpu_quota(*q))?;
+        }
+    }
+    Ok(bed)
+}
+
 /// Parses `--quotas ws,h1,h2,h3` (CPU quotas of the workstation and three helpers).
 pub fn parse_quotas(s: &str) -> anyhow::Result<[f64; 4]> {
     use anyhow::Context;

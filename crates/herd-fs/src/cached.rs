@@ -32,6 +32,15 @@ use crate::source::{Errno, MAX_READ, Source};
 /// digest of its listing when one is held.
 pub type Check = (Vec<u8>, Option<Version>, Option<[u8; 32]>);
 
+/// The validation item for what `fact` says of `path`.
+pub fn check(path: &[u8], fact: &Fact) -> Check {
+    (
+        path.to_vec(),
+        fact.attr.as_ref().map(Version::from),
+        fact.listing.as_deref().map(crate::cache::listing_digest),
+    )
+}
+
 /// Files up to this size are fetched whole and cached.
 pub const WHOLE_FILE: u64 = 64 << 20;
 
@@ -78,13 +87,7 @@ impl<S: Source> CachedSource<S> {
             // A listed directory's own listing is checked even when its parent's
             // listing covers its version: that does not cover its entries.
             .filter(|(p, f)| !done.contains(*p) && (f.listing.is_some() || !covered(p)))
-            .map(|(p, f)| {
-                (
-                    p.clone(),
-                    f.attr.as_ref().map(Version::from),
-                    f.listing.as_deref().map(crate::cache::listing_digest),
-                )
-            })
+            .map(|(p, f)| check(p, f))
             .collect()
     }
 

@@ -175,21 +175,25 @@ pub(crate) fn main() -> ! {
     if let Some(c) = console {
         set_cloexec(c);
     }
+    let spec = read_spec(spec_fd, status);
+    if spec.console.is_some() != console.is_some() {
+        status.fail("console requested without a console socket (or the reverse)");
+    }
+    supervisor(&spec, status, lifeline, console, None)
+}
+
+/// Reads and decodes the spec the spawner writes on `spec_fd` (then closed).
+fn read_spec(spec_fd: RawFd, status: Status) -> WireSpec {
     // SAFETY: the spawner passed us this descriptor for our exclusive use.
     let mut spec_file = unsafe { fs::File::from_raw_fd(spec_fd) };
     let mut data = Vec::new();
     if let Err(e) = spec_file.read_to_end(&mut data) {
         status.fail(&format!("read spec from fd {spec_fd}: {e}"));
     }
-    drop(spec_file);
-    let spec = match WireSpec::decode(&data) {
+    match WireSpec::decode(&data) {
         Ok(s) => s,
         Err(e) => status.fail(&e.to_string()),
-    };
-    if spec.console.is_some() != console.is_some() {
-        status.fail("console requested without a console socket (or the reverse)");
     }
-    supervisor(&spec, status, lifeline, console, None)
 }
 
 /// A prepared init (`__sandbox-init prepared SPEC STATUS LIFELINE SOCKET`): makes the
@@ -208,22 +212,12 @@ fn prepared_main(args: &[OsString]) -> ! {
     set_cloexec(status_fd);
     set_cloexec(sock);
     let status = Status(status_fd);
-    // SAFETY: the spawner passed us this descriptor for our exclusive use.
-    let mut spec_file = unsafe { fs::File::from_raw_fd(spec_fd) };
-    let mut data = Vec::new();
-    if let Err(e) = spec_file.read_to_end(&mut data) {
-        status.fail(&format!("read spec from fd {spec_fd}: {e}"));
-    }
-    drop(spec_file);
-    let groups = match WireSpec::decode(&data) {
-        Ok(s) => match &s.cgroup {
-            Some(c) => match cgroup::create(c) {
-                Ok(g) => g,
-                Err(e) => status.fail(&e),
-            },
-            None => Vec::new(),
+    let groups = match &read_spec(spec_fd, status).cgroup {
+        Some(c) => match cgroup::create(c) {
+            Ok(g) => g,
+            Err(e) => status.fail(&e),
         },
-        Err(e) => status.fail(&e.to_string()),
+        None => Vec::new(),
     };
     for g in &groups {
         status.send(&format!("cgroup {}", g.dir.display()));

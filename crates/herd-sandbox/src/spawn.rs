@@ -246,23 +246,11 @@ impl Sandbox {
     pub fn wait_ended(mut self) -> Result<TaskExit, SandboxError> {
         self.waited = true;
         let mut exit = None;
-        loop {
-            let mut raw = Vec::new();
-            match self.status.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches('\n');
-            if let Some(rest) = line.strip_prefix("exit code ") {
-                exit = rest.parse().ok().map(TaskExit::Exited);
-            } else if let Some(rest) = line.strip_prefix("exit signal ") {
-                exit = rest.parse().ok().map(TaskExit::Signaled);
-            } else if let Some(rest) = line.strip_prefix("warn ") {
-                tracing::warn!(sandbox = self.child.id(), "{rest}");
-            } else if line == "ended" {
+        while let Some(line) = next_line(&mut self.status) {
+            if line == "ended" {
                 break;
             }
+            self.note(&line, &mut exit);
         }
         match exit {
             Some(exit) => {
@@ -277,19 +265,25 @@ impl Sandbox {
         }
     }
 
+    /// Takes in a status line of a running or ending sandbox: how the task ended, or a
+    /// warning to log.
+    fn note(&self, line: &str, exit: &mut Option<TaskExit>) {
+        if let Some(rest) = line.strip_prefix("exit code ") {
+            *exit = rest.parse().ok().map(TaskExit::Exited);
+        } else if let Some(rest) = line.strip_prefix("exit signal ") {
+            *exit = rest.parse().ok().map(TaskExit::Signaled);
+        } else if let Some(rest) = line.strip_prefix("warn ") {
+            tracing::warn!(sandbox = self.child.id(), "{rest}");
+        }
+    }
+
     fn finish(&mut self) -> Result<TaskExit, SandboxError> {
         let status = self.child.wait().map_err(|e| {
             SandboxError::io("wait for", format!("sandbox pid {}", self.child.id()), e)
         })?;
         let mut exit = None;
-        for line in read_lines(&mut self.status) {
-            if let Some(rest) = line.strip_prefix("exit code ") {
-                exit = rest.parse().ok().map(TaskExit::Exited);
-            } else if let Some(rest) = line.strip_prefix("exit signal ") {
-                exit = rest.parse().ok().map(TaskExit::Signaled);
-            } else if let Some(rest) = line.strip_prefix("warn ") {
-                tracing::warn!(sandbox = self.child.id(), "{rest}");
-            }
+        while let Some(line) = next_line(&mut self.status) {
+            self.note(&line, &mut exit);
         }
         // If the supervisor itself was killed, its cgroups are left: remove them here.
         let left: Vec<cgroup::Group> = self
@@ -312,19 +306,17 @@ impl Sandbox {
     }
 }
 
-/// Reads complete lines until EOF (all writers gone) or an error.
-fn read_lines(r: &mut BufReader<File>) -> Vec<String> {
-    let mut out = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return out,
-            Ok(_) => {
-                while line.last() == Some(&b'\n') {
-                    line.pop();
-                }
-                out.push(String::from_utf8_lossy(&line).into_owned());
+/// The next status line without its newline; `None` at EOF (all writers gone) or on
+/// an error.
+fn next_line(r: &mut BufReader<File>) -> Option<String> {
+    let mut line = Vec::new();
+    match r.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            while line.last() == Some(&b'\n') {
+                line.pop();
             }
+            Some(String::from_utf8_lossy(&line).into_owned())
         }
     }
 }
@@ -463,13 +455,9 @@ pub fn prepare(
         lifeline: Some(life_w),
     };
     loop {
-        let mut raw = Vec::new();
-        let n = status.read_until(b'\n', &mut raw).unwrap_or(0);
-        if n == 0 {
+        let Some(line) = next_line(&mut status) else {
             return Err(SandboxError::InitDied("before it was ready".into()));
-        }
-        let line = String::from_utf8_lossy(&raw);
-        let line = line.trim_end_matches('\n');
+        };
         if let Some(dir) = line.strip_prefix("cgroup ") {
             p.cgroups.push(PathBuf::from(dir));
         } else if let Some(msg) = line.strip_prefix("error ") {
@@ -679,18 +667,14 @@ fn follow(
         Err(err)
     };
     loop {
-        let mut raw = Vec::new();
-        let n = status.read_until(b'\n', &mut raw).unwrap_or(0);
-        if n == 0 {
+        let Some(line) = next_line(&mut status) else {
             let _ = child.kill();
             let how = match child.wait() {
                 Ok(s) => s.to_string(),
                 Err(e) => e.to_string(),
             };
             return fail(child, SandboxError::InitDied(how), &cgroups);
-        }
-        let line = String::from_utf8_lossy(&raw);
-        let line = line.trim_end_matches('\n');
+        };
         if let Some(dir) = line.strip_prefix("cgroup ") {
             cgroups.push(PathBuf::from(dir));
         } else if let Some(pid) = line.strip_prefix("pid1 ") {

@@ -68,7 +68,7 @@ use herd_bench::{
     run_timed, start_cluster, wait_quiet, write_json,
 };
 use herd_testbed::cluster::Node;
-use herd_testbed::{HostCommand, HostSpec, Testbed};
+use herd_testbed::{HostCommand, Testbed};
 use serde::Serialize;
 
 /// The real ImageMagick (`/usr/local/bin/convert` may be something else).
@@ -544,20 +544,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The testbed.
-    let mut bed = Testbed::new()?;
     let names = ["ws", "h1", "h2", "h3"];
-    bed.add_host(HostSpec::real_fs("ws").cpu_quota(quotas[0]))?;
-    if with_herd {
-        for (i, h) in names.iter().enumerate().skip(1) {
-            bed.add_host(HostSpec::minimal(*h, &herd).cpu_quota(quotas[i]))?;
-        }
-    }
     let ssh_names = ["s1", "s2", "s3"];
-    if with_ssh {
-        for (i, h) in ssh_names.iter().enumerate() {
-            bed.add_host(HostSpec::real_fs(*h).cpu_quota(quotas[i + 1]))?;
-        }
-    }
+    let bed = herd_bench::quota_testbed(&herd, &quotas, with_herd, with_ssh.then_some("s"))?;
     let ws_host = bed.host("ws");
     let bench = Bench {
         bed: &bed,

@@ -51,7 +51,7 @@ use herd_bench::{
     start_cluster, wait_quiet, write_json,
 };
 use herd_testbed::cluster::Node;
-use herd_testbed::{HostCommand, HostSpec, Testbed};
+use herd_testbed::{HostCommand, Testbed};
 use serde::Serialize;
 
 /// Before each build, wait (up to `--quiet-wait` seconds, default 20) until the
@@ -273,20 +273,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("W = {w:.1} CPU-s ({w_wall:.1} s wall), ideal on {cluster_cpus} CPUs {ideal:.1} s");
 
     // The testbed.
-    let mut bed = Testbed::new()?;
     let names = ["ws", "h1", "h2", "h3"];
-    bed.add_host(HostSpec::real_fs("ws").cpu_quota(quotas[0]))?;
-    if with_herd {
-        for (i, h) in names.iter().enumerate().skip(1) {
-            bed.add_host(HostSpec::minimal(*h, &herd).cpu_quota(quotas[i]))?;
-        }
-    }
     let d_names = ["d1", "d2", "d3"];
-    if with_distcc {
-        for (i, h) in d_names.iter().enumerate() {
-            bed.add_host(HostSpec::real_fs(*h).cpu_quota(quotas[i + 1]))?;
-        }
-    }
+    let bed = herd_bench::quota_testbed(&herd, &quotas, with_herd, with_distcc.then_some("d"))?;
     let ws_host = bed.host("ws");
     let bench = Bench {
         bed: &bed,
