@@ -495,6 +495,11 @@ async fn drop_view(view: Option<crate::views::LeasedView>) {
     }
 }
 
+/// How many sandbox inits a helper keeps prepared: one for the next task, one more for
+/// a task arriving before the first is replaced (making one takes about 10 ms, most of
+/// it waiting for the kernel to attach it to its cgroup).
+pub const PREPARED: usize = 2;
+
 /// What the helper needs to run tasks.
 pub struct HelperCtx {
     /// This node's name.
@@ -511,8 +516,11 @@ pub struct HelperCtx {
     pub cache: Arc<herd_fs::cache::Cache>,
     /// Views kept mounted between tasks.
     pub views: Arc<crate::views::ViewPool>,
-    /// A sandbox init started ahead for the next task (see `herd_sandbox::prepare`).
-    pub prepared: Mutex<Option<herd_sandbox::Prepared>>,
+    /// Sandbox inits started ahead for the next tasks (see `herd_sandbox::prepare`),
+    /// at most [`PREPARED`].
+    pub prepared: Mutex<Vec<herd_sandbox::Prepared>>,
+    /// How many inits are being prepared now.
+    pub preparing: std::sync::atomic::AtomicUsize,
     /// The cgroup task groups nest under (`None`: the agent's own).
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
@@ -545,34 +553,41 @@ impl HelperCtx {
         }
     }
 
-    /// Starts a sandbox init for the next task in the background, unless one waits
-    /// already or this node runs no tasks.
+    /// Starts sandbox inits for the next tasks in the background, up to [`PREPARED`]
+    /// waiting or being prepared, unless this node runs no tasks.
     pub fn prepare_next(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
         if !self.exec || self.ready.is_err() || self.grant.cpus <= 0.0 {
             return;
         }
-        if self.prepared.lock().map(|p| p.is_some()).unwrap_or(true) {
+        let Ok(waiting) = self.prepared.lock().map(|p| p.len()) else {
             return;
-        }
-        let ctx = self.clone();
-        tokio::task::spawn_blocking(move || {
-            match herd_sandbox::prepare(&ctx.exe, Some(ctx.task_cgroup())) {
-                Ok(p) => {
-                    if let Ok(mut slot) = ctx.prepared.lock()
-                        && slot.is_none()
-                    {
-                        *slot = Some(p);
+        };
+        let preparing = self.preparing.load(SeqCst);
+        for _ in (waiting + preparing)..PREPARED {
+            self.preparing.fetch_add(1, SeqCst);
+            let ctx = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let p = herd_sandbox::prepare(&ctx.exe, Some(ctx.task_cgroup()));
+                match p {
+                    Ok(p) => {
+                        if let Ok(mut slot) = ctx.prepared.lock()
+                            && slot.len() < PREPARED
+                        {
+                            slot.push(p);
+                        }
                     }
+                    Err(e) => tracing::debug!("cannot prepare a sandbox ahead: {e}"),
                 }
-                Err(e) => tracing::debug!("cannot prepare a sandbox ahead: {e}"),
-            }
-        });
+                ctx.preparing.fetch_sub(1, SeqCst);
+            });
+        }
     }
 
     /// Ends the sandbox init prepared ahead and saves the file cache's index (the agent
     /// is stopping). Blocking.
     pub fn stop(&self) {
-        let p = self.prepared.lock().ok().and_then(|mut p| p.take());
+        let p = self.prepared.lock().map(|mut p| std::mem::take(&mut *p));
         drop(p);
         if let Err(e) = self.cache.save() {
             tracing::warn!("cannot save the file cache's index: {e}");
@@ -712,7 +727,8 @@ pub async fn serve_run(
     let _ = send.finish();
     let d = dir.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await;
-    // The next task's sandbox is prepared now, when it does not compete with this one.
+    // The next tasks' sandboxes are prepared now, when they do not compete with this
+    // one (a second one waits already, for a task that comes sooner).
     ctx.prepare_next();
 }
 
@@ -763,21 +779,16 @@ async fn run_here(
         spec.hidden.clone(),
     );
     let working = ctx.cache.working_set(ws, &set_key);
-    let view = ctx
-        .views
-        .lease(key, conn, task, ctx.cache.clone(), working)
-        .await
-        .map_err(AgentError::Net)?;
-    let t_validated = t0.elapsed(); // the view is leased: validated, or mounted fresh
-    let view_dir = view.dir().to_path_buf();
-    // Given back to the pool only when the task ended by itself and its changes were
-    // read; dropped (unmounted) on every other path.
-    let mut view = Some(view);
 
     let run = &spec.run;
     let os = |b: &Vec<u8>| OsString::from_vec(b.clone());
-    let mut sb =
-        herd_sandbox::SandboxSpec::new(&view_dir, &upper, &work, run.argv.iter().map(os).collect());
+    // The view's mount point is filled in once the view is leased.
+    let mut sb = herd_sandbox::SandboxSpec::new(
+        Path::new("/"),
+        &upper,
+        &work,
+        run.argv.iter().map(os).collect(),
+    );
     sb.env = run.env.iter().map(|(k, v)| (os(k), os(v))).collect();
     sb.env.retain(|(k, _)| k != "HERD_NODE");
     sb.env.push(("HERD_NODE".into(), ctx.name.clone().into()));
@@ -807,16 +818,68 @@ async fn run_here(
         };
         pipes = Some((iw, or, er));
     }
-    let exe = ctx.exe.clone();
+
     // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
-    // steps; a fresh one is started if there is none or it died meanwhile.
-    let prepared = ctx.prepared.lock().ok().and_then(|mut p| p.take());
-    let sandbox = tokio::task::spawn_blocking(move || {
-        let r = match prepared.map(|p| p.start(&sb)) {
-            None | Some(Err(herd_sandbox::SandboxError::Io { .. })) => {
-                herd_sandbox::spawn(&exe, &sb)
+    // steps.
+    let prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
+    // A view kept from this workstation's and user's last task is validated in one
+    // round trip (and one more per changed directory) while a prepared sandbox builds
+    // the task's root over it; the task starts once both are done. Otherwise a view
+    // is leased first (a kept one validated, or a fresh one trusting the command's
+    // validated working set) and the sandbox started over it.
+    let mut early = None;
+    let mut prepared = prepared;
+    let mut leased = None;
+    if prepared.is_some()
+        && let Some(kept) = ctx.views.take_idle(&key)
+        && let Some(p) = prepared.take()
+    {
+        let mut gated = sb.clone();
+        gated.lower = kept.dir().to_path_buf();
+        let starting = tokio::task::spawn_blocking(move || p.start_gated(&gated));
+        let renewed = crate::views::renew(kept, conn, task, working.clone()).await;
+        let starting = starting.await.map_err(|e| AgentError::Net(e.to_string()))?;
+        match renewed {
+            Ok(v) => {
+                sb.lower = v.dir().to_path_buf();
+                leased = Some(v);
+                early = Some(starting);
             }
-            Some(r) => r,
+            Err(v) => {
+                // Stale beyond repair: the sandbox over it is called off, and a fresh
+                // view and sandbox are made below.
+                // The sandbox goes first: its mount namespace holds the view.
+                let _ = tokio::task::spawn_blocking(move || drop((starting, v))).await;
+            }
+        }
+    }
+    let view = match leased {
+        Some(v) => v,
+        None => ctx
+            .views
+            .lease(key, conn, task, ctx.cache.clone(), working)
+            .await
+            .map_err(AgentError::Net)?,
+    };
+    let t_validated = t0.elapsed(); // the view is leased: validated, or mounted fresh
+    sb.lower = view.dir().to_path_buf();
+    // Given back to the pool only when the task ended by itself and its changes were
+    // read; dropped (unmounted) on every other path.
+    let mut view = Some(view);
+
+    let exe = ctx.exe.clone();
+    let sandbox = tokio::task::spawn_blocking(move || {
+        let r = match (early, prepared) {
+            (Some(Ok(starting)), _) => match starting.go() {
+                Err(herd_sandbox::SandboxError::Io { .. }) => herd_sandbox::spawn(&exe, &sb),
+                r => r,
+            },
+            (_, Some(p)) => match p.start(&sb) {
+                Err(herd_sandbox::SandboxError::Io { .. }) => herd_sandbox::spawn(&exe, &sb),
+                r => r,
+            },
+            // No init prepared, or the gated start failed: a fresh one.
+            _ => herd_sandbox::spawn(&exe, &sb),
         };
         drop(sb); // close our copies of the task's ends
         r

@@ -180,7 +180,8 @@ impl ViewPool {
         }
     }
 
-    fn take(&self, key: &Key) -> Option<LeasedView> {
+    /// Takes an idle view kept for `key`, not yet validated (see [`renew`]).
+    pub fn take_idle(&self, key: &Key) -> Option<LeasedView> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         let v = list.pop();
@@ -201,7 +202,7 @@ impl ViewPool {
         cache: Arc<Cache>,
         working: Vec<(Vec<u8>, herd_fs::cache::Fact)>,
     ) -> Result<LeasedView, String> {
-        if let Some(v) = self.take(&key) {
+        if let Some(v) = self.take_idle(&key) {
             match renew(v, conn, task, working.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(v) => {
@@ -362,7 +363,7 @@ fn over_limit(idle: &mut HashMap<Key, Vec<LeasedView>>, now: Instant) -> Vec<Lea
 
 /// Validates a kept view for task `task` (see the module docs); gives the view back
 /// as `Err` when that fails.
-async fn renew(
+pub async fn renew(
     mut v: LeasedView,
     conn: &quinn::Connection,
     task: u64,

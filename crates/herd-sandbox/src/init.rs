@@ -179,7 +179,7 @@ pub(crate) fn main() -> ! {
     if spec.console.is_some() != console.is_some() {
         status.fail("console requested without a console socket (or the reverse)");
     }
-    supervisor(&spec, status, lifeline, console, None)
+    supervisor(&spec, status, lifeline, console, None, None)
 }
 
 /// Reads and decodes the spec the spawner writes on `spec_fd` (then closed).
@@ -202,6 +202,11 @@ fn read_spec(spec_fd: RawFd, status: Status) -> WireSpec {
 /// (and the console socket, when the spec asks for one) as `SCM_RIGHTS`. Then it goes
 /// on as the supervisor. Its pid 1 inherits the cgroup: no attach is left for the
 /// task's start. If SOCKET closes first, it leaves and removes the cgroup and exits.
+///
+/// SOCKET then becomes the task's *gate*: pid 1 builds the task's root and waits for
+/// one byte on it before it hides paths and starts the task, so the spawner can build
+/// the root while it still checks what the view holds. SOCKET closing instead calls
+/// the task off.
 fn prepared_main(args: &[OsString]) -> ! {
     let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
     let (Some(spec_fd), Some(status_fd), Some(lifeline), Some(sock)) = (fd(3), fd(4), fd(5), fd(6))
@@ -247,8 +252,6 @@ fn prepared_main(args: &[OsString]) -> ! {
             exit(0)
         }
     };
-    // SAFETY: closing our own descriptor.
-    unsafe { libc::close(sock) };
     let spec = match WireSpec::decode(&data) {
         Ok(s) => s,
         Err(e) => status.fail(&e.to_string()),
@@ -271,7 +274,7 @@ fn prepared_main(args: &[OsString]) -> ! {
         _ => status.fail("the task came with the wrong descriptors"),
     }
     drop(fds);
-    supervisor(&spec, status, lifeline, console, Some(groups))
+    supervisor(&spec, status, lifeline, console, Some(groups), Some(sock))
 }
 
 /// Receives the task of a prepared init: a 4-byte length, the spec, and descriptors
@@ -340,12 +343,14 @@ fn spawner_gone(fd: RawFd) -> bool {
 
 /// `prepared`: the cgroups a prepared init made and moved itself into (its children
 /// inherit them; the spawner removes them after it exits), instead of the spec's.
+/// `gate`: pid 1 waits for a byte on it before it starts the task (only pid 1 keeps it).
 fn supervisor(
     spec: &WireSpec,
     status: Status,
     lifeline: RawFd,
     console: Option<RawFd>,
     prepared: Option<Vec<cgroup::Group>>,
+    gate: Option<RawFd>,
 ) -> ! {
     arm_lifeline(lifeline);
     // Detach from the agent's session: its terminal's signals are not the task's.
@@ -423,11 +428,14 @@ fn supervisor(
                 exit(EXIT_SETUP_FAILED);
             }
             drop(go);
-            pid1(spec, status, rootless, console)
+            pid1(spec, status, rootless, console, gate)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
-            close_console(console);
+            close_ours(console);
+            // Only pid 1 waits at the gate: closed here, the spawner's end closing is
+            // seen there.
+            close_ours(gate);
             if let Err(e) = cgroup::attach(own, child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = waitpid(child, None);
@@ -462,7 +470,8 @@ fn supervisor(
                 // SAFETY: kill with a pid we own (our unreaped child) and a signal number.
                 unsafe { libc::kill(child.as_raw(), sig) };
             };
-            // pid 1 is reaped, so its namespace is empty: the whole tree is gone.
+            // pid 1 is reaped, so its namespace is empty: the whole tree is gone (pid 1
+            // said so already when its task ended by itself).
             status.send("ended");
             if let Some(e) = cgroup::remove(own) {
                 status.send(&format!("warn {e}"));
@@ -723,15 +732,55 @@ fn hide(paths: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
-/// Closes this process's copy of the console socket (only the task uses it).
-fn close_console(console: Option<RawFd>) {
-    if let Some(fd) = console {
+/// Closes this process's copy of a descriptor another process uses (the console socket
+/// is the task's, the gate pid 1's).
+fn close_ours(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
         // SAFETY: our own copy of the descriptor, not used afterwards in this process.
         unsafe { libc::close(fd) };
     }
 }
 
-fn pid1(spec: &WireSpec, status: Status, rootless: bool, console: Option<RawFd>) -> ! {
+/// Waits at the gate for the spawner's go-ahead (one byte); fails if it closes first.
+fn pass_gate(gate: RawFd, status: Status) {
+    let mut byte = 0u8;
+    let n = loop {
+        // SAFETY: reads at most one byte into a valid buffer from our own descriptor.
+        let n = unsafe { libc::read(gate, (&raw mut byte).cast(), 1) };
+        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
+    // SAFETY: our own descriptor, not used again.
+    unsafe { libc::close(gate) };
+    if n != 1 {
+        status.fail("the task was called off before it started");
+    }
+}
+
+/// The task ended by itself: kills what is left of its tree (every other process of
+/// this pid namespace), reaps it, and says `ended` before pid 1 exits, so the spawner
+/// goes on while the kernel tears the namespaces down.
+fn end_tree(status: Status) {
+    // SAFETY: kill(-1) from pid 1 signals every other process of its pid namespace.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break, // ECHILD: nothing is left
+            Ok(_) => continue,
+        }
+    }
+    status.send("ended");
+}
+
+fn pid1(
+    spec: &WireSpec,
+    status: Status,
+    rootless: bool,
+    console: Option<RawFd>,
+    gate: Option<RawFd>,
+) -> ! {
     let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if let Err(e) = unshare(flags) {
         status.fail(&format!(
@@ -741,6 +790,9 @@ fn pid1(spec: &WireSpec, status: Status, rootless: bool, console: Option<RawFd>)
     }
     if let Err(e) = build_root(spec, rootless) {
         status.fail(&e);
+    }
+    if let Some(g) = gate {
+        pass_gate(g, status);
     }
     if let Err(e) = hide(&spec.hidden) {
         status.fail(&e);
@@ -772,7 +824,7 @@ fn pid1(spec: &WireSpec, status: Status, rootless: bool, console: Option<RawFd>)
         }
         Ok(ForkResult::Parent { child }) => child,
     };
-    close_console(console);
+    close_ours(console);
     drop(exec_w);
     // Wait until the task has exec'd (or failed): its copy of the pipe closes then.
     let mut sink = [0u8; 16];
@@ -792,10 +844,12 @@ fn pid1(spec: &WireSpec, status: Status, rootless: bool, console: Option<RawFd>)
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == task => {
                     status.send(&format!("exit code {code}"));
+                    end_tree(status);
                     exit(code);
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) if pid == task => {
                     status.send(&format!("exit signal {}", s as i32));
+                    end_tree(status);
                     exit(128 + s as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,

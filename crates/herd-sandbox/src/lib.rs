@@ -37,16 +37,20 @@
 //!    and the spawner removes it after the supervisor exits. The fork and exec of the
 //!    init and the making and joining of the cgroup (a cgroup v1 attach can wait for
 //!    an RCU grace period) are then off the task's critical path.
+//!    [`Prepared::start_gated`] hands the task over but lets pid 1 build the root and
+//!    then wait at a *gate* until [`Starting::go`]: the helper checks that its kept
+//!    view is still current meanwhile, and only then lets the task start.
 //!
-//!    [`Sandbox::wait_ended`] returns as soon as the supervisor reports pid 1 reaped
-//!    (the tree is gone), and leaves the removal of the cgroup to a background thread.
+//!    [`Sandbox::wait_ended`] returns as soon as pid 1 reports the tree gone (or the
+//!    supervisor reports pid 1 reaped), and leaves the namespaces' teardown and the
+//!    removal of the cgroup to the kernel and a background thread.
 //! 2. **Pid 1** of the new pid namespace: unshares mount, IPC and UTS namespaces, makes
 //!    every mount private, mounts `overlay(lower, upper, work)` on top of the work
 //!    directory and builds the root there (below), `pivot_root`s into it and detaches the
 //!    helper's root, hides the [`SandboxSpec::hidden`] paths, sets the hostname, and
-//!    forks the **task**. It forwards signals to the task, reaps every orphan, and exits
-//!    as soon as the task exits; the kernel then kills every process left in the
-//!    namespace, so a task's background tree never outlives it.
+//!    forks the **task**. It forwards signals to the task and reaps every orphan. As
+//!    soon as the task exits it kills every other process left in the namespace, reaps
+//!    them, says `ended` and exits, so a task's background tree never outlives it.
 //! 3. **Task**: a new session (`setsid`; with [`SandboxSpec::tty`] its stdin becomes the
 //!    controlling terminal), `SCHED_IDLE` and nice 19 when [`SandboxSpec::idle`], the
 //!    resource limits, the submitter's groups, gid and uid, the umask,
@@ -199,7 +203,7 @@ use std::path::Path;
 
 pub use cgroup::unescape as unescape_mountinfo;
 pub use error::SandboxError;
-pub use spawn::{Prepared, Sandbox, SandboxHandle, TaskExit, prepare, spawn};
+pub use spawn::{Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
 
 /// `argv[1]` that makes the herd binary run [`init_main`].

@@ -10,7 +10,7 @@
 //! | `error MSG` | any | setup failed; nothing of the task ran |
 //! | `cwd PATH\tMSG` | task | the working directory could not be entered |
 //! | `exit code N` / `exit signal N` | pid 1 / supervisor | how the task ended |
-//! | `ended` | supervisor | pid 1 is reaped: nothing of the tree runs any more |
+//! | `ended` | pid 1 / supervisor | nothing of the task's tree runs any more (pid 1 says so once it reaped the rest, before it exits; the supervisor once pid 1 is reaped) |
 //! | `warn MSG` | supervisor | cleanup trouble after the task ended |
 //!
 //! With [`SandboxSpec::console`] a fourth descriptor is passed (`argv[5]`): one end of a
@@ -241,8 +241,9 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::wait`], but returns as soon as the task's whole tree has ended
-    /// (its pid namespace is empty), leaving the supervisor's removal of the task's
-    /// cgroups, and reaping it, to a background thread.
+    /// (nothing but the namespace's pid 1 is left, and it is exiting), leaving the
+    /// teardown of its namespaces, the supervisor's removal of the task's cgroups and
+    /// its reaping to the kernel and a background thread.
     pub fn wait_ended(mut self) -> Result<TaskExit, SandboxError> {
         self.waited = true;
         let mut exit = None;
@@ -478,7 +479,14 @@ impl Prepared {
 
     /// Runs `spec` in this prepared sandbox, as [`spawn`] would; `spec.cgroup` is
     /// ignored (the prepared one applies).
-    pub fn start(mut self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+    pub fn start(self, spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        self.start_gated(spec)?.go()
+    }
+
+    /// Hands `spec` to this prepared sandbox and returns once its pid 1 exists: pid 1
+    /// builds the task's root meanwhile and then waits for [`Starting::go`] before it
+    /// starts the task. Dropping the [`Starting`] instead calls the task off.
+    pub fn start_gated(mut self, spec: &SandboxSpec) -> Result<Starting, SandboxError> {
         if spec.argv.is_empty() {
             return Err(SandboxError::Spec("empty command line".into()));
         }
@@ -510,6 +518,7 @@ impl Prepared {
         msg.extend_from_slice(&data);
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        let handed = |e: io::Error| SandboxError::io("hand the task to", "the prepared sandbox", e);
         let sent = socket::sendmsg::<()>(
             self.sock.as_raw_fd(),
             &[io::IoSlice::new(&msg)],
@@ -517,21 +526,15 @@ impl Prepared {
             socket::MsgFlags::MSG_NOSIGNAL,
             None,
         )
-        .map_err(|e| {
-            SandboxError::io(
-                "hand the task to",
-                "the prepared sandbox",
-                io::Error::from(e),
-            )
-        })?;
+        .map_err(|e| handed(io::Error::from(e)))?;
+        let gate = self
+            .sock
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
         if sent < msg.len() {
-            let mut sock = File::from(
-                self.sock
-                    .try_clone()
-                    .map_err(|e| SandboxError::io("duplicate", "task socket", e))?,
-            );
-            sock.write_all(&msg[sent..])
-                .map_err(|e| SandboxError::io("hand the task to", "the prepared sandbox", e))?;
+            File::from(gate.try_clone().map_err(handed)?)
+                .write_all(&msg[sent..])
+                .map_err(handed)?;
         }
         drop(fds);
         let console = console.map(|(ours, theirs)| {
@@ -547,14 +550,54 @@ impl Prepared {
             .init
             .try_clone()
             .map_err(|e| SandboxError::io("duplicate", "pidfd", e))?;
-        follow(
-            child,
-            init,
-            status,
-            std::mem::take(&mut self.cgroups),
-            life,
+        let mut following = Following {
+            child: Some(child),
+            init: Some(init),
+            status: Some(status),
+            cgroups: std::mem::take(&mut self.cgroups),
+            life_w: Some(life),
             console,
-        )
+            pid1: 0,
+            pid1_fd: None,
+            exiting: false,
+        };
+        following.until(false)?;
+        Ok(Starting {
+            following,
+            gate: Some(gate),
+        })
+    }
+}
+
+/// A task handed to a prepared sandbox whose pid 1 waits at the gate
+/// ([`Prepared::start_gated`]). Dropping it calls the task off: the sandbox is killed
+/// and reaped, and nothing of the task runs.
+#[derive(Debug)]
+pub struct Starting {
+    following: Following,
+    gate: Option<OwnedFd>,
+}
+
+impl Starting {
+    /// Lets pid 1 start the task, and returns once it runs, as [`spawn`] would.
+    pub fn go(mut self) -> Result<Sandbox, SandboxError> {
+        if let Some(gate) = self.gate.take() {
+            // A write error means pid 1 is gone; its status line says why.
+            let _ = File::from(gate).write_all(b"g");
+        }
+        self.following.until(true)?;
+        let following = std::mem::replace(&mut self.following, Following::taken());
+        following.sandbox()
+    }
+}
+
+impl Drop for Starting {
+    /// Calls the task off: pid 1 sees the gate close and fails, and the init exits by
+    /// itself and is reaped.
+    fn drop(&mut self) {
+        if self.gate.take().is_some() {
+            self.following.exiting = true;
+        }
     }
 }
 
@@ -648,78 +691,158 @@ fn stream_pair(what: &str) -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// Follows a started init's status lines until the task runs (or setup fails), and
 /// makes the [`Sandbox`]. `cgroups`: those already reported (a prepared init's).
 fn follow(
-    mut child: Child,
+    child: Child,
     init: OwnedFd,
-    mut status: BufReader<File>,
-    mut cgroups: Vec<PathBuf>,
+    status: BufReader<File>,
+    cgroups: Vec<PathBuf>,
     life_w: OwnedFd,
     console: Option<OwnedFd>,
 ) -> Result<Sandbox, SandboxError> {
-    let mut pid1_fd = None;
-    let mut pid1 = 0;
-    let fail = |mut child: Child, err: SandboxError, cgroups: &[PathBuf]| {
-        let _ = child.wait();
-        let left: Vec<cgroup::Group> = cgroups
-            .iter()
-            .map(|d| cgroup::Group { dir: d.clone() })
-            .collect();
-        cgroup::remove(&left);
-        Err(err)
+    let mut f = Following {
+        child: Some(child),
+        init: Some(init),
+        status: Some(status),
+        cgroups,
+        life_w: Some(life_w),
+        console,
+        pid1: 0,
+        pid1_fd: None,
+        exiting: false,
     };
-    loop {
-        let Some(line) = next_line(&mut status) else {
-            let _ = child.kill();
-            let how = match child.wait() {
-                Ok(s) => s.to_string(),
-                Err(e) => e.to_string(),
-            };
-            return fail(child, SandboxError::InitDied(how), &cgroups);
-        };
-        if let Some(dir) = line.strip_prefix("cgroup ") {
-            cgroups.push(PathBuf::from(dir));
-        } else if let Some(pid) = line.strip_prefix("pid1 ") {
-            pid1 = pid.parse().unwrap_or(0);
-            // pid 1 cannot have been reaped yet: it waits for the supervisor's go-ahead,
-            // which comes after this line, and only the supervisor can reap it.
-            pid1_fd = pidfd_open(pid1).ok();
-        } else if line == "started" {
-            break;
-        } else if let Some(msg) = line.strip_prefix("error ") {
-            return fail(child, SandboxError::Setup(msg.to_owned()), &cgroups);
-        } else if let Some(rest) = line.strip_prefix("cwd ") {
-            let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
-            let err = SandboxError::Cwd {
-                path: PathBuf::from(p),
-                message: msg.to_owned(),
-            };
-            return fail(child, err, &cgroups);
+    f.until(true)?;
+    f.sandbox()
+}
+
+/// A started init whose status lines are being read, before it becomes a [`Sandbox`].
+/// Dropped on the way (setup failed, or the task was called off), it kills the init
+/// and reaps it, and removes the cgroups it reported.
+#[derive(Debug)]
+struct Following {
+    child: Option<Child>,
+    init: Option<OwnedFd>,
+    status: Option<BufReader<File>>,
+    cgroups: Vec<PathBuf>,
+    life_w: Option<OwnedFd>,
+    console: Option<OwnedFd>,
+    pid1: i32,
+    pid1_fd: Option<OwnedFd>,
+    /// The init reported a failure and exits by itself, its cgroups removed.
+    exiting: bool,
+}
+
+impl Following {
+    /// One whose init was taken (dropping it does nothing).
+    fn taken() -> Following {
+        Following {
+            child: None,
+            init: None,
+            status: None,
+            cgroups: Vec::new(),
+            life_w: None,
+            console: None,
+            pid1: 0,
+            pid1_fd: None,
+            exiting: false,
         }
     }
-    // The task sent its master before exec'ing, so it is queued by now.
-    let master = console.as_ref().map(receive_fd);
-    let mut sandbox = Sandbox {
-        child,
-        handle: SandboxHandle {
-            pids: Arc::new(Pids {
-                init,
-                pid1: pid1_fd,
-                cgroups: cgroups.clone(),
-            }),
-        },
-        status,
-        cgroups,
-        pid1,
-        waited: false,
-        console: None,
-        _lifeline: life_w,
-    };
-    match master {
-        None => {}
-        Some(Ok(fd)) => sandbox.console = Some(fd),
-        // Dropping the sandbox kills and reaps the tree.
-        Some(Err(e)) => return Err(SandboxError::Setup(format!("receive the console: {e}"))),
+
+    /// Reads status lines until `started` (the task runs), or with `started` false
+    /// until `pid1` (pid 1 exists); a setup failure ends the init and is returned.
+    fn until(&mut self, started: bool) -> Result<(), SandboxError> {
+        loop {
+            let line = self.status.as_mut().and_then(next_line);
+            let Some(line) = line else {
+                let how = match self.child.as_mut().map(|c| (c.kill(), c.wait()).1) {
+                    Some(Ok(s)) => s.to_string(),
+                    Some(Err(e)) => e.to_string(),
+                    None => "gone".to_owned(),
+                };
+                return Err(SandboxError::InitDied(how));
+            };
+            if let Some(dir) = line.strip_prefix("cgroup ") {
+                self.cgroups.push(PathBuf::from(dir));
+            } else if let Some(pid) = line.strip_prefix("pid1 ") {
+                self.pid1 = pid.parse().unwrap_or(0);
+                // pid 1 cannot have been reaped yet: it waits for the supervisor's
+                // go-ahead, which comes after this line, and only the supervisor can
+                // reap it.
+                self.pid1_fd = pidfd_open(self.pid1).ok();
+                if !started {
+                    return Ok(());
+                }
+            } else if line == "started" {
+                return Ok(());
+            } else if let Some(msg) = line.strip_prefix("error ") {
+                self.exiting = true;
+                return Err(SandboxError::Setup(msg.to_owned()));
+            } else if let Some(rest) = line.strip_prefix("cwd ") {
+                self.exiting = true;
+                let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
+                return Err(SandboxError::Cwd {
+                    path: PathBuf::from(p),
+                    message: msg.to_owned(),
+                });
+            }
+        }
     }
-    Ok(sandbox)
+
+    /// The running sandbox (after `until(true)`).
+    fn sandbox(mut self) -> Result<Sandbox, SandboxError> {
+        let (Some(child), Some(init), Some(status), Some(life_w)) = (
+            self.child.take(),
+            self.init.take(),
+            self.status.take(),
+            self.life_w.take(),
+        ) else {
+            return Err(SandboxError::Setup("the sandbox was taken".into()));
+        };
+        // The task sent its master before exec'ing, so it is queued by now.
+        let master = self.console.as_ref().map(receive_fd);
+        let cgroups = std::mem::take(&mut self.cgroups);
+        let mut sandbox = Sandbox {
+            child,
+            handle: SandboxHandle {
+                pids: Arc::new(Pids {
+                    init,
+                    pid1: self.pid1_fd.take(),
+                    cgroups: cgroups.clone(),
+                }),
+            },
+            status,
+            cgroups,
+            pid1: self.pid1,
+            waited: false,
+            console: None,
+            _lifeline: life_w,
+        };
+        match master {
+            None => {}
+            Some(Ok(fd)) => sandbox.console = Some(fd),
+            // Dropping the sandbox kills and reaps the tree.
+            Some(Err(e)) => return Err(SandboxError::Setup(format!("receive the console: {e}"))),
+        }
+        Ok(sandbox)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if !self.exiting
+                && let Some(init) = &self.init
+            {
+                let _ = pidfd_signal(init, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            let left: Vec<cgroup::Group> = self
+                .cgroups
+                .iter()
+                .filter(|d| d.exists())
+                .map(|d| cgroup::Group { dir: d.clone() })
+                .collect();
+            cgroup::remove(&left);
+        }
+    }
 }
 
 /// Receives one descriptor sent with `SCM_RIGHTS` on `sock`, without blocking.
