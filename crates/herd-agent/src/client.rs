@@ -234,6 +234,17 @@ const FORWARDED: [i32; 7] = [
     libc::SIGWINCH,
 ];
 
+/// Whether stdin is `/dev/null` (scripts and benchmarks often run commands so): its
+/// end is known without starting a reader.
+fn stdin_is_null() -> bool {
+    let Ok(st) = rustix::fs::fstat(std::io::stdin()) else {
+        return false;
+    };
+    let null = rustix::fs::stat("/dev/null");
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+        && null.is_ok_and(|n| n.st_rdev == st.st_rdev)
+}
+
 /// Runs `spec` through the agent of `dir`; returns the exit code. Errors are printed.
 pub async fn run(dir: &StateDir, spec: RunSpec) -> i32 {
     run_io(dir, spec, Io::terminal()).await.code
@@ -330,7 +341,7 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
     let (mut sink, mut events) = framed.split();
     let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<TaskInput>(16);
 
-    if io.stdin {
+    if io.stdin && !stdin_is_null() {
         // stdin, in a task of its own (reading blocks a thread).
         let stdin_tx = in_tx.clone();
         tokio::spawn(async move {

@@ -249,6 +249,7 @@ pub async fn run_remote(
     let mut stdin_used = false;
     let result = drive(
         &mut p.cli,
+        p.since,
         p.spec.clone(),
         p.caller.clone(),
         &name,
@@ -304,6 +305,7 @@ pub async fn run_remote(
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     cli: &mut Cli,
+    since: std::time::Instant,
     spec: RunSpec,
     caller: Caller,
     name: &str,
@@ -365,6 +367,8 @@ async fn drive(
     net::write_frame(&mut send, &req)
         .await
         .map_err(|e| lost_msg(e.to_string()))?;
+    let ms = |t: std::time::Duration| t.as_secs_f64() * 1e3;
+    let (sent_ms, mut started_ms, mut exited_ms) = (ms(since.elapsed()), 0.0, 0.0);
     let mut from_helper = FramedRead::new(recv, herd_proto::codec());
     let mut code: Option<i32> = None;
     let mut commit: Option<(
@@ -395,7 +399,10 @@ async fn drive(
                 };
                 let out: TaskOutput = herd_proto::decode(&frame).map_err(|e| lost_msg(e.to_string()))?;
                 match out {
-                    TaskOutput::Exited { code: c } => code = Some(c),
+                    TaskOutput::Exited { code: c } => {
+                        exited_ms = ms(since.elapsed());
+                        code = Some(c);
+                    }
                     TaskOutput::Change(ch) => {
                         if commit.is_none() {
                             let mut child = start_commit(&tasks.exe, &id, task).map_err(|e| fatal(e.to_string()))?;
@@ -426,6 +433,14 @@ async fn drive(
                         if code.is_some() {
                             attempt.finished();
                         }
+                        tracing::debug!(
+                            task = format!("{task:016x}"),
+                            sent_ms,
+                            started_ms,
+                            exited_ms,
+                            done_ms = ms(since.elapsed()),
+                            "task phases on the workstation (since it was queued)"
+                        );
                         return code.ok_or_else(|| lost_msg("no exit status".into()));
                     }
                     TaskOutput::Evicted { reason } => {
@@ -437,6 +452,9 @@ async fn drive(
                         return Ok(code);
                     }
                     other => {
+                        if matches!(other, TaskOutput::Started { .. }) {
+                            started_ms = ms(since.elapsed());
+                        }
                         if !send_event(cli, &RunEvent::Output(other)).await {
                             // herd run went away: end the task (dropping the stream resets it).
                             return Err(fatal("herd run went away".into()));

@@ -162,7 +162,7 @@ pub(crate) fn main() -> ! {
     block_signals();
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(2).is_some_and(|a| a == crate::PREPARED_ARG) {
-        prepared_main(&args)
+        prepared_main()
     }
     let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
     let (Some(spec_fd), Some(status_fd), Some(lifeline)) = (fd(2), fd(3), fd(4)) else {
@@ -196,28 +196,43 @@ fn read_spec(spec_fd: RawFd, status: Status) -> WireSpec {
     }
 }
 
-/// A prepared init (`__sandbox-init prepared SPEC STATUS LIFELINE SOCKET`): makes the
-/// task's cgroup from the spec on SPEC, moves itself into it, says `ready`, and waits
-/// on SOCKET for the task: a length-prefixed spec with its stdin, stdout and stderr
-/// (and the console socket, when the spec asks for one) as `SCM_RIGHTS`. Then it goes
-/// on as the supervisor. Its pid 1 inherits the cgroup: no attach is left for the
-/// task's start. If SOCKET closes first, it leaves and removes the cgroup and exits.
+/// A prepared init (`__sandbox-init prepared`, with SOCKET as its stdin, STATUS as its
+/// stdout and LIFELINE as its stderr, so the spawner needs no code between fork and
+/// exec and can start it with `posix_spawn`): reads a template spec from SOCKET (a
+/// length-prefixed message), makes the task's cgroup from it, moves itself into it,
+/// says `ready`, and waits on SOCKET for the task: a length-prefixed spec with its
+/// stdin, stdout and stderr (and the console socket, when the spec asks for one) as
+/// `SCM_RIGHTS`. Then it goes on as the supervisor. Its pid 1 inherits the cgroup: no
+/// attach is left for the task's start. If SOCKET closes first, it leaves and removes
+/// the cgroup and exits.
 ///
 /// SOCKET then becomes the task's *gate*: pid 1 builds the task's root and waits for
 /// one byte on it before it hides paths and starts the task, so the spawner can build
 /// the root while it still checks what the view holds. SOCKET closing instead calls
 /// the task off.
-fn prepared_main(args: &[OsString]) -> ! {
-    let fd = |i: usize| -> Option<RawFd> { args.get(i)?.to_str()?.parse().ok() };
-    let (Some(spec_fd), Some(status_fd), Some(lifeline), Some(sock)) = (fd(3), fd(4), fd(5), fd(6))
-    else {
+fn prepared_main() -> ! {
+    // SAFETY: fstat of fd 0 into a zeroed stat buffer.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(0, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if !is_socket {
         eprintln!("herd-sandbox: this entry point is started by the herd agent, not by hand");
         exit(EXIT_SETUP_FAILED);
-    };
-    set_cloexec(status_fd);
-    set_cloexec(sock);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on the standard descriptors makes new ones we own.
+    let moved = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    let (sock, status_fd, lifeline) = (moved(0), moved(1), moved(2));
+    if sock < 0 || status_fd < 0 || lifeline < 0 {
+        exit(EXIT_SETUP_FAILED);
+    }
+    null_stdio();
     let status = Status(status_fd);
-    let groups = match &read_spec(spec_fd, status).cgroup {
+    let template = match receive_task(sock) {
+        Some((data, _)) => WireSpec::decode(&data).unwrap_or_else(|e| status.fail(&e.to_string())),
+        None => exit(0),
+    };
+    let groups = match &template.cgroup {
         Some(c) => match cgroup::create(c) {
             Ok(g) => g,
             Err(e) => status.fail(&e),

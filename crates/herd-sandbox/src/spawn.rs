@@ -424,28 +424,29 @@ pub fn prepare(
     let mut template = SandboxSpec::new("/", "/", "/", vec!["prepared".into()]);
     template.cgroup = cgroup;
     let data = WireSpec::from_spec(&template).encode()?;
-    let (spec_r, spec_w) = cloexec_pipe()?;
     let (status_r, status_w) = cloexec_pipe()?;
     let (life_r, life_w) = cloexec_pipe()?;
     let (ours, theirs) = stream_pair("task socketpair")?;
-    let passed = [
-        spec_r.as_raw_fd(),
-        status_w.as_raw_fd(),
-        life_r.as_raw_fd(),
-        theirs.as_raw_fd(),
-    ];
+    // The init's descriptors are its stdin (the task socket), stdout (status) and
+    // stderr (lifeline): no code runs between fork and exec, so the standard library
+    // starts it with posix_spawn (vfork) instead of copying the agent's page tables.
     let mut cmd = Command::new(helper_exe);
-    cmd.arg(INIT_ARG).arg(crate::PREPARED_ARG);
-    for fd in passed {
-        cmd.arg(fd.to_string());
+    cmd.arg(INIT_ARG)
+        .arg(crate::PREPARED_ARG)
+        .env_clear()
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::from(status_w))
+        .stderr(Stdio::from(life_r));
+    let spawned = cmd.spawn();
+    drop(cmd); // our copies of the init's ends
+    let (child, init) =
+        with_pidfd(spawned.map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?)?;
+    let mut msg = (data.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&data);
+    // A write error means the init died early; its status line or exit says why.
+    if let Ok(sock) = ours.try_clone() {
+        let _ = File::from(sock).write_all(&msg);
     }
-    cmd.env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let (child, init) = start_init(&mut cmd, passed.to_vec(), helper_exe)?;
-    drop((spec_r, status_w, life_r, theirs));
-    let _ = File::from(spec_w).write_all(&data);
     let mut status = BufReader::new(File::from(status_r));
     let mut p = Prepared {
         child: Some(child),
@@ -660,9 +661,14 @@ fn start_init(
             Ok(())
         });
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| SandboxError::io("start sandbox helper", helper_exe, e))?;
+    with_pidfd(child)
+}
+
+/// Opens a pidfd on a just started init (killed and reaped if that fails).
+fn with_pidfd(mut child: Child) -> Result<(Child, OwnedFd), SandboxError> {
     match pidfd_open(child.id() as i32) {
         Ok(fd) => Ok((child, fd)),
         Err(e) => {
