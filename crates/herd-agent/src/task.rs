@@ -750,6 +750,51 @@ pub async fn serve_run(
     ctx.prepare_next();
 }
 
+/// Tells the workstation the task could not start: 127 when its cwd cannot be entered
+/// (as a shell would say), 255 for herd's own failures. Nothing is committed.
+async fn not_started(
+    send: &mut quinn::SendStream,
+    e: herd_sandbox::SandboxError,
+) -> Result<(), AgentError> {
+    let code = match &e {
+        herd_sandbox::SandboxError::Cwd { .. } => herd_sandbox::EXIT_NOT_FOUND,
+        _ => 255,
+    };
+    let message = e.to_string();
+    out(send, &TaskOutput::Failed { message, code }).await
+}
+
+/// Reads a task's output: a pipe through the runtime's epoll (no thread per read), a
+/// terminal's master through the blocking pool.
+fn task_reader(fd: OwnedFd) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    if is_fifo(&fd)
+        && rustix::io::ioctl_fionbio(&fd, true).is_ok()
+        && let Ok(fd) = fd.try_clone()
+        && let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
+    {
+        return Box::new(r);
+    }
+    Box::new(tokio::fs::File::from(std::fs::File::from(fd)))
+}
+
+/// Writes a task's input, as [`task_reader`] reads its output.
+fn task_writer(fd: OwnedFd) -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    if is_fifo(&fd)
+        && rustix::io::ioctl_fionbio(&fd, true).is_ok()
+        && let Ok(fd) = fd.try_clone()
+        && let Ok(w) = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd)
+    {
+        return Box::new(w);
+    }
+    Box::new(tokio::fs::File::from(std::fs::File::from(fd)))
+}
+
+fn is_fifo(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    })
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| AgentError::Net(format!("pipe: {e}")))
@@ -854,9 +899,9 @@ async fn run_here(
     {
         let mut gated = sb.clone();
         gated.lower = kept.dir().to_path_buf();
-        let starting = tokio::task::spawn_blocking(move || p.start_gated(&gated));
+        // Handing the task over does not block: pid 1 builds the root meanwhile.
+        let starting = p.start_gated(&gated);
         let renewed = crate::views::renew(kept, conn, task, working.clone()).await;
-        let starting = starting.await.map_err(|e| AgentError::Net(e.to_string()))?;
         match renewed {
             Ok(v) => {
                 sb.lower = v.dir().to_path_buf();
@@ -907,20 +952,8 @@ async fn run_here(
     let sandbox = match sandbox {
         Ok(s) => s,
         Err(e) => {
-            let code = match &e {
-                herd_sandbox::SandboxError::Cwd { .. } => herd_sandbox::EXIT_NOT_FOUND,
-                _ => 255,
-            };
             drop_view(view.take()).await;
-            out(
-                send,
-                &TaskOutput::Failed {
-                    message: e.to_string(),
-                    code,
-                },
-            )
-            .await?;
-            return Ok(());
+            return not_started(send, e).await;
         }
     };
     let t_started = t0.elapsed();
@@ -964,14 +997,14 @@ async fn run_here(
     .await?;
 
     let mut waiter = tokio::task::spawn_blocking(move || sandbox.wait_ended());
-    let mut stdout = tokio::fs::File::from(std::fs::File::from(our_out));
-    let mut stderr = our_err.map(|e| tokio::fs::File::from(std::fs::File::from(e)));
-    let mut stdin = our_in.map(|i| tokio::fs::File::from(std::fs::File::from(i)));
     let tty_fd = if run.tty.is_some() {
-        stdin.as_ref().map(|f| f.as_raw_fd())
+        our_in.as_ref().map(|f| f.as_raw_fd())
     } else {
         None
     };
+    let mut stdout = task_reader(our_out);
+    let mut stderr = our_err.map(task_reader);
+    let mut stdin = our_in.map(task_writer);
     let mut inputs = FramedRead::new(recv, herd_proto::codec());
     let (mut out_open, mut err_open, mut exit) = (true, stderr.is_some(), None);
     let mut obuf = vec![0u8; 64 * 1024];
@@ -992,6 +1025,12 @@ async fn run_here(
             r = &mut waiter, if exit.is_none() => {
                 let code = match r {
                     Ok(Ok(e)) => e.code(),
+                    // The task could not start (the sandbox did not wait for it to):
+                    // as a failure to start, nothing is committed.
+                    Ok(Err(e @ (herd_sandbox::SandboxError::Cwd { .. } | herd_sandbox::SandboxError::Setup(_)))) => {
+                        drop_view(view.take()).await;
+                        return not_started(send, e).await;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!("sandbox wait: {e}");
                         255
@@ -1096,11 +1135,17 @@ async fn run_here(
     }
     out(send, &TaskOutput::Exited { code }).await?;
     let up = upper.clone();
-    let changes =
+    // An upper layer left empty (nothing written) is seen at once; a scan may take a
+    // while and goes to the blocking pool.
+    let untouched = std::fs::read_dir(&upper).is_ok_and(|mut d| d.next().is_none());
+    let changes = if untouched {
+        Vec::new()
+    } else {
         tokio::task::spawn_blocking(move || herd_fs::changes::scan(&up, &|p| seen.base(p)))
             .await
             .map_err(|e| AgentError::Net(e.to_string()))?
-            .map_err(|e| AgentError::Net(format!("cannot read the task's changes: {e}")))?;
+            .map_err(|e| AgentError::Net(format!("cannot read the task's changes: {e}")))?
+    };
     // The changes are read (with what the view saw): the view can serve the next task.
     let (pool, rounds, reused) = (ctx.views.clone(), view.rounds, view.reused);
     tokio::task::spawn_blocking(move || pool.put_back(view));

@@ -246,12 +246,16 @@ impl Sandbox {
     /// its reaping to the kernel and a background thread.
     pub fn wait_ended(mut self) -> Result<TaskExit, SandboxError> {
         self.waited = true;
-        let mut exit = None;
+        let (mut exit, mut failed) = (None, None);
         while let Some(line) = next_line(&mut self.status) {
             if line == "ended" {
                 break;
             }
-            self.note(&line, &mut exit);
+            self.note(&line, &mut exit, &mut failed);
+        }
+        if let Some(e) = failed {
+            let _ = self.finish();
+            return Err(e);
         }
         match exit {
             Some(exit) => {
@@ -266,15 +270,24 @@ impl Sandbox {
         }
     }
 
-    /// Takes in a status line of a running or ending sandbox: how the task ended, or a
-    /// warning to log.
-    fn note(&self, line: &str, exit: &mut Option<TaskExit>) {
+    /// Takes in a status line of a running or ending sandbox: how the task ended, a
+    /// failure to start it (when it was started without waiting, [`Starting::go`]), or
+    /// a warning to log.
+    fn note(&self, line: &str, exit: &mut Option<TaskExit>, failed: &mut Option<SandboxError>) {
         if let Some(rest) = line.strip_prefix("exit code ") {
             *exit = rest.parse().ok().map(TaskExit::Exited);
         } else if let Some(rest) = line.strip_prefix("exit signal ") {
             *exit = rest.parse().ok().map(TaskExit::Signaled);
         } else if let Some(rest) = line.strip_prefix("warn ") {
             tracing::warn!(sandbox = self.child.id(), "{rest}");
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            failed.get_or_insert(SandboxError::Setup(msg.to_owned()));
+        } else if let Some(rest) = line.strip_prefix("cwd ") {
+            let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
+            failed.get_or_insert(SandboxError::Cwd {
+                path: PathBuf::from(p),
+                message: msg.to_owned(),
+            });
         }
     }
 
@@ -282,9 +295,9 @@ impl Sandbox {
         let status = self.child.wait().map_err(|e| {
             SandboxError::io("wait for", format!("sandbox pid {}", self.child.id()), e)
         })?;
-        let mut exit = None;
+        let (mut exit, mut failed) = (None, None);
         while let Some(line) = next_line(&mut self.status) {
-            self.note(&line, &mut exit);
+            self.note(&line, &mut exit, &mut failed);
         }
         // If the supervisor itself was killed, its cgroups are left: remove them here.
         let left: Vec<cgroup::Group> = self
@@ -295,6 +308,9 @@ impl Sandbox {
             .collect();
         if let Some(e) = cgroup::remove(&left) {
             tracing::warn!(sandbox = self.child.id(), "{e}");
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         use std::os::unix::process::ExitStatusExt;
         Ok(
@@ -484,9 +500,9 @@ impl Prepared {
         self.start_gated(spec)?.go()
     }
 
-    /// Hands `spec` to this prepared sandbox and returns once its pid 1 exists: pid 1
-    /// builds the task's root meanwhile and then waits for [`Starting::go`] before it
-    /// starts the task. Dropping the [`Starting`] instead calls the task off.
+    /// Hands `spec` to this prepared sandbox and returns at once (it does not block):
+    /// its pid 1 builds the task's root meanwhile and then waits for [`Starting::go`]
+    /// before it starts the task. Dropping the [`Starting`] instead calls the task off.
     pub fn start_gated(mut self, spec: &SandboxSpec) -> Result<Starting, SandboxError> {
         if spec.argv.is_empty() {
             return Err(SandboxError::Spec("empty command line".into()));
@@ -551,7 +567,7 @@ impl Prepared {
             .init
             .try_clone()
             .map_err(|e| SandboxError::io("duplicate", "pidfd", e))?;
-        let mut following = Following {
+        let following = Following {
             child: Some(child),
             init: Some(init),
             status: Some(status),
@@ -562,7 +578,6 @@ impl Prepared {
             pid1_fd: None,
             exiting: false,
         };
-        following.until(false)?;
         Ok(Starting {
             following,
             gate: Some(gate),
@@ -580,13 +595,22 @@ pub struct Starting {
 }
 
 impl Starting {
-    /// Lets pid 1 start the task, and returns once it runs, as [`spawn`] would.
+    /// Lets pid 1 start the task, and returns at once (with a terminal, once the task
+    /// runs, as [`spawn`] would). A setup failure after this point (the task's cwd
+    /// cannot be entered, hiding a path fails) is returned by [`Sandbox::wait`] or
+    /// [`Sandbox::wait_ended`] instead.
     pub fn go(mut self) -> Result<Sandbox, SandboxError> {
         if let Some(gate) = self.gate.take() {
             // A write error means pid 1 is gone; its status line says why.
             let _ = File::from(gate).write_all(b"g");
         }
-        self.following.until(true)?;
+        self.following.until(false)?;
+        // A task with a terminal sends its master before it execs: wait for that.
+        // Otherwise the task's start is not waited for: a failure to start (its cwd
+        // missing, say) comes out of [`Sandbox::wait`] instead.
+        if self.following.console.is_some() {
+            self.following.until(true)?;
+        }
         let following = std::mem::replace(&mut self.following, Following::taken());
         following.sandbox()
     }
@@ -778,6 +802,8 @@ impl Following {
                 }
             } else if line == "started" {
                 return Ok(());
+            } else if let Some(rest) = line.strip_prefix("warn ") {
+                tracing::warn!(pid1 = self.pid1, "{rest}");
             } else if let Some(msg) = line.strip_prefix("error ") {
                 self.exiting = true;
                 return Err(SandboxError::Setup(msg.to_owned()));
