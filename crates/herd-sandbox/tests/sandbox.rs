@@ -862,6 +862,61 @@ fn a_prepared_sandbox_dropped_unused_leaves_nothing() {
     assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
 }
 
+fn prepared(tag: &str) -> herd_sandbox::Prepared {
+    herd_sandbox::prepare(
+        Path::new(INIT),
+        Some(CgroupSpec {
+            parent: None,
+            name: unique(tag),
+            cpus: None,
+            memory: None,
+        }),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_gated_task_runs_only_once_the_gate_opens() {
+    let l = Layers::new();
+    let spec = l.spec(Path::new("/"), "echo ran > /var/tmp/gated; exit 5");
+    let starting = prepared("gated").start_gated(&spec).unwrap();
+    // Pid 1 builds the root and waits at the gate: the task does not run meanwhile.
+    thread::sleep(std::time::Duration::from_millis(300));
+    let marker = l.upper().join("var/tmp/gated");
+    assert!(!marker.exists(), "the task ran before the gate opened");
+    let sandbox = starting.go().unwrap();
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(5));
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "ran\n");
+}
+
+#[test]
+fn a_gated_task_called_off_never_runs_and_leaves_nothing() {
+    let l = Layers::new();
+    let p = prepared("calledoff");
+    let dirs = p.cgroups().to_vec();
+    assert!(!dirs.is_empty());
+    let spec = l.spec(Path::new("/"), "echo ran > /var/tmp/off");
+    let starting = p.start_gated(&spec).unwrap();
+    thread::sleep(std::time::Duration::from_millis(100));
+    drop(starting);
+    assert!(!l.upper().join("var/tmp/off").exists(), "the task ran");
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+}
+
+#[test]
+fn a_task_started_without_waiting_reports_a_missing_cwd_when_waited_for() {
+    let l = Layers::new();
+    let mut spec = l.spec(Path::new("/"), "true");
+    spec.cwd = PathBuf::from("/no/such/dir");
+    // A prepared start does not wait for the task's exec (no terminal): the failure
+    // comes out of wait, as a missing cwd, not as the shell's exit status.
+    let sandbox = prepared("cwd").start(&spec).unwrap();
+    match sandbox.wait() {
+        Err(SandboxError::Cwd { path, .. }) => assert_eq!(path, Path::new("/no/such/dir")),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn freeze_without_a_cgroup_says_why() {
     let l = Layers::new();
