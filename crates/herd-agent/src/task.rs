@@ -451,10 +451,9 @@ async fn drive(
                         send_event(cli, &RunEvent::Output(TaskOutput::Failed { message, code })).await;
                         return Ok(code);
                     }
+                    // herd run has no use for it: not relayed (one wakeup less).
+                    TaskOutput::Started { .. } => started_ms = ms(since.elapsed()),
                     other => {
-                        if matches!(other, TaskOutput::Started { .. }) {
-                            started_ms = ms(since.elapsed());
-                        }
                         if !send_event(cli, &RunEvent::Output(other)).await {
                             // herd run went away: end the task (dropping the stream resets it).
                             return Err(fatal("herd run went away".into()));

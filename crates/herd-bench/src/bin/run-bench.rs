@@ -151,15 +151,14 @@ fn main() -> anyhow::Result<()> {
         ("true", vec!["true"]),
         ("python3 -c pass", vec!["python3", "-c", "pass"]),
     ] {
+        // Local and herd runs alternate, so that a change in the machine's load during
+        // the benchmark weighs on both alike.
         let mut local = Vec::new();
-        for _ in 0..runs {
+        let (mut cold, mut warm, mut rtts) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
             let (t, o) = timed(local_cmd(&cmd));
             anyhow::ensure!(o.status.success(), "local {label} failed");
             local.push(t);
-        }
-        let local_s = Summary::of(&local);
-        let (mut cold, mut warm, mut rtts) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..runs {
             let before = status_fs(&ws);
             let (t, o) = timed(run_cmd("h1", &cmd));
             anyhow::ensure!(
@@ -171,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             rtts.push(Duration::from_secs_f64(1.0 + q as f64));
             if i == 0 { cold.push(t) } else { warm.push(t) }
         }
+        let local_s = Summary::of(&local);
         let med_local = local_s.as_ref().map(|s| s.median).unwrap_or(0.0);
         let over = |s: &Option<Summary>| s.as_ref().map(|s| (s.median - med_local) * 1000.0);
         let rtt = Summary::of(&rtts).map(|s| s.median);
