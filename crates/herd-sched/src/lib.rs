@@ -24,10 +24,22 @@
 //!   minus the time they already ran (an overdue task is given a quarter of its elapsed
 //!   time more), other submitters' tasks ([`Node::others`]) after one default estimate.
 //! * Nodes are compared by a job's *pessimistic completion*: when its slot frees, plus
-//!   the run time of a job [`Params::risk`] standard deviations larger than the mean.
-//!   A slow node stretches the uncertainty of a job's size as much as its mean, so it
-//!   gets a job only when even a large one would not finish later there; slots are
-//!   still booked by the mean.
+//!   the run time of a job `r` standard deviations larger than the mean. A slow node
+//!   stretches the uncertainty of a job's size as much as its mean, so it gets a job
+//!   only when even a large one would not finish later there; slots are still booked
+//!   by the mean.
+//! * How large is large depends on the cluster: `r = min(`[`Params::risk`]`, e(N))`,
+//!   where `N` is the number of slots of the usable nodes (accepting, with at least one
+//!   slot, busy or not) and `e(N)` the expected maximum of `N` independent standard
+//!   normal draws, by Blom's formula `Φ⁻¹((N − 0.375) / (N + 0.25))` (0 for `N` ≤ 1;
+//!   e(2) ≈ 0.59, e(4) ≈ 1.05, e(27) ≈ 2.0, e(100) ≈ 2.5). The makespan is the latest
+//!   of the slots' completions, and the latest of `N` completions of similar spread
+//!   lies about `e(N)` standard deviations after their mean: a job's spread moves the
+//!   expected makespan that much and no more. In a large cluster some slot draws a long
+//!   job at the tail, so a slow node must be safe against one; in a cluster of four
+//!   slots the latest is only about one standard deviation late, and keeping the slowest
+//!   node idle for fear of two would leave the faster nodes a job too many. The default
+//!   risk of 2 is the bound from 28 slots up.
 //!
 //! # The algorithm
 //!
@@ -54,7 +66,11 @@
 //!    node (the herd effect);
 //! 3. else `best` is busy: the job starts now only on a free node that completes it no
 //!    later, otherwise it waits for `best` (at the tail of a batch it is better to wait
-//!    for a fast node that frees soon than to start on a very slow free node).
+//!    for a fast node that frees soon than to start on a very slow free node). Both
+//!    completions are the pessimistic ones of the model, `r` standard deviations late:
+//!    in a small cluster `r` is small, so the slowest node takes a job at the tail when
+//!    waiting for a faster one would complete it later on average by at least `r`
+//!    times the difference of their spreads.
 //!
 //! The margin keeps placements stable (as in MOSIX): a load change smaller than the
 //! margin does not move a job away from the local node or a warm node, nor between
@@ -258,7 +274,9 @@ pub struct Params {
     /// how long another submitter's task is assumed to keep its slot.
     pub default_estimate: Duration,
     /// Nodes are compared by the completion of a job `risk` standard deviations larger
-    /// than the mean ([`Estimator::spread`]); 0 compares mean completions.
+    /// than the mean ([`Estimator::spread`]), at most as many as the latest of the
+    /// cluster's slots is expected to lie after their mean (see the crate docs); 0
+    /// compares mean completions.
     pub risk: f32,
 }
 

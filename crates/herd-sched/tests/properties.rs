@@ -164,6 +164,23 @@ fn reference(nodes: &[Node], queue: &[Job], est: &Estimator, p: &Params) -> Vec<
             }
         })
         .collect();
+    // The risk: at most the expected maximum of as many standard normal draws as there
+    // are usable slots (Blom's formula with Abramowitz and Stegun 26.2.23, as documented).
+    let usable_slots: u64 = nodes
+        .iter()
+        .zip(&st)
+        .filter(|(_, s)| s.usable)
+        .map(|(n, _)| u64::from(n.slots()))
+        .sum();
+    let e_max = if usable_slots <= 1 {
+        0.0
+    } else {
+        let q = 0.625 / (usable_slots as f64 + 0.25);
+        let t = (-2.0 * q.ln()).sqrt();
+        t - (2.515_517 + t * (0.802_853 + t * 0.010_328))
+            / (1.0 + t * (1.432_788 + t * (0.189_269 + t * 0.001_308)))
+    };
+    let risk = f64::from(p.risk).max(0.0).min(e_max);
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for job in queue {
@@ -175,7 +192,7 @@ fn reference(nodes: &[Node], queue: &[Job], est: &Estimator, p: &Params) -> Vec<
         }
         let w = work(&job.exe);
         let spread = est.spread(&job.exe).map_or(w, |d| d.as_secs_f64());
-        let pessimistic = w + f64::from(p.risk).max(0.0) * spread;
+        let pessimistic = w + risk * spread;
         let mut cands: Vec<(usize, f64)> = Vec::new();
         let mut run = vec![f64::NAN; nodes.len()];
         let mut booked = vec![f64::NAN; nodes.len()];

@@ -34,6 +34,21 @@
 //!   A healed node is accepting again with its next load report; the results it held
 //!   then arrive late and are **discarded**.
 //!
+//! # The testbed batch
+//!
+//! [`Scenario::testbed`] replaces the drawn cluster and batch with fixed ones
+//! ([`FixedBatch`]): the hosts of `batch-bench` (a workstation with a 0.5-CPU quota and
+//! helpers with 0.25, 0.5 and 0.75 CPU, one slot each, speed 1.0) and a batch of equal
+//! jobs of one executable (1.5 reference-core seconds on average) whose work is
+//! log-normal with a given relative standard deviation, standing in for the run times
+//! that vary because the hosts share one machine. A *repeat* run is the benchmark's
+//! measured one: every helper has the executable cached and the estimator learned from
+//! an earlier batch of the same size and distribution; a first run starts with cold
+//! caches and an empty estimator. The estimator then learns from finished jobs as the
+//! agent does: the time from dispatch to result ([`Scenario::learn_elapsed`]), the
+//! latencies and a cold fetch included. [`Outcome::ideal_s`] is the batch's total work
+//! over the cluster's slot rates, the benchmark's ideal.
+//!
 //! # Checkers
 //!
 //! Recorded in [`Outcome::violations`] (empty when all is well): every job's output is
@@ -122,6 +137,34 @@ pub struct Scenario {
     /// the tail), not that of estimates. The scheduler then cannot tell warm nodes (its
     /// cold penalty is set to 0; the simulated fetch still costs).
     pub clairvoyant: bool,
+    /// A fixed cluster and batch instead of drawn ones (then `nodes`, `heterogeneous`,
+    /// `workstations`, `mix` and `batch_factor` are not used to draw them).
+    pub fixed: Option<FixedBatch>,
+    /// The estimator learns the time from dispatch to result, as the agent does (its
+    /// latencies and a cold fetch included), rather than the compute time alone.
+    pub learn_elapsed: bool,
+}
+
+/// A fixed cluster and batch of one executable (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedBatch {
+    /// CPU quota of each host (speed 1.0, so one slot at that rate below one CPU); the
+    /// first host is the workstation.
+    pub quotas: Vec<f32>,
+    /// Jobs in the batch.
+    pub jobs: usize,
+    /// Mean work of a job, reference-core seconds.
+    pub work: f64,
+    /// Standard deviation of a job's work relative to its mean (log-normal).
+    pub noise: f64,
+    /// A repeat run: the helpers have the executable cached and the estimator learned
+    /// from an earlier batch like this one.
+    pub repeat: bool,
+}
+
+impl FixedBatch {
+    /// The quotas of `batch-bench`: workstation 0.5, helpers 0.25, 0.5 and 0.75 CPU.
+    pub const TESTBED_QUOTAS: [f32; 4] = [0.5, 0.25, 0.5, 0.75];
 }
 
 impl Scenario {
@@ -154,7 +197,27 @@ impl Scenario {
             coalesce: Duration::from_millis(1),
             params: Params::default(),
             clairvoyant: false,
+            fixed: None,
+            learn_elapsed: false,
         }
+    }
+
+    /// The batch of `batch-bench` on its testbed: `jobs` jobs of 1.5 reference-core
+    /// seconds on average with relative standard deviation `noise`, on the four hosts of
+    /// [`FixedBatch::TESTBED_QUOTAS`], one workstation, no faults, the default costs; the
+    /// estimator learns from dispatch to result, as the agent does.
+    pub fn testbed(jobs: usize, noise: f64, repeat: bool, seed: u64) -> Self {
+        let quotas = FixedBatch::TESTBED_QUOTAS.to_vec();
+        let mut sc = Self::new(quotas.len(), true, 1, Mix::Uniform, false, seed);
+        sc.fixed = Some(FixedBatch {
+            quotas,
+            jobs,
+            work: 1.5,
+            noise,
+            repeat,
+        });
+        sc.learn_elapsed = true;
+        sc
     }
 }
 
@@ -175,6 +238,8 @@ pub struct Outcome {
     pub omniscient_fifo_s: f64,
     /// `max(total work / Σ slot rates, largest job / fastest slot rate)`.
     pub lower_bound_s: f64,
+    /// Total work / Σ slot rates (the ideal of `batch-bench`).
+    pub ideal_s: f64,
     /// `makespan / omniscient − 1`.
     pub gap: f64,
     /// Jobs re-queued after their node crashed, was cut off or never got the dispatch.
@@ -194,6 +259,8 @@ pub struct Outcome {
     /// The job whose output came last: its work (reference-core seconds), the slot rate
     /// of the node it ran on, and when it was dispatched.
     pub last_job: (f64, f64, f64),
+    /// Accepted outputs per node (in the order of the setup's nodes).
+    pub per_node: Vec<u32>,
     /// Checker failures (empty when all is well).
     pub violations: Vec<String>,
     /// Fingerprint of every processed event.
@@ -339,11 +406,60 @@ pub struct Setup {
     pub nodes: Vec<Node>,
     /// Per job: (workstation, executable, work in reference-core seconds).
     pub jobs: Vec<(usize, &'static str, f64)>,
+    /// Every node has every executable cached at the start.
+    pub warm: bool,
+    /// Jobs that finished before the run (executable, work): every workstation's
+    /// estimator has learned from them.
+    pub history: Vec<(&'static str, f64)>,
+}
+
+/// A standard normal draw (Box-Muller).
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// The cluster and batch of a [`FixedBatch`]: hosts `ws`, `h1`, `h2`, ... and
+/// log-normal work with the batch's mean and relative spread.
+fn fixed_setup(b: &FixedBatch, rng: &mut ChaCha8Rng) -> Setup {
+    let nodes = b
+        .quotas
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let name = if i == 0 {
+                "ws".to_string()
+            } else {
+                format!("h{i}")
+            };
+            Node::new(name, q, 1.0)
+        })
+        .collect();
+    // Log-normal with mean `work` and standard deviation `noise × work`.
+    let s2 = (1.0 + b.noise * b.noise).ln();
+    let mu = b.work.ln() - s2 / 2.0;
+    let draw = |rng: &mut ChaCha8Rng| (mu + s2.sqrt() * normal(rng)).exp();
+    let jobs = (0..b.jobs).map(|_| (0, EXES[0], draw(rng))).collect();
+    let history = if b.repeat {
+        (0..b.jobs).map(|_| (EXES[0], draw(rng))).collect()
+    } else {
+        Vec::new()
+    };
+    Setup {
+        nodes,
+        jobs,
+        warm: b.repeat,
+        history,
+    }
 }
 
 /// Draws the cluster and the batches of `sc`.
 pub fn setup(sc: &Scenario) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x005e_ed0f_c1a5);
+    if let Some(b) = &sc.fixed {
+        return fixed_setup(b, &mut rng);
+    }
     let mut nodes = Vec::with_capacity(sc.nodes);
     for i in 0..sc.nodes {
         let name = if i < sc.workstations {
@@ -398,10 +514,7 @@ pub fn setup(sc: &Scenario) -> Setup {
                 Mix::Uniform => (EXES[0], rng.random_range(0.5..1.5)),
                 Mix::Skewed => {
                     if rng.random_bool(0.8) {
-                        // Box-Muller: a standard normal from two uniforms.
-                        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-                        let u2: f64 = rng.random_range(0.0..1.0);
-                        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                        let z = normal(&mut rng);
                         (EXES[1], (0.8 * (0.8 * z).exp()).min(20.0))
                     } else {
                         (EXES[2], rng.random_range(0.05..0.15))
@@ -411,7 +524,12 @@ pub fn setup(sc: &Scenario) -> Setup {
             jobs.push((ws, exe, work));
         }
     }
-    Setup { nodes, jobs }
+    Setup {
+        nodes,
+        jobs,
+        warm: false,
+        history: Vec::new(),
+    }
 }
 
 /// The omniscient offline schedule's makespan (seconds): longest job first onto the
@@ -445,7 +563,11 @@ pub fn omniscient_fifo(setup: &Setup, sc: &Scenario) -> f64 {
 /// it earliest, knowing its exact work.
 fn list_schedule(setup: &Setup, sc: &Scenario, order: &[usize]) -> f64 {
     let lat = sc.latency.as_secs_f64();
-    let cold = sc.cold_penalty.as_secs_f64();
+    let cold = if setup.warm {
+        0.0
+    } else {
+        sc.cold_penalty.as_secs_f64()
+    };
     let rates: Vec<f64> = setup
         .nodes
         .iter()
@@ -494,21 +616,29 @@ fn list_schedule(setup: &Setup, sc: &Scenario, order: &[usize]) -> f64 {
     makespan
 }
 
-/// `max(total work / Σ slot rates, largest job / fastest slot rate)`, in seconds.
-pub fn lower_bound(setup: &Setup) -> f64 {
-    let capacity: f64 = setup
+/// Σ slot rates of the cluster: reference cores.
+fn capacity(setup: &Setup) -> f64 {
+    setup
         .nodes
         .iter()
         .map(|n| f64::from(n.slots()) * f64::from(n.slot_rate()))
-        .sum();
+        .sum()
+}
+
+/// `total work / Σ slot rates`, in seconds: the ideal makespan of `batch-bench`.
+pub fn ideal(setup: &Setup) -> f64 {
+    setup.jobs.iter().map(|j| j.2).sum::<f64>() / capacity(setup)
+}
+
+/// `max(total work / Σ slot rates, largest job / fastest slot rate)`, in seconds.
+pub fn lower_bound(setup: &Setup) -> f64 {
     let fastest = setup
         .nodes
         .iter()
         .map(|n| f64::from(n.slot_rate()))
         .fold(0.0, f64::max);
-    let total: f64 = setup.jobs.iter().map(|j| j.2).sum();
     let largest = setup.jobs.iter().map(|j| j.2).fold(0.0, f64::max);
-    (total / capacity).max(largest / fastest)
+    ideal(setup).max(largest / fastest)
 }
 
 /// Runs one scenario to the end (or to a stall, recorded as a violation).
@@ -517,6 +647,7 @@ pub fn run(sc: &Scenario) -> Outcome {
     let omni = omniscient(&setup, sc);
     let omni_fifo = omniscient_fifo(&setup, sc);
     let lb = lower_bound(&setup);
+    let ideal = ideal(&setup);
     let mut sim = PlacementSim::new(sc, &setup, omni);
     sim.run(omni);
     let makespan = sim.makespan as f64 / NS;
@@ -528,6 +659,7 @@ pub fn run(sc: &Scenario) -> Outcome {
         omniscient_s: omni,
         omniscient_fifo_s: omni_fifo,
         lower_bound_s: lb,
+        ideal_s: ideal,
         gap: makespan / omni - 1.0,
         reruns: sim.reruns,
         rejections: sim.rejections,
@@ -537,6 +669,7 @@ pub fn run(sc: &Scenario) -> Outcome {
         place_calls: sim.place_calls,
         last_dispatch_s: sim.last_dispatch as f64 / NS,
         last_job: sim.last_job,
+        per_node: sim.per_node,
         violations: sim.violations,
         trace_hash: sim.trace,
     }
@@ -565,18 +698,20 @@ struct PlacementSim<'a> {
     place_calls: u64,
     last_dispatch: u64,
     last_job: (f64, f64, f64),
+    per_node: Vec<u32>,
     violations: Vec<String>,
     trace: u64,
 }
 
 impl<'a> PlacementSim<'a> {
     fn new(sc: &'a Scenario, setup: &Setup, omni: f64) -> Self {
+        let n_hosts = setup.nodes.len();
         assert!(
-            sc.workstations >= 1 && sc.workstations <= sc.nodes,
+            sc.workstations >= 1 && sc.workstations <= n_hosts,
             "seed={}: {} workstations for {} nodes",
             sc.seed,
             sc.workstations,
-            sc.nodes
+            n_hosts
         );
         let hosts: Vec<Host> = setup
             .nodes
@@ -589,7 +724,7 @@ impl<'a> PlacementSim<'a> {
                 cut: false,
                 cut_epoch: 0,
                 running: Vec::new(),
-                warm_at: vec![None; EXES.len()],
+                warm_at: vec![setup.warm.then_some(0); EXES.len()],
                 held: Vec::new(),
             })
             .collect();
@@ -608,19 +743,26 @@ impl<'a> PlacementSim<'a> {
                     .map(|(i, n)| {
                         let mut v = n.clone();
                         v.local = i == w;
+                        if setup.warm {
+                            v.warm = EXES.iter().map(|e| (*e).to_owned()).collect();
+                        }
                         v
                     })
                     .collect();
+                let mut est = Estimator::new();
+                for &(exe, work) in &setup.history {
+                    est.record(exe, Duration::from_secs_f64(work), 1.0);
+                }
                 Workstation {
                     node: w,
                     first_job: 0,
                     queue: Vec::new(),
                     view,
-                    own: vec![Vec::new(); sc.nodes],
-                    down: vec![false; sc.nodes],
-                    reported: vec![0; sc.nodes],
-                    refused: vec![0; sc.nodes],
-                    est: Estimator::new(),
+                    own: vec![Vec::new(); n_hosts],
+                    down: vec![false; n_hosts],
+                    reported: vec![0; n_hosts],
+                    refused: vec![0; n_hosts],
+                    est,
                     place_pending: false,
                 }
             })
@@ -673,6 +815,7 @@ impl<'a> PlacementSim<'a> {
             place_calls: 0,
             last_dispatch: 0,
             last_job: (0.0, 0.0, 0.0),
+            per_node: vec![0; n_hosts],
             violations: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325 ^ sc.seed,
         };
@@ -1061,6 +1204,7 @@ impl<'a> PlacementSim<'a> {
         self.untrack(task);
         let j = &mut self.jobs[job];
         j.accepted += 1;
+        self.per_node[node] += 1;
         let (w, exe) = (j.ws, EXES[j.exe]);
         self.done += 1;
         if self.now >= self.makespan {
@@ -1073,7 +1217,12 @@ impl<'a> PlacementSim<'a> {
             );
         }
         let rate = self.ws[w].view[node].slot_rate();
-        let runtime = Duration::from_nanos(self.tasks[task].compute);
+        let t = &self.tasks[task];
+        let runtime = Duration::from_nanos(if self.sc.learn_elapsed {
+            self.now - t.dispatched
+        } else {
+            t.compute
+        });
         if !self.sc.clairvoyant {
             self.ws[w].est.record(exe, runtime, rate);
         }

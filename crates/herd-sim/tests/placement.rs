@@ -158,3 +158,54 @@ fn gap_heterogeneous_uniform_large_batch() {
     // most 1.4 points over the FIFO-bound omniscient scheduler.
     check_gap(10, 20.0, 0.06, 0.04, seeds(1..=3));
 }
+
+/// The batch of `batch-bench` on its testbed (hosts of 0.5, 0.25, 0.5 and 0.75 CPU, one
+/// slot each; jobs of 1.5 s ± `noise`), a repeat run, over `seeds`: the median share of
+/// the ideal (total work / 2.0 cores) reached, the share of seeds reaching 90 %, and the
+/// jobs the 0.25-CPU helper ran on average.
+fn testbed(jobs: usize, noise: f64, seeds: &[u64]) -> (f64, f64, f64) {
+    let mut of_ideal = Vec::new();
+    let mut slowest = 0.0;
+    for &seed in seeds {
+        let o = run(&Scenario::testbed(jobs, noise, true, seed));
+        assert_clean(&o);
+        assert_eq!(o.per_node.iter().sum::<u32>() as usize, jobs, "seed={seed}");
+        of_ideal.push(o.ideal_s / o.makespan_s);
+        slowest += f64::from(o.per_node[1]);
+    }
+    let n = seeds.len() as f64;
+    let at_90 = of_ideal.iter().filter(|&&x| x >= 0.9).count() as f64 / n;
+    let m = herd_sim::placement::median(of_ideal);
+    eprintln!(
+        "testbed {jobs} jobs ± {:.0} %: {:.1} % of ideal (median), {:.0} % of seeds ≥ 90 %, slowest helper {:.2} jobs",
+        100.0 * noise,
+        100.0 * m,
+        100.0 * at_90,
+        slowest / n
+    );
+    (m, at_90, slowest / n)
+}
+
+/// The slowest helper must not be kept out of the batch's tail: an even finish needs it
+/// to run 2 of the 16 jobs. Measured over seeds 1-200 (repeat runs): with 25 % spread,
+/// 90.1 % of the ideal (median), 50 % of seeds at 90 % or more, 1.73 jobs on the
+/// 0.25-CPU helper; the rule that compared every cluster's nodes 2 standard deviations
+/// late reached 89.2 %, 40 % and 1.50. With 10 % spread 95.5 %; with 48 jobs 96.3 %.
+/// The rest of the gap is the job sizes no one knows in advance: the same simulation
+/// with exact sizes (still in queue order) reaches about 91 %.
+#[test]
+fn the_testbed_batch_uses_its_slowest_helper_at_the_tail() {
+    let all: Vec<u64> = (1..=200).collect();
+    let single = std::env::var(herd_sim::SEED_ENV).is_ok();
+    let seeds = seeds(all);
+    let (m, at_90, slowest) = testbed(16, 0.25, &seeds);
+    if !single {
+        assert!(m >= 0.895, "median {:.1} % of ideal", 100.0 * m);
+        assert!(at_90 >= 0.45, "{:.0} % of seeds at 90 %", 100.0 * at_90);
+        assert!(slowest >= 1.6, "slowest helper ran {slowest:.2} jobs");
+        let (m, _, _) = testbed(16, 0.1, &seeds);
+        assert!(m >= 0.94, "10 % spread: median {:.1} % of ideal", 100.0 * m);
+        let (m, _, _) = testbed(48, 0.25, &seeds);
+        assert!(m >= 0.95, "48 jobs: median {:.1} % of ideal", 100.0 * m);
+    }
+}

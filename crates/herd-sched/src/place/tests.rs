@@ -379,14 +379,105 @@ fn an_uncertain_job_avoids_a_slow_node_that_a_certain_one_would_take() {
         uncertain.record("x", secs(1.8), 1.0);
     }
     // No spread: the k-th job completes on fast at 0.25 k and on slow at 2 s, so the
-    // 8th is the first that slow does as well. Spread 0.8 s: nodes are compared on a
-    // 1.8 s job, slow at 3.6 s against 0.25 (k − 1) + 0.45 on fast (slots are still
-    // booked by the mean): the 14th.
+    // 8th is the first that slow does as well. Spread 0.8 s: with two slots the risk is
+    // capped at e(2) ≈ 0.589 (the expected maximum of two standard normal draws), so
+    // nodes are compared on a 1.47 s job: slow at 2.94 s against 0.25 (k − 1) + 0.368
+    // on fast (slots are still booked by the mean): the 12th.
     assert_eq!(first_on_slow(&certain), Some(8));
     let u = first_on_slow(&uncertain).unwrap();
     assert!(
         u > 8,
         "uncertain work must wait longer before the slow node: {u}"
     );
-    assert_eq!(u, 14);
+    assert_eq!(u, 12);
+}
+
+/// The end of `batch-bench`'s batch: the workstation (0.5 CPU) and helpers of 0.5 and
+/// 0.75 CPU have just started a job each (1.5 s of work, spread 0.4 s), the 0.25-CPU
+/// helper is idle, and `queued` jobs are left.
+fn testbed_tail(queued: u64) -> (Vec<Node>, Vec<Job>, Estimator) {
+    let mut ws = Node::new("ws", 0.5, 1.0);
+    ws.local = true;
+    let mut h2 = Node::new("h2", 0.5, 1.0);
+    let mut h3 = Node::new("h3", 0.75, 1.0);
+    for (i, n) in [&mut ws, &mut h2, &mut h3].into_iter().enumerate() {
+        n.running.push(running(100 + i as u64, 0.0));
+    }
+    let h1 = Node::new("h1", 0.25, 1.0);
+    let mut e = Estimator::with_alpha(0.5);
+    e.record("x", secs(1.1), 1.0);
+    e.record("x", secs(1.9), 1.0);
+    (vec![ws, h1, h2, h3], jobs(1..=queued), e)
+}
+
+#[test]
+fn the_slowest_node_of_a_small_cluster_takes_a_job_that_would_end_the_batch_later() {
+    // Four slots: the risk is capped at e(4) ≈ 1.05, nodes are compared on a 1.92 s
+    // job. Mean plan: h3 frees at 2 s, ws and h2 at 3 s. Jobs 1 to 4 wait for h3 (done
+    // at 4 and 6 s), ws and h2 (6 s); job 5 would complete at 8 s on h3 (8.56 s
+    // pessimistic) or 9 s on ws, and at 6 s on h1 (7.68 s pessimistic): it starts on h1
+    // now, and the batch ends at 6 s rather than 8 s. With the full risk of 2 (a 2.3 s
+    // job), h1 would offer 9.2 s against 9.07 s on h3 and stay idle.
+    let p = Params {
+        risk: 2.0,
+        ..params()
+    };
+    let (nodes, queue, e) = testbed_tail(5);
+    let out = place(&nodes, &queue, &e, &p);
+    assert_eq!(
+        out,
+        vec![Assignment {
+            job: 5,
+            node: "h1".into()
+        }]
+    );
+    // Four jobs: the three busy nodes finish them by 6 s; nothing starts now.
+    let (nodes, queue, e) = testbed_tail(4);
+    assert_eq!(place(&nodes, &queue, &e, &p), vec![]);
+}
+
+#[test]
+fn in_a_large_cluster_the_full_risk_keeps_a_slow_node_out_of_the_tail() {
+    // The same four nodes plus 30 slots that are busy for a long time: with 34 usable
+    // slots e(34) ≈ 2.09, so the risk is the full 2 and job 5 waits for h3 (9.07 s
+    // pessimistic against 9.2 s on h1).
+    let p = Params {
+        risk: 2.0,
+        ..params()
+    };
+    let (mut nodes, queue, mut e) = testbed_tail(5);
+    e.record("long", secs(100.0), 1.0);
+    for i in 0..30 {
+        let mut n = Node::new(format!("busy{i}"), 1.0, 1.0);
+        n.running.push(Running {
+            job: 200 + i,
+            exe: "long".into(),
+            elapsed: Duration::ZERO,
+        });
+        nodes.push(n);
+    }
+    assert_eq!(place(&nodes, &queue, &e, &p), vec![]);
+}
+
+#[test]
+fn expected_maximum_of_normals_is_close_to_the_exact_values() {
+    use super::expected_max_of_normals as e;
+    // Exact values by numerical integration.
+    for (n, exact) in [
+        (2, 0.5642),
+        (3, 0.8463),
+        (4, 1.0294),
+        (10, 1.5388),
+        (27, 1.9983),
+        (100, 2.5076),
+        (1000, 3.2414),
+        (1_000_000, 4.8629),
+    ] {
+        assert!((e(n) - exact).abs() < 0.03, "e({n}) = {} vs {exact}", e(n));
+    }
+    assert_eq!(e(0), 0.0);
+    assert_eq!(e(1), 0.0);
+    assert!((1..2000).all(|n| e(n) < e(n + 1)));
+    // The default risk of 2 is capped up to 27 slots.
+    assert!(e(27) < 2.0 && e(28) > 2.0);
 }
