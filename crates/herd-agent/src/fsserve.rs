@@ -35,6 +35,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::AgentError;
 
+/// Validation items one thread checks at least (fewer are not worth a thread).
+const VALIDATE_CHUNK: usize = 64;
+
 /// Who the service acts as.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -145,21 +148,46 @@ fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
             .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
         FsRequest::Prefetch { path: p } => Ok(FsResponse::Bundle(src.prefetch_closure(&path(&p)))),
         FsRequest::Validate { items } => {
-            let stale = items
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, (p, cached, digest))| {
-                    let now = src.stat(&path(&p)).ok();
-                    let now_v = now.as_ref().map(herd_proto::fs::Version::from);
-                    let listing_changed = digest.is_some_and(|d| {
-                        src.list(&path(&p))
-                            .map(|l| herd_fs::cache::listing_digest(&l) != d)
-                            .unwrap_or(true)
-                    });
-                    (now_v != cached || listing_changed).then_some((i as u32, now))
+            let check = |(i, (p, cached, digest)): (usize, &herd_fs::cached::Check)| {
+                let now = src.stat(&path(p)).ok();
+                let now_v = now.as_ref().map(herd_proto::fs::Version::from);
+                let listing_changed = digest.is_some_and(|d| {
+                    src.list(&path(p))
+                        .map(|l| herd_fs::cache::listing_digest(&l) != d)
+                        .unwrap_or(true)
+                });
+                (now_v != *cached || listing_changed).then_some((i as u32, now))
+            };
+            // A kept view's facts (hundreds, with directory listings) are checked on
+            // every core: the helper waits for the answer before its task starts.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let chunk = items.len().div_ceil(cores.clamp(1, 4)).max(VALIDATE_CHUNK);
+            // A check that panicked answers nothing: the helper then drops its view
+            // rather than trust it.
+            let stale: Option<Vec<_>> = if items.len() <= chunk {
+                Some(items.iter().enumerate().filter_map(check).collect())
+            } else {
+                std::thread::scope(|s| {
+                    let parts: Vec<_> = items
+                        .chunks(chunk)
+                        .enumerate()
+                        .map(|(c, part)| {
+                            s.spawn(move || {
+                                part.iter()
+                                    .enumerate()
+                                    .filter_map(|(i, item)| check((c * chunk + i, item)))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    for h in parts {
+                        all.extend(h.join().ok()?);
+                    }
+                    Some(all)
                 })
-                .collect();
-            Ok(FsResponse::Stale(stale))
+            };
+            stale.map(FsResponse::Stale).ok_or(libc::EIO)
         }
     };
     r.unwrap_or_else(FsResponse::Errno)

@@ -419,6 +419,7 @@ async fn drive(
                         }
                     }
                     TaskOutput::Done => {
+                        let done_ms = ms(since.elapsed());
                         if let Some((mut child, mut w)) = commit.take() {
                             feed(&mut w, &CommitFrame::Done).await.map_err(fatal)?;
                             drop(w);
@@ -438,7 +439,8 @@ async fn drive(
                             sent_ms,
                             started_ms,
                             exited_ms,
-                            done_ms = ms(since.elapsed()),
+                            done_ms,
+                            committed_ms = ms(since.elapsed()),
                             "task phases on the workstation (since it was queued)"
                         );
                         return code.ok_or_else(|| lost_msg("no exit status".into()));

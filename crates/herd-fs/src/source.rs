@@ -195,15 +195,24 @@ impl Source for LocalSource {
 
     fn list(&self, path: &Path) -> Result<Vec<DirEntry>, Errno> {
         let real = self.real(path)?;
+        // `path` is not hidden (or `real` refused it), so an entry is hidden only if a
+        // hidden path names it exactly: those names are found once, not per entry.
+        let hidden_here: Vec<&std::ffi::OsStr> = self
+            .hidden
+            .iter()
+            .filter(|h| h.parent() == Some(path))
+            .filter_map(|h| h.file_name())
+            .collect();
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&real).map_err(errno)? {
             let entry = entry.map_err(errno)?;
             let name = entry.file_name();
-            if self.is_hidden(&path.join(&name)) {
+            if hidden_here.contains(&name.as_os_str()) {
                 continue;
             }
-            // An entry that vanished between readdir and lstat is simply skipped.
-            let Ok(md) = std::fs::symlink_metadata(entry.path()) else {
+            // lstat relative to the open directory (no walk from the root per entry);
+            // an entry that vanished between readdir and lstat is simply skipped.
+            let Ok(md) = entry.metadata() else {
                 continue;
             };
             out.push(DirEntry {
