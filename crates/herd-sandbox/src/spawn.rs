@@ -300,13 +300,7 @@ impl Sandbox {
             self.note(&line, &mut exit, &mut failed);
         }
         // If the supervisor itself was killed, its cgroups are left: remove them here.
-        let left: Vec<cgroup::Group> = self
-            .cgroups
-            .iter()
-            .filter(|d| d.exists())
-            .map(|d| cgroup::Group { dir: d.clone() })
-            .collect();
-        if let Some(e) = cgroup::remove(&left) {
+        if let Some(e) = remove_left(&self.cgroups) {
             tracing::warn!(sandbox = self.child.id(), "{e}");
         }
         if let Some(e) = failed {
@@ -631,13 +625,7 @@ impl Drop for Prepared {
         if let Some(mut child) = self.child.take() {
             let _ = pidfd_signal(&self.init, libc::SIGKILL);
             let _ = child.wait();
-            let left: Vec<cgroup::Group> = self
-                .cgroups
-                .iter()
-                .filter(|d| d.exists())
-                .map(|d| cgroup::Group { dir: d.clone() })
-                .collect();
-            cgroup::remove(&left);
+            remove_left(&self.cgroups);
         }
     }
 }
@@ -866,15 +854,20 @@ impl Drop for Following {
                 let _ = pidfd_signal(init, libc::SIGKILL);
             }
             let _ = child.wait();
-            let left: Vec<cgroup::Group> = self
-                .cgroups
-                .iter()
-                .filter(|d| d.exists())
-                .map(|d| cgroup::Group { dir: d.clone() })
-                .collect();
-            cgroup::remove(&left);
+            remove_left(&self.cgroups);
         }
     }
+}
+
+/// Removes those of the cgroup directories `dirs` that are still there (their init
+/// died, or left them to the spawner); a warning when one cannot be removed.
+fn remove_left(dirs: &[PathBuf]) -> Option<String> {
+    let left: Vec<cgroup::Group> = dirs
+        .iter()
+        .filter(|d| d.exists())
+        .map(|d| cgroup::Group { dir: d.clone() })
+        .collect();
+    cgroup::remove(&left)
 }
 
 /// Receives one descriptor sent with `SCM_RIGHTS` on `sock`, without blocking.
