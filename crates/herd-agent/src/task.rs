@@ -768,26 +768,34 @@ async fn not_started(
 /// Reads a task's output: a pipe through the runtime's epoll (no thread per read), a
 /// terminal's master through the blocking pool.
 fn task_reader(fd: OwnedFd) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
-    if is_fifo(&fd)
-        && rustix::io::ioctl_fionbio(&fd, true).is_ok()
-        && let Ok(fd) = fd.try_clone()
-        && let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
-    {
-        return Box::new(r);
+    match as_pipe(
+        fd,
+        tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked,
+    ) {
+        Ok(r) => Box::new(r),
+        Err(fd) => Box::new(tokio::fs::File::from(std::fs::File::from(fd))),
     }
-    Box::new(tokio::fs::File::from(std::fs::File::from(fd)))
 }
 
 /// Writes a task's input, as [`task_reader`] reads its output.
 fn task_writer(fd: OwnedFd) -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    match as_pipe(fd, tokio::net::unix::pipe::Sender::from_owned_fd_unchecked) {
+        Ok(w) => Box::new(w),
+        Err(fd) => Box::new(tokio::fs::File::from(std::fs::File::from(fd))),
+    }
+}
+
+/// `fd` made non-blocking and registered by `make` if it is a pipe; otherwise, or if
+/// that fails, `fd` back.
+fn as_pipe<T>(fd: OwnedFd, make: impl FnOnce(OwnedFd) -> std::io::Result<T>) -> Result<T, OwnedFd> {
     if is_fifo(&fd)
         && rustix::io::ioctl_fionbio(&fd, true).is_ok()
-        && let Ok(fd) = fd.try_clone()
-        && let Ok(w) = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd)
+        && let Ok(dup) = fd.try_clone()
+        && let Ok(t) = make(dup)
     {
-        return Box::new(w);
+        return Ok(t);
     }
-    Box::new(tokio::fs::File::from(std::fs::File::from(fd)))
+    Err(fd)
 }
 
 fn is_fifo(fd: &OwnedFd) -> bool {
@@ -885,14 +893,13 @@ async fn run_here(
 
     // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
     // steps.
-    let prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
+    let mut prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
     // A view kept from this workstation's and user's last task is validated in one
     // round trip (and one more per changed directory) while a prepared sandbox builds
     // the task's root over it; the task starts once both are done. Otherwise a view
     // is leased first (a kept one validated, or a fresh one trusting the command's
     // validated working set) and the sandbox started over it.
     let mut early = None;
-    let mut prepared = prepared;
     let mut leased = None;
     if prepared.is_some()
         && let Some(kept) = ctx.views.take_idle(&key)
@@ -933,17 +940,18 @@ async fn run_here(
 
     let exe = ctx.exe.clone();
     let sandbox = tokio::task::spawn_blocking(move || {
-        let r = match (early, prepared) {
-            (Some(Ok(starting)), _) => match starting.go() {
-                Err(herd_sandbox::SandboxError::Io { .. }) => herd_sandbox::spawn(&exe, &sb),
-                r => r,
-            },
-            (_, Some(p)) => match p.start(&sb) {
-                Err(herd_sandbox::SandboxError::Io { .. }) => herd_sandbox::spawn(&exe, &sb),
-                r => r,
-            },
-            // No init prepared, or the gated start failed: a fresh one.
-            _ => herd_sandbox::spawn(&exe, &sb),
+        let started = match (early, prepared) {
+            (Some(Ok(starting)), _) => Some(starting.go()),
+            (_, Some(p)) => Some(p.start(&sb)),
+            _ => None,
+        };
+        // No init prepared, the gated start failed, or the prepared init died: a
+        // fresh one.
+        let r = match started {
+            None | Some(Err(herd_sandbox::SandboxError::Io { .. })) => {
+                herd_sandbox::spawn(&exe, &sb)
+            }
+            Some(r) => r,
         };
         drop(sb); // close our copies of the task's ends
         r

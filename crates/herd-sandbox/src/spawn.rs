@@ -280,14 +280,8 @@ impl Sandbox {
             *exit = rest.parse().ok().map(TaskExit::Signaled);
         } else if let Some(rest) = line.strip_prefix("warn ") {
             tracing::warn!(sandbox = self.child.id(), "{rest}");
-        } else if let Some(msg) = line.strip_prefix("error ") {
-            failed.get_or_insert(SandboxError::Setup(msg.to_owned()));
-        } else if let Some(rest) = line.strip_prefix("cwd ") {
-            let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
-            failed.get_or_insert(SandboxError::Cwd {
-                path: PathBuf::from(p),
-                message: msg.to_owned(),
-            });
+        } else if let Some(e) = setup_failure(line) {
+            failed.get_or_insert(e);
         }
     }
 
@@ -315,6 +309,20 @@ impl Sandbox {
             }),
         )
     }
+}
+
+/// The failure a status line reports, if it reports one: `error MSG` (setup failed)
+/// or `cwd PATH\tMSG` (the task's working directory could not be entered).
+fn setup_failure(line: &str) -> Option<SandboxError> {
+    if let Some(msg) = line.strip_prefix("error ") {
+        return Some(SandboxError::Setup(msg.to_owned()));
+    }
+    let rest = line.strip_prefix("cwd ")?;
+    let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
+    Some(SandboxError::Cwd {
+        path: PathBuf::from(p),
+        message: msg.to_owned(),
+    })
 }
 
 /// The next status line without its newline; `None` at EOF (all writers gone) or on
@@ -792,16 +800,9 @@ impl Following {
                 return Ok(());
             } else if let Some(rest) = line.strip_prefix("warn ") {
                 tracing::warn!(pid1 = self.pid1, "{rest}");
-            } else if let Some(msg) = line.strip_prefix("error ") {
+            } else if let Some(e) = setup_failure(&line) {
                 self.exiting = true;
-                return Err(SandboxError::Setup(msg.to_owned()));
-            } else if let Some(rest) = line.strip_prefix("cwd ") {
-                self.exiting = true;
-                let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
-                return Err(SandboxError::Cwd {
-                    path: PathBuf::from(p),
-                    message: msg.to_owned(),
-                });
+                return Err(e);
             }
         }
     }
