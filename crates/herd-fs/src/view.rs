@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, MountOption,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 use herd_proto::fs::{Attr, Base, FileKind, Version};
 
@@ -120,6 +120,35 @@ impl<S: Source> View<S> {
     fn node(&self, ino: INodeNo) -> Option<(PathBuf, Attr)> {
         let t = self.table.lock().ok()?;
         t.nodes.get(&ino.0).map(|n| (n.path.clone(), n.attr))
+    }
+
+    /// The entries of directory `ino`, asked of the source the first time.
+    fn listing(&self, ino: INodeNo) -> Result<Arc<Listing>, Errno> {
+        let Some((path, _)) = self.node(ino) else {
+            return Err(Errno::ENOENT);
+        };
+        if let Some(l) = self
+            .table
+            .lock()
+            .ok()
+            .and_then(|t| t.listings.get(&ino.0).cloned())
+        {
+            return Ok(l);
+        }
+        self.ask();
+        let entries = self.src.list(&path).map_err(Errno::from_i32)?;
+        let mut t = self.table.lock().map_err(|_| Errno::EIO)?;
+        let listing: Listing = entries
+            .into_iter()
+            .map(|e| {
+                let child = path.join(OsStr::from_bytes(&e.name));
+                let ino = t.intern(child, e.attr);
+                (e.name, ino, e.attr.kind)
+            })
+            .collect();
+        let listing = Arc::new(listing);
+        t.listings.insert(ino.0, listing.clone());
+        Ok(listing)
     }
 }
 
@@ -314,35 +343,13 @@ impl<S: Source> Filesystem for View<S> {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let Some((path, _)) = self.node(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let cached = self
-            .table
-            .lock()
-            .ok()
-            .is_some_and(|t| t.listings.contains_key(&ino.0));
-        if !cached {
-            self.ask();
-            let entries = match self.src.list(&path) {
-                Ok(e) => e,
-                Err(e) => return reply.error(Errno::from_i32(e)),
-            };
-            let Ok(mut t) = self.table.lock() else {
-                return reply.error(Errno::EIO);
-            };
-            let listing: Vec<_> = entries
-                .into_iter()
-                .map(|e| {
-                    let child = path.join(OsStr::from_bytes(&e.name));
-                    let ino = t.intern(child, e.attr);
-                    (e.name, ino, e.attr.kind)
-                })
-                .collect();
-            t.listings.insert(ino.0, Arc::new(listing));
-        }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // As with `open`: "not implemented" stops opendirs and releasedirs, and the
+        // kernel then keeps each directory's entries in its cache (FOPEN_CACHE_DIR),
+        // so listing a directory again costs no request; `ViewCtl::changed` drops a
+        // changed directory's cached entries with its pages. The listing is fetched
+        // by the first `readdir`.
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
@@ -353,19 +360,17 @@ impl<S: Source> Filesystem for View<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (listing, parent) = match self.table.lock() {
-            Ok(t) => {
-                let Some(l) = t.listings.get(&ino.0).cloned() else {
-                    return reply.error(Errno::EIO);
-                };
-                let parent = t
-                    .nodes
-                    .get(&ino.0)
-                    .and_then(|n| n.path.parent().map(|p| p.to_path_buf()))
-                    .and_then(|p| t.by_path.get(&p).copied())
-                    .unwrap_or(1);
-                (l, parent)
-            }
+        let listing = match self.listing(ino) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let parent = match self.table.lock() {
+            Ok(t) => t
+                .nodes
+                .get(&ino.0)
+                .and_then(|n| n.path.parent().map(|p| p.to_path_buf()))
+                .and_then(|p| t.by_path.get(&p).copied())
+                .unwrap_or(1),
             Err(_) => return reply.error(Errno::EIO),
         };
         let dots = [
