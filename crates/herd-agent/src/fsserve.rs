@@ -9,7 +9,8 @@
 //! * `herd __fs-serve` ([`serve_main`]): one per submitter uid, kept while tasks run.
 //!   Answers [`FsCall`]s (stat, list, read, readlink) with a [`LocalSource`] that hides
 //!   the secret paths, on a few threads, in any order ([`FsClient`] matches answers to
-//!   questions by id).
+//!   questions by id). A kept view's `Validate` is answered from the user's
+//!   [`Journal`] where it can: items it vouches for are not looked at.
 //! * `herd __fs-commit` ([`commit_main`]): one per task that changed files. Reads the
 //!   change stream ([`CommitFrame`]s) on stdin, stages it with a
 //!   [`Committer`](herd_fs::changes::Committer), commits on `Done` and prints a
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use herd_fs::changes::Committer;
+use herd_fs::journal::Journal;
 use herd_fs::{LocalSource, Source};
 use herd_proto::fs::{CommitFrame, CommitReport, FsCall, FsReply, FsRequest, FsResponse};
 use tokio::sync::{mpsc, oneshot};
@@ -133,7 +135,7 @@ fn write_frame(w: &mut impl Write, msg: &impl serde::Serialize) -> std::io::Resu
     w.flush()
 }
 
-fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
+fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
     let path = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
     let r = match req {
         FsRequest::Stat { path: p } => src.stat(&path(&p)).map(FsResponse::Attr),
@@ -148,15 +150,33 @@ fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
             .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
         FsRequest::Prefetch { path: p } => Ok(FsResponse::Bundle(src.prefetch_closure(&path(&p)))),
         FsRequest::Validate { items } => {
-            let check = |(i, (p, cached, digest)): (usize, &herd_fs::cached::Check)| {
+            // What the journal vouches for needs no look; the rest is checked, and
+            // confirmed in the journal when unchanged and covered by its watches.
+            let pass = journal.begin();
+            let items: Vec<(usize, &herd_fs::cached::Check)> = items
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, v, d))| !journal.clean(&pass, p, &(*v, *d)))
+                .collect();
+            let check = |&(i, (p, cached, digest)): &(usize, &herd_fs::cached::Check)| {
+                let covered = journal.cover(&pass, p);
                 let now = src.stat(&path(p)).ok();
                 let now_v = now.as_ref().map(herd_proto::fs::Version::from);
-                let listing_changed = digest.is_some_and(|d| {
-                    src.list(&path(p))
-                        .map(|l| herd_fs::cache::listing_digest(&l) != d)
-                        .unwrap_or(true)
-                });
-                (now_v != *cached || listing_changed).then_some((i as u32, now))
+                let listing = digest.map(|_| src.list(&path(p)));
+                let listing_changed = match (&listing, digest) {
+                    (Some(Ok(l)), Some(d)) => herd_fs::cache::listing_digest(l) != *d,
+                    (Some(Err(_)), _) => true,
+                    _ => false,
+                };
+                let stale = now_v != *cached || listing_changed;
+                if !stale && covered {
+                    let entries = match &listing {
+                        Some(Ok(l)) => Some(l.as_slice()),
+                        _ => None,
+                    };
+                    journal.confirm(&pass, p, (*cached, *digest), now.as_ref(), entries);
+                }
+                stale.then_some((i as u32, now))
             };
             // A kept view's facts (hundreds, with directory listings) are checked on
             // every core: the helper waits for the answer before its task starts.
@@ -165,19 +185,13 @@ fn answer(src: &LocalSource, req: FsRequest) -> FsResponse {
             // A check that panicked answers nothing: the helper then drops its view
             // rather than trust it.
             let stale: Option<Vec<_>> = if items.len() <= chunk {
-                Some(items.iter().enumerate().filter_map(check).collect())
+                Some(items.iter().filter_map(check).collect())
             } else {
                 std::thread::scope(|s| {
                     let parts: Vec<_> = items
                         .chunks(chunk)
-                        .enumerate()
-                        .map(|(c, part)| {
-                            s.spawn(move || {
-                                part.iter()
-                                    .enumerate()
-                                    .filter_map(|(i, item)| check((c * chunk + i, item)))
-                                    .collect::<Vec<_>>()
-                            })
+                        .map(|part| {
+                            s.spawn(move || part.iter().filter_map(check).collect::<Vec<_>>())
                         })
                         .collect();
                     let mut all = Vec::new();
@@ -218,12 +232,14 @@ pub fn serve_main(args: &[String]) -> i32 {
         .map(|h| PathBuf::from(OsStr::from_bytes(&h)))
         .collect();
     let src = Arc::new(LocalSource::new("/", hidden));
+    // Made as the user: the watches count against the user's inotify limits.
+    let journal = Arc::new(Journal::new());
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let (tx, rx) = std::sync::mpsc::sync_channel::<FsCall>(64);
     let rx = Arc::new(Mutex::new(rx));
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (src, out, rx) = (src.clone(), out.clone(), rx.clone());
+            let (src, journal, out, rx) = (src.clone(), journal.clone(), out.clone(), rx.clone());
             std::thread::spawn(move || {
                 loop {
                     let call = match rx.lock() {
@@ -235,7 +251,7 @@ pub fn serve_main(args: &[String]) -> i32 {
                     };
                     let reply = FsReply {
                         id: call.id,
-                        resp: answer(&src, call.req),
+                        resp: answer(&src, &journal, call.req),
                     };
                     if let Ok(mut o) = out.lock()
                         && write_frame(&mut *o, &reply).is_err()

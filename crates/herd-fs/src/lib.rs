@@ -14,6 +14,8 @@
 //!   round trip per task.
 //! * [`cached`]: a source that answers validated facts from the cache and asks for
 //!   the rest.
+//! * [`journal`]: the workstation's change journal (inotify), which lets the file
+//!   service vouch for unchanged validation items without looking at each.
 //! * [`elf`]: the dynamic-loading closure of an executable, sent to a helper at once.
 //! * [`changes`]: a task's changes, scanned from its overlay upper layer on the helper
 //!   and committed on the workstation all at once, with conflict detection.
@@ -30,6 +32,7 @@ pub mod cache;
 pub mod cached;
 pub mod changes;
 pub mod elf;
+pub mod journal;
 pub mod source;
 pub mod view;
 

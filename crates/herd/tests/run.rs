@@ -528,6 +528,28 @@ fn the_helper_cache_makes_warm_runs_one_round_trip_and_never_serves_stale_files(
     let (out, _) = c.counted(&["/bin/sh", "-c", "ls d/e; cat d/e/g"]);
     assert_eq!(out, "f\ng\nnew\n");
 
+    // The workstation's journal vouches for unchanged files without a look, but not
+    // for a file that can change through another name: written through a hard link
+    // in a directory no task looked at, it is still seen anew.
+    std::fs::write(c.p("linked.txt"), "old\n").unwrap();
+    std::fs::create_dir_all(c.p("elsewhere")).unwrap();
+    std::fs::hard_link(c.p("linked.txt"), c.p("elsewhere/link")).unwrap();
+    for _ in 0..2 {
+        assert_eq!(c.counted(&["cat", "linked.txt"]).0, "old\n");
+    }
+    std::fs::write(c.p("elsewhere/link"), "new, longer\n").unwrap();
+    assert_eq!(c.counted(&["cat", "linked.txt"]).0, "new, longer\n");
+    // A directory renamed away and replaced by a look-alike: its files are seen anew.
+    std::fs::create_dir_all(c.p("r/s")).unwrap();
+    std::fs::write(c.p("r/s/t"), "1\n").unwrap();
+    for _ in 0..2 {
+        assert_eq!(c.counted(&["cat", "r/s/t"]).0, "1\n");
+    }
+    std::fs::rename(c.p("r"), c.p("r.old")).unwrap();
+    std::fs::create_dir_all(c.p("r/s")).unwrap();
+    std::fs::write(c.p("r/s/t"), "2\n").unwrap();
+    assert_eq!(c.counted(&["cat", "r/s/t"]).0, "2\n");
+
     // The cache outlives the helper's agent.
     let h1 = Node::new(c.bed.host("h1"), herd_bin());
     sigterm(&c.agents.0[1]);
