@@ -289,6 +289,19 @@ impl<S: Source> Filesystem for View<S> {
         reply.error(Errno::ENOSYS)
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        // Nothing to flush on a read-only view; "not implemented" stops the kernel
+        // sending flushes on close (quietly: fuser's default logs a warning).
+        reply.error(Errno::ENOSYS)
+    }
+
     fn read(
         &self,
         _req: &Request,
