@@ -906,8 +906,12 @@ impl Agent {
                     (load.cpus, load.speed, load.owner_load)
                 };
                 if local {
-                    // Tasks run here directly count as the owner's load.
-                    owner_load = (owner_load - ours as f32).max(0.0);
+                    // Tasks run here directly count as the owner's load, while they run
+                    // and, in the load's average, for a while after they ended (the
+                    // window, and a report's age).
+                    let window = self.policy.config().window + Duration::from_secs(1);
+                    let ended = self.queue.ended_load(&n.id.name, window);
+                    owner_load = (owner_load - ours as f32 - ended).max(0.0);
                 }
                 herd_sched::Node {
                     accepting: n.state == NodeState::Alive
@@ -986,7 +990,40 @@ impl Agent {
             return;
         }
         let params = herd_sched::Params::default();
-        for a in herd_sched::place(&nodes, &jobs, &self.queue.est, &params) {
+        let placed = herd_sched::place(&nodes, &jobs, &self.queue.est, &params);
+        if tracing::enabled!(tracing::Level::DEBUG) && placed.len() < jobs.len() {
+            // Why work waits while a slot is free: what placement saw.
+            let idle: Vec<String> = nodes
+                .iter()
+                .filter(|n| {
+                    let busy = n.running.len() as u32 + n.others;
+                    n.slots() > busy && !placed.iter().any(|a| a.node == n.name)
+                })
+                .map(|n| {
+                    format!(
+                        "{} accepting={} cpus={} owner={:.2} others={} running={} rate={:.3}",
+                        n.name,
+                        n.accepting,
+                        n.cpus,
+                        n.owner_load,
+                        n.others,
+                        n.running.len(),
+                        n.slot_rate()
+                    )
+                })
+                .collect();
+            if !idle.is_empty() {
+                let exe = &jobs[0].exe;
+                tracing::debug!(
+                    queued = jobs.len() - placed.len(),
+                    estimate = ?self.queue.est.estimate(exe),
+                    spread = ?self.queue.est.spread(exe),
+                    idle = idle.join("; "),
+                    "placement leaves free slots idle"
+                );
+            }
+        }
+        for a in placed {
             let Some(p) = self.queue.take(a.job) else {
                 continue;
             };
@@ -995,7 +1032,10 @@ impl Agent {
                 continue;
             };
             let rate = n.slot_rate();
-            let lost = self.queue.start(&p, &n.name, rate);
+            // A run that fetches the executable first, or on a slot the owner's load
+            // slowed by an uncertain amount, says little about the job's work.
+            let sure = n.is_warm(&p.exe) && n.effective_cpus() >= 0.9 * n.cpus;
+            let lost = self.queue.start(&p, &n.name, rate, sure);
             let (job, events) = (p.job, self.events.clone());
             if n.local {
                 // The client runs it: its CPU is herd's, not the owner's.

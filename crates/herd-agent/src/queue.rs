@@ -10,7 +10,7 @@
 //! view, calls [`herd_sched::place`] and starts what it returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herd_proto::RunSpec;
 use tokio::net::UnixStream;
@@ -86,9 +86,15 @@ struct Active {
     started: Instant,
     /// Work units per second of one slot of the node (speed × share).
     rate: f32,
+    /// Whether its run time is a fair sample of its work (see
+    /// [`herd_sched::Estimator::record_unsure`]).
+    sure: bool,
     /// Fired when the node is lost or the task killed: its driver gives it up.
     halt: Option<oneshot::Sender<Halt>>,
 }
+
+/// How long ended tasks are remembered for [`Queue::ended_load`].
+const RECENT: Duration = Duration::from_secs(30);
 
 /// How a dispatched task ended, reported back to the main loop.
 pub enum JobEnd {
@@ -115,6 +121,8 @@ pub struct Queue {
     /// Our tasks that ended on each node since its last load report arrived: that
     /// report still counts them.
     ended_since_report: HashMap<String, u32>,
+    /// Our tasks that ended lately: (node, when, how long they ran).
+    recent: VecDeque<(String, Instant, Duration)>,
     /// Run-time estimates per executable, learnt from finished tasks.
     pub est: herd_sched::Estimator,
     next: u64,
@@ -207,7 +215,15 @@ impl Queue {
 
     /// Records that `p` started on `node`; returns what fires if the node is lost or
     /// the task is killed.
-    pub fn start(&mut self, p: &Pending, node: &str, rate: f32) -> oneshot::Receiver<Halt> {
+    /// `sure`: whether the run time will be a fair sample of the job's work (the node
+    /// had the executable and its full rate).
+    pub fn start(
+        &mut self,
+        p: &Pending,
+        node: &str,
+        rate: f32,
+        sure: bool,
+    ) -> oneshot::Receiver<Halt> {
         let (tx, rx) = oneshot::channel();
         let warm = self.warm.entry(node.to_string()).or_default();
         if warm.len() < MAX_WARM {
@@ -223,6 +239,7 @@ impl Queue {
                 lost_before: p.spec.retries - p.retries_left,
                 started: Instant::now(),
                 rate,
+                sure,
                 halt: Some(tx),
             },
         );
@@ -276,12 +293,42 @@ impl Queue {
             .is_some_and(|tx| tx.send(Halt::Kill).is_ok())
     }
 
+    /// How many cores our tasks that ended lately on `node` still add to a load
+    /// averaged over the last `window` (one core each while they ran): a node's
+    /// load average lags behind the end of a task.
+    pub fn ended_load(&self, node: &str, window: Duration) -> f32 {
+        let now = Instant::now();
+        let w = window.as_secs_f64().max(1e-3);
+        self.recent
+            .iter()
+            .filter(|(n, _, _)| n == node)
+            .map(|(_, at, ran)| {
+                let since = now.duration_since(*at).as_secs_f64();
+                (ran.as_secs_f64().min(w - since)).max(0.0) / w
+            })
+            .sum::<f64>() as f32
+    }
+
     /// Records that `job` ended; learns its run time when it ran to completion.
     pub fn end(&mut self, job: u64, completed: bool) {
         if let Some(a) = self.active.remove(&job) {
             *self.ended_since_report.entry(a.node.clone()).or_default() += 1;
+            let now = Instant::now();
+            while self
+                .recent
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at) > RECENT)
+            {
+                self.recent.pop_front();
+            }
+            self.recent
+                .push_back((a.node.clone(), now, now.duration_since(a.started)));
             if completed {
-                self.est.record(&a.exe, a.started.elapsed(), a.rate);
+                if a.sure {
+                    self.est.record(&a.exe, a.started.elapsed(), a.rate);
+                } else {
+                    self.est.record_unsure(&a.exe, a.started.elapsed(), a.rate);
+                }
             }
         }
     }
@@ -375,7 +422,7 @@ mod tests {
     async fn others_do_not_count_our_ended_tasks_and_ps_lists_everything() {
         let mut q = Queue::default();
         let running = pending(1, &["gcc", "-c", "a.c"]);
-        let _halt = q.start(&running, "h1", 1.0);
+        let _halt = q.start(&running, "h1", 1.0, true);
         q.push(pending(2, &["xz", "big"]));
         let ps = q.list();
         assert_eq!(ps.len(), 2);
@@ -401,8 +448,8 @@ mod tests {
     #[tokio::test]
     async fn kill_and_loss_reach_the_driver_once() {
         let mut q = Queue::default();
-        let mut h1 = q.start(&pending(1, &["a"]), "h1", 1.0);
-        let mut h2 = q.start(&pending(2, &["b"]), "h2", 1.0);
+        let mut h1 = q.start(&pending(1, &["a"]), "h1", 1.0, true);
+        let mut h2 = q.start(&pending(2, &["b"]), "h2", 1.0, true);
         assert!(q.kill(1));
         assert!(!q.kill(1), "already being stopped");
         q.lose_node("h2", "it is dead");
@@ -421,5 +468,23 @@ mod tests {
         );
         assert_eq!(exe_key(&v(&["sh", "-c", ""])), "sh");
         assert_eq!(exe_key(&[]), "");
+    }
+
+    #[tokio::test]
+    async fn an_ended_task_weighs_in_a_load_average_for_one_window() {
+        let mut q = Queue::default();
+        let _halt = q.start(&pending(1, &["a"]), "ws", 1.0, true);
+        std::thread::sleep(Duration::from_millis(50));
+        q.end(1, true);
+        // Ran about 50 ms, ended just now: in a 10 s average, about 0.005 cores.
+        let l = q.ended_load("ws", Duration::from_secs(10));
+        assert!((0.004..0.5).contains(&l), "{l}");
+        assert_eq!(q.ended_load("h1", Duration::from_secs(10)), 0.0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            q.ended_load("ws", Duration::from_millis(1)),
+            0.0,
+            "past the window"
+        );
     }
 }

@@ -13,6 +13,13 @@ use std::time::Duration;
 /// mercy of the first task and later ones follow drift. The spread (standard deviation)
 /// is tracked the same way; placement uses it to keep a slow node from getting a job
 /// whose size it would turn into the batch's tail.
+///
+/// Some run times say more about the node than about the job: a run on a node that
+/// first had to fetch the executable, or on a slot whose rate the owner's load made
+/// uncertain. Those are recorded with [`Estimator::record_unsure`]: they stand in until
+/// the first ordinary sample, which replaces them, and are ignored after it. Mixing them
+/// in would inflate the estimate and, worse, the spread, and placement would then keep
+/// slow nodes idle for fear of a tail that is not there.
 #[derive(Clone, Debug)]
 pub struct Estimator {
     alpha: f64,
@@ -26,6 +33,8 @@ struct Entry {
     /// Its (exponentially weighted) variance.
     var: f64,
     samples: u64,
+    /// Made only of unsure samples.
+    unsure: bool,
 }
 
 impl Default for Estimator {
@@ -60,6 +69,16 @@ impl Estimator {
     /// Records that a task of `exe` ran for `runtime` on a slot delivering `rate`
     /// reference cores. Samples with a rate that is not a positive number are ignored.
     pub fn record(&mut self, exe: &str, runtime: Duration, rate: f32) {
+        self.add(exe, runtime, rate, false);
+    }
+
+    /// Records a run time that may say more about the node than the job (see the type's
+    /// docs): used only until `exe` has an ordinary sample.
+    pub fn record_unsure(&mut self, exe: &str, runtime: Duration, rate: f32) {
+        self.add(exe, runtime, rate, true);
+    }
+
+    fn add(&mut self, exe: &str, runtime: Duration, rate: f32, unsure: bool) {
         let rate = f64::from(rate);
         if !(rate.is_finite() && rate > 0.0) {
             return;
@@ -69,18 +88,21 @@ impl Estimator {
             return;
         }
         match self.per_exe.get_mut(exe) {
-            Some(e) => {
+            Some(e) if unsure && !e.unsure => {}
+            Some(e) if !e.unsure || unsure => {
                 e.samples += 1;
                 let a = (1.0 / e.samples as f64).max(self.alpha);
                 let d = work - e.work;
                 e.work += a * d;
                 e.var = (1.0 - a) * (e.var + a * d * d);
             }
-            None => {
+            // The first ordinary sample replaces unsure ones; so does the first of all.
+            _ => {
                 let e = Entry {
                     work,
                     var: 0.0,
                     samples: 1,
+                    unsure,
                 };
                 self.per_exe.insert(exe.to_owned(), e);
             }
@@ -177,5 +199,25 @@ mod tests {
         e.record("x", secs(1.0), f32::NAN);
         e.record("x", secs(1.0), -1.0);
         assert_eq!(e.estimate("x"), None);
+    }
+
+    #[test]
+    fn unsure_samples_stand_in_until_an_ordinary_one_replaces_them() {
+        let mut e = Estimator::new();
+        e.record_unsure("x", secs(9.0), 1.0);
+        e.record_unsure("x", secs(3.0), 1.0);
+        assert_eq!(e.estimate("x"), Some(secs(6.0)));
+        assert_eq!(e.samples("x"), 2);
+        e.record("x", secs(1.5), 1.0);
+        assert_eq!(e.estimate("x"), Some(secs(1.5)));
+        assert_eq!(e.spread("x"), None, "one ordinary sample: no spread yet");
+        e.record_unsure("x", secs(20.0), 1.0);
+        e.record("x", secs(1.5), 1.0);
+        assert_eq!(e.estimate("x"), Some(secs(1.5)));
+        assert_eq!(
+            e.spread("x"),
+            Some(secs(0.0)),
+            "the unsure sample was ignored"
+        );
     }
 }
