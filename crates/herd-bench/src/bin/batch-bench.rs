@@ -77,6 +77,8 @@ const PARALLEL: &str = "/usr/bin/parallel";
 /// What `--ssh-idle` puts before each job of its extra parallel-over-ssh run: the
 /// priority herd's sandbox gives its tasks.
 const IDLE_PREFIX: &str = "/usr/bin/chrt -i 0 /usr/bin/nice -n 19";
+/// How long the agents' owner-load average takes to forget the previous run.
+const SETTLE: Duration = Duration::from_secs(4);
 /// Before each run, wait (up to `--quiet-wait` seconds, default 20) until the machine
 /// uses less than this many CPUs.
 const QUIET_CPUS: f64 = 0.3;
@@ -373,6 +375,9 @@ impl Bench<'_> {
         self.clear_outputs()?;
         let _ = std::fs::remove_file(joblog);
         wait_quiet(QUIET_CPUS, self.quiet);
+        // The agents average their owner's load over 3 s and report it every second:
+        // let that settle, or the previous method's jobs count as the owner's load.
+        std::thread::sleep(SETTLE);
         let cpu_before: Vec<(String, Option<Duration>)> = self
             .bed
             .hosts()
