@@ -906,12 +906,8 @@ impl Agent {
                     (load.cpus, load.speed, load.owner_load)
                 };
                 if local {
-                    // Tasks run here directly count as the owner's load, while they run
-                    // and, in the load's average, for a while after they ended (the
-                    // window, and a report's age).
-                    let window = self.policy.config().window + Duration::from_secs(1);
-                    let ended = self.queue.ended_load(&n.id.name, window);
-                    owner_load = (owner_load - ours as f32 - ended).max(0.0);
+                    // Tasks run here directly count as the owner's load.
+                    owner_load = (owner_load - ours as f32).max(0.0);
                 }
                 herd_sched::Node {
                     accepting: n.state == NodeState::Alive

@@ -10,7 +10,7 @@
 //! view, calls [`herd_sched::place`] and starts what it returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herd_proto::RunSpec;
 use tokio::net::UnixStream;
@@ -93,9 +93,6 @@ struct Active {
     halt: Option<oneshot::Sender<Halt>>,
 }
 
-/// How long ended tasks are remembered for [`Queue::ended_load`].
-const RECENT: Duration = Duration::from_secs(30);
-
 /// How a dispatched task ended, reported back to the main loop.
 pub enum JobEnd {
     /// It ended (exit code or herd's error already sent to the client).
@@ -121,8 +118,6 @@ pub struct Queue {
     /// Our tasks that ended on each node since its last load report arrived: that
     /// report still counts them.
     ended_since_report: HashMap<String, u32>,
-    /// Our tasks that ended lately: (node, when, how long they ran).
-    recent: VecDeque<(String, Instant, Duration)>,
     /// Run-time estimates per executable, learnt from finished tasks.
     pub est: herd_sched::Estimator,
     next: u64,
@@ -293,36 +288,10 @@ impl Queue {
             .is_some_and(|tx| tx.send(Halt::Kill).is_ok())
     }
 
-    /// How many cores our tasks that ended lately on `node` still add to a load
-    /// averaged over the last `window` (one core each while they ran): a node's
-    /// load average lags behind the end of a task.
-    pub fn ended_load(&self, node: &str, window: Duration) -> f32 {
-        let now = Instant::now();
-        let w = window.as_secs_f64().max(1e-3);
-        self.recent
-            .iter()
-            .filter(|(n, _, _)| n == node)
-            .map(|(_, at, ran)| {
-                let since = now.duration_since(*at).as_secs_f64();
-                (ran.as_secs_f64().min(w - since)).max(0.0) / w
-            })
-            .sum::<f64>() as f32
-    }
-
     /// Records that `job` ended; learns its run time when it ran to completion.
     pub fn end(&mut self, job: u64, completed: bool) {
         if let Some(a) = self.active.remove(&job) {
             *self.ended_since_report.entry(a.node.clone()).or_default() += 1;
-            let now = Instant::now();
-            while self
-                .recent
-                .front()
-                .is_some_and(|(_, at, _)| now.duration_since(*at) > RECENT)
-            {
-                self.recent.pop_front();
-            }
-            self.recent
-                .push_back((a.node.clone(), now, now.duration_since(a.started)));
             if completed {
                 if a.sure {
                     self.est.record(&a.exe, a.started.elapsed(), a.rate);
@@ -468,23 +437,5 @@ mod tests {
         );
         assert_eq!(exe_key(&v(&["sh", "-c", ""])), "sh");
         assert_eq!(exe_key(&[]), "");
-    }
-
-    #[tokio::test]
-    async fn an_ended_task_weighs_in_a_load_average_for_one_window() {
-        let mut q = Queue::default();
-        let _halt = q.start(&pending(1, &["a"]), "ws", 1.0, true);
-        std::thread::sleep(Duration::from_millis(50));
-        q.end(1, true);
-        // Ran about 50 ms, ended just now: in a 10 s average, about 0.005 cores.
-        let l = q.ended_load("ws", Duration::from_secs(10));
-        assert!((0.004..0.5).contains(&l), "{l}");
-        assert_eq!(q.ended_load("h1", Duration::from_secs(10)), 0.0);
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(
-            q.ended_load("ws", Duration::from_millis(1)),
-            0.0,
-            "past the window"
-        );
     }
 }
