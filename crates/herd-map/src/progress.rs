@@ -175,10 +175,14 @@ impl Reporter {
         }
     }
 
-    /// Leaves the final state of the bar on the terminal.
+    /// Leaves the final state of the bar on the terminal, on a line of its own (the
+    /// bar is drawn without a newline: what the shell prints next would join it).
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+            if !bar.is_hidden() {
+                eprintln!();
+            }
         }
     }
 }
