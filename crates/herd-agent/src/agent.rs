@@ -991,10 +991,7 @@ impl Agent {
             // Why work waits while a slot is free: what placement saw.
             let idle: Vec<String> = nodes
                 .iter()
-                .filter(|n| {
-                    let busy = n.running.len() as u32 + n.others;
-                    n.slots() > busy && !placed.iter().any(|a| a.node == n.name)
-                })
+                .filter(|n| n.free_slots() > 0 && !placed.iter().any(|a| a.node == n.name))
                 .map(|n| {
                     format!(
                         "{} accepting={} cpus={} owner={:.2} others={} running={} rate={:.3}",

@@ -37,9 +37,6 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::AgentError;
 
-/// Validation items one thread checks at least (fewer are not worth a thread).
-const VALIDATE_CHUNK: usize = 64;
-
 /// Who the service acts as.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -149,60 +146,10 @@ fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
             .readlink(&path(&p))
             .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
         FsRequest::Prefetch { path: p } => Ok(FsResponse::Bundle(src.prefetch_closure(&path(&p)))),
-        FsRequest::Validate { items } => {
-            // What the journal vouches for needs no look; the rest is checked, and
-            // confirmed in the journal when unchanged and covered by its watches.
-            let pass = journal.begin();
-            let items: Vec<(usize, &herd_fs::cached::Check)> = items
-                .iter()
-                .enumerate()
-                .filter(|(_, (p, v, d))| !journal.clean(&pass, p, &(*v, *d)))
-                .collect();
-            let check = |&(i, (p, cached, digest)): &(usize, &herd_fs::cached::Check)| {
-                let covered = journal.cover(&pass, p);
-                let now = src.stat(&path(p)).ok();
-                let now_v = now.as_ref().map(herd_proto::fs::Version::from);
-                let listing = digest.map(|_| src.list(&path(p)));
-                let listing_changed = match (&listing, digest) {
-                    (Some(Ok(l)), Some(d)) => herd_fs::cache::listing_digest(l) != *d,
-                    (Some(Err(_)), _) => true,
-                    _ => false,
-                };
-                let stale = now_v != *cached || listing_changed;
-                if !stale && covered {
-                    let entries = match &listing {
-                        Some(Ok(l)) => Some(l.as_slice()),
-                        _ => None,
-                    };
-                    journal.confirm(&pass, p, (*cached, *digest), now.as_ref(), entries);
-                }
-                stale.then_some((i as u32, now))
-            };
-            // A kept view's facts (hundreds, with directory listings) are checked on
-            // every core: the helper waits for the answer before its task starts.
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let chunk = items.len().div_ceil(cores.clamp(1, 4)).max(VALIDATE_CHUNK);
-            // A check that panicked answers nothing: the helper then drops its view
-            // rather than trust it.
-            let stale: Option<Vec<_>> = if items.len() <= chunk {
-                Some(items.iter().filter_map(check).collect())
-            } else {
-                std::thread::scope(|s| {
-                    let parts: Vec<_> = items
-                        .chunks(chunk)
-                        .map(|part| {
-                            s.spawn(move || part.iter().filter_map(check).collect::<Vec<_>>())
-                        })
-                        .collect();
-                    let mut all = Vec::new();
-                    for h in parts {
-                        all.extend(h.join().ok()?);
-                    }
-                    Some(all)
-                })
-            };
-            stale.map(FsResponse::Stale).ok_or(libc::EIO)
-        }
+        FsRequest::Validate { items } => journal
+            .validate(src, &items)
+            .map(FsResponse::Stale)
+            .ok_or(libc::EIO),
     };
     r.unwrap_or_else(FsResponse::Errno)
 }

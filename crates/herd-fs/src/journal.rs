@@ -31,7 +31,8 @@
 //! What it does not see: writes through a shared writable `mmap` (inotify reports none);
 //! such a file is seen changed once something else touches it. The README says so.
 //!
-//! Without inotify (or past [`MAX_WATCHES`]) items are simply checked, as before.
+//! [`Journal::validate`] answers a whole `Validate` question this way; the file service
+//! calls it. Without inotify (or past [`MAX_WATCHES`]) items are simply checked.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -43,11 +44,17 @@ use std::sync::Mutex;
 use herd_proto::fs::{Attr, DirEntry, FileKind, Version};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 
+use crate::cached::Check;
+use crate::source::Source;
+
 /// Directories watched at most; past it, items below unwatched directories are checked
 /// every time.
 pub const MAX_WATCHES: usize = 8192;
 /// Confirmations remembered at most (all are dropped when it is reached).
 pub const MAX_CONFIRMED: usize = 1 << 20;
+
+/// Validation items one thread checks at least (fewer are not worth a thread).
+const VALIDATE_CHUNK: usize = 64;
 
 /// File systems whose every change is made through this kernel, so inotify sees it.
 const TRUSTED_FS: &[i64] = &[
@@ -262,6 +269,61 @@ impl Journal {
     pub fn watched(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.by_wd.len())
     }
+
+    /// Answers a `Validate` question against `src`: the indexes of the stale items with
+    /// what is there now (`None`: nothing). What the journal vouches for needs no look;
+    /// the rest is checked (on up to 4 threads when there are many, since the helper
+    /// waits for the answer before its task starts) and confirmed when unchanged and
+    /// covered by the watches. `None` if a check panicked: the helper then drops its
+    /// view rather than trust it.
+    pub fn validate<S: Source + Sync>(
+        &self,
+        src: &S,
+        items: &[Check],
+    ) -> Option<Vec<(u32, Option<Attr>)>> {
+        let pass = self.begin();
+        let items: Vec<(usize, &Check)> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, v, d))| !self.clean(&pass, p, &(*v, *d)))
+            .collect();
+        let check = |&(i, (p, held, digest)): &(usize, &Check)| {
+            let path = Path::new(OsStr::from_bytes(p));
+            let covered = self.cover(&pass, p);
+            let now = src.stat(path).ok();
+            let listing = digest.map(|_| src.list(path));
+            let listing_changed = match (&listing, digest) {
+                (Some(Ok(l)), Some(d)) => crate::cache::listing_digest(l) != *d,
+                (Some(Err(_)), _) => true,
+                _ => false,
+            };
+            let stale = now.as_ref().map(Version::from) != *held || listing_changed;
+            if !stale && covered {
+                let entries = match &listing {
+                    Some(Ok(l)) => Some(l.as_slice()),
+                    _ => None,
+                };
+                self.confirm(&pass, p, (*held, *digest), now.as_ref(), entries);
+            }
+            stale.then_some((i as u32, now))
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = items.len().div_ceil(cores.clamp(1, 4)).max(VALIDATE_CHUNK);
+        if items.len() <= chunk {
+            return Some(items.iter().filter_map(check).collect());
+        }
+        std::thread::scope(|s| {
+            let parts: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().filter_map(check).collect::<Vec<_>>()))
+                .collect();
+            let mut all = Vec::new();
+            for h in parts {
+                all.extend(h.join().ok()?);
+            }
+            Some(all)
+        })
+    }
 }
 
 impl Inner {
@@ -421,26 +483,30 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{LocalSource, Source};
+    use crate::source::LocalSource;
     use std::os::unix::fs::PermissionsExt;
 
-    /// Checks `path` as the file service does and confirms it when unchanged; returns
-    /// whether the journal called it clean before checking.
+    /// Validates `path` holding `held` as the file service does; returns whether the
+    /// journal vouched for it, and whether it was found unchanged.
     fn validate(j: &Journal, src: &LocalSource, path: &Path, held: &Held) -> (bool, bool) {
-        let pass = j.begin();
         let key = path.as_os_str().as_bytes();
-        if j.clean(&pass, key, held) {
-            return (true, true);
-        }
-        let covered = j.cover(&pass, key);
-        let now = src.stat(path).ok();
-        let listing = held.1.and_then(|_| src.list(path).ok());
-        let same = now.as_ref().map(Version::from) == held.0
-            && held.1 == listing.as_ref().map(|l| crate::cache::listing_digest(l));
-        if same && covered {
-            j.confirm(&pass, key, *held, now.as_ref(), listing.as_deref());
-        }
-        (false, same)
+        let clean = j.clean(&j.begin(), key, held);
+        let stale = j.validate(src, &[(key.to_vec(), held.0, held.1)]).unwrap();
+        (clean, stale.is_empty())
+    }
+
+    /// The journal vouches for `path` once it has been checked unchanged.
+    fn confirmed(j: &Journal, src: &LocalSource, path: &Path, held: &Held) -> bool {
+        validate(j, src, path, held);
+        validate(j, src, path, held).0
+    }
+
+    fn setup() -> (tempfile::TempDir, LocalSource, Journal) {
+        (
+            tempfile::tempdir_in("/var/tmp").unwrap(),
+            LocalSource::new("/", vec![]),
+            Journal::new(),
+        )
     }
 
     fn held(src: &LocalSource, p: &Path, listed: bool) -> Held {
@@ -452,9 +518,7 @@ mod tests {
 
     #[test]
     fn a_confirmed_item_is_clean_until_something_touches_it() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let src = LocalSource::new("/", vec![]);
-        let j = Journal::new();
+        let (d, src, j) = setup();
         let f = d.path().join("a/b/f");
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(&f, "one").unwrap();
@@ -468,15 +532,13 @@ mod tests {
         std::fs::write(&f, "two!").unwrap();
         assert_eq!(validate(&j, &src, &f, &h), (false, false));
         let h = held(&src, &f, false);
-        validate(&j, &src, &f, &h);
-        assert!(validate(&j, &src, &f, &h).0);
+        assert!(confirmed(&j, &src, &f, &h));
 
         // A mode change.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(!validate(&j, &src, &f, &h).0);
         let h = held(&src, &f, false);
-        validate(&j, &src, &f, &h);
-        assert!(validate(&j, &src, &f, &h).0);
+        assert!(confirmed(&j, &src, &f, &h));
 
         // An ancestor renamed away and replaced by a look-alike.
         let a = d.path().join("a");
@@ -488,21 +550,17 @@ mod tests {
 
     #[test]
     fn absent_names_and_listings_are_dropped_when_the_directory_changes() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let src = LocalSource::new("/", vec![]);
-        let j = Journal::new();
+        let (d, src, j) = setup();
         let missing = d.path().join("x/y");
         let h: Held = (None, None);
-        validate(&j, &src, &missing, &h);
-        assert!(validate(&j, &src, &missing, &h).0, "absence is confirmed");
+        assert!(confirmed(&j, &src, &missing, &h), "absence is confirmed");
         std::fs::create_dir(d.path().join("x")).unwrap();
         std::fs::write(&missing, "").unwrap();
         assert_eq!(validate(&j, &src, &missing, &h), (false, false));
 
         let dir = d.path().join("x");
         let hd = held(&src, &dir, true);
-        validate(&j, &src, &dir, &hd);
-        assert!(validate(&j, &src, &dir, &hd).0, "listing confirmed");
+        assert!(confirmed(&j, &src, &dir, &hd), "listing confirmed");
         // A child's attributes are part of the listing's digest.
         std::fs::write(&missing, "grown").unwrap();
         assert_eq!(validate(&j, &src, &dir, &hd), (false, false));
@@ -510,26 +568,20 @@ mod tests {
 
     #[test]
     fn hard_linked_files_are_never_taken_as_clean() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let src = LocalSource::new("/", vec![]);
-        let j = Journal::new();
+        let (d, src, j) = setup();
         std::fs::create_dir(d.path().join("other")).unwrap();
         let f = d.path().join("f");
         std::fs::write(&f, "one").unwrap();
         std::fs::hard_link(&f, d.path().join("other/g")).unwrap();
         let h = held(&src, &f, false);
-        validate(&j, &src, &f, &h);
-        assert!(!validate(&j, &src, &f, &h).0);
+        assert!(!confirmed(&j, &src, &f, &h));
         let hd = held(&src, d.path(), true);
-        validate(&j, &src, d.path(), &hd);
-        assert!(!validate(&j, &src, d.path(), &hd).0);
+        assert!(!confirmed(&j, &src, d.path(), &hd));
     }
 
     #[test]
     fn a_change_during_a_check_keeps_the_item_from_being_confirmed() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let src = LocalSource::new("/", vec![]);
-        let j = Journal::new();
+        let (d, src, j) = setup();
         let f = d.path().join("f");
         std::fs::write(&f, "one").unwrap();
         let h = held(&src, &f, false);
