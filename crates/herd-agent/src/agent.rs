@@ -899,16 +899,14 @@ impl Agent {
             .map(|n| {
                 let local = n.id.name == self.me.name;
                 let load = n.load.clone().unwrap_or_default();
-                let ours = self.queue.count_on(&n.id.name);
-                let (cpus, speed, mut owner_load) = if local {
+                // The owner's load leaves out herd's own CPU, here that of the `herd
+                // run` and `herd map` processes running tasks placed on this node (the
+                // meter's local clients): nothing to take off again.
+                let (cpus, speed, owner_load) = if local {
                     (self.grant.cpus, self.speed, load.owner_load)
                 } else {
                     (load.cpus, load.speed, load.owner_load)
                 };
-                if local {
-                    // Tasks run here directly count as the owner's load.
-                    owner_load = (owner_load - ours as f32).max(0.0);
-                }
                 herd_sched::Node {
                     accepting: n.state == NodeState::Alive
                         && self.is_exec(n)
