@@ -21,8 +21,8 @@
 //!   and has no latency. A workstation calls `place` at most once per millisecond.
 //! * **Views.** A workstation knows its own tasks exactly (dispatch time, executable).
 //!   Other submitters' tasks reach it through load reports: every node samples its task
-//!   count every 500 ms (and, with [`Scenario::report_on_finish`], whenever a task
-//!   ends) and the report arrives 10–300 ms later; the workstation sets
+//!   count every 500 ms (and, with [`Scenario::report_on_change`], whenever a task
+//!   starts or ends, as the agent does) and the report arrives 10–300 ms later; the workstation sets
 //!   [`herd_sched::Node::others`] to the count minus its own tasks the node was running
 //!   at the sample. A node that is full when a task arrives refuses it; the workstation
 //!   re-queues the job and counts the node one task fuller until the next report.
@@ -125,9 +125,9 @@ pub struct Scenario {
     pub report_interval: Duration,
     /// Delay of a load report (uniform in the range).
     pub report_delay: (Duration, Duration),
-    /// A node also sends a load report whenever one of its tasks ends (not only every
-    /// `report_interval`).
-    pub report_on_finish: bool,
+    /// A node also sends a load report whenever one of its tasks starts or ends (not
+    /// only every `report_interval`), as the agent does.
+    pub report_on_change: bool,
     /// A workstation calls `place` at most once per this interval.
     pub coalesce: Duration,
     /// Parameters of `place`.
@@ -193,7 +193,7 @@ impl Scenario {
             detect_delay: Duration::from_secs(4),
             report_interval: Duration::from_millis(500),
             report_delay: (Duration::from_millis(10), Duration::from_millis(300)),
-            report_on_finish: false,
+            report_on_change: false,
             coalesce: Duration::from_millis(1),
             params: Params::default(),
             clairvoyant: false,
@@ -1167,6 +1167,9 @@ impl<'a> PlacementSim<'a> {
         if over {
             self.violation(format!("{name} runs more tasks than its slots"));
         }
+        if self.sc.report_on_change {
+            self.send_reports(node);
+        }
     }
 
     fn finish(&mut self, task: usize) {
@@ -1185,7 +1188,7 @@ impl<'a> PlacementSim<'a> {
         } else {
             let at = self.now + self.latency(w, node);
             self.push(at, Ev::Result { task });
-            if self.sc.report_on_finish {
+            if self.sc.report_on_change {
                 self.send_reports(node);
             }
         }

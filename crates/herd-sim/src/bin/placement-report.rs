@@ -33,7 +33,7 @@ struct Row {
     faults: bool,
     batch_factor: f64,
     /// Nodes also report their load whenever a task ends.
-    report_on_finish: bool,
+    report_on_change: bool,
     seeds: Vec<u64>,
     slots: u32,
     jobs: usize,
@@ -210,7 +210,7 @@ fn group(base: &Scenario, seeds: &[u64]) -> Row {
         mix: base.mix,
         faults: base.crashes + base.partitions > 0,
         batch_factor: base.batch_factor,
-        report_on_finish: base.report_on_finish,
+        report_on_change: base.report_on_change,
         seeds: seeds.to_vec(),
         slots: outs.first().map_or(0, |o| o.slots),
         jobs: outs.first().map_or(0, |o| o.jobs),
@@ -281,7 +281,7 @@ fn print_row(r: &Row) {
         format!(
             "{}{}",
             r.workstations,
-            if r.report_on_finish { "e" } else { "" }
+            if r.report_on_change { "e" } else { "" }
         ),
         match r.mix {
             Mix::Uniform => "uniform",
@@ -400,15 +400,15 @@ fn main() {
     }
     if sizes.iter().any(|n| (10..=100).contains(n)) {
         println!(
-            "\nfour workstations, heterogeneous, no faults: load reports every 500 ms, then also on every task end\n"
+            "\nfour workstations, heterogeneous, no faults: load reports every 500 ms, then also whenever a task starts or ends (as the agent does)\n"
         );
         print_header();
     }
     for n in sizes.iter().copied().filter(|&n| (10..=100).contains(&n)) {
         for mix in [Mix::Uniform, Mix::Skewed] {
-            for report_on_finish in [false, true] {
+            for report_on_change in [false, true] {
                 let mut sc = Scenario::new(n, true, 4, mix, false, 0);
-                sc.report_on_finish = report_on_finish;
+                sc.report_on_change = report_on_change;
                 let row = group(&sc, &seeds);
                 print_row(&row);
                 rows.push(row);
