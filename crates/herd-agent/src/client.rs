@@ -101,6 +101,10 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
     let tty = opts
         .tty
         .unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    let exe = argv.first().and_then(|cmd| {
+        let path = env.iter().find(|(k, _)| k == b"PATH").map(|(_, v)| v)?;
+        resolve(cmd.as_bytes(), path)
+    });
     Ok(RunSpec {
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env,
@@ -120,7 +124,33 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
             .iter()
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .collect(),
+        exe,
     })
+}
+
+/// Where a `PATH` search for `cmd` (named without a `/`) ends: the first regular file
+/// `DIR/cmd` the user may execute, over the absolute directories of `path`. `None`
+/// for a name with a `/`, or when the search reaches a relative directory first or
+/// finds nothing (the sandbox then searches by itself).
+fn resolve(cmd: &[u8], path: &[u8]) -> Option<Vec<u8>> {
+    if cmd.is_empty() || cmd.contains(&b'/') {
+        return None;
+    }
+    for dir in path.split(|&c| c == b':') {
+        if dir.first() != Some(&b'/') {
+            return None;
+        }
+        let mut full = dir.to_vec();
+        full.push(b'/');
+        full.extend_from_slice(cmd);
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(&full));
+        if p.metadata().is_ok_and(|m| m.is_file())
+            && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+        {
+            return Some(full);
+        }
+    }
+    None
 }
 
 /// Puts the terminal in raw mode while alive.
@@ -590,4 +620,39 @@ async fn run_here(spec: &RunSpec, node: &str, io: &mut Io) -> Result<i32, String
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    #[test]
+    fn the_exe_hint_is_where_a_shell_search_would_end() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        for dir in [&a, &b, &c] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        // a/tool is a directory, b/tool a file nobody may execute, c/tool the program.
+        std::fs::create_dir(a.join("tool")).unwrap();
+        std::fs::write(b.join("tool"), "x").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(c.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(c.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = |dirs: &[&Path]| -> Vec<u8> {
+            let s: Vec<String> = dirs.iter().map(|p| p.display().to_string()).collect();
+            s.join(":").into_bytes()
+        };
+        let found = resolve(b"tool", &path(&[&a, &b, &c]));
+        assert_eq!(found, Some(c.join("tool").into_os_string().into_vec()));
+        // Not for a name with a slash, a relative directory before the match, or none.
+        assert_eq!(resolve(b"./tool", &path(&[&c])), None);
+        assert_eq!(
+            resolve(b"tool", format!(".:{}", c.display()).as_bytes()),
+            None
+        );
+        assert_eq!(resolve(b"tool", &path(&[&a, &b])), None);
+    }
 }

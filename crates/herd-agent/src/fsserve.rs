@@ -10,7 +10,9 @@
 //!   Answers [`FsCall`]s (stat, list, read, readlink) with a [`LocalSource`] that hides
 //!   the secret paths, on a few threads, in any order ([`FsClient`] matches answers to
 //!   questions by id). A kept view's `Validate` is answered from the user's
-//!   [`Journal`] where it can: items it vouches for are not looked at.
+//!   [`Journal`] where it can (items it vouches for are not looked at), on the thread
+//!   that reads the questions: it is on every warm run's critical path, and handing it
+//!   to a worker would cost a thread wakeup.
 //! * `herd __fs-commit` ([`commit_main`]): one per task that changed files. Reads the
 //!   change stream ([`CommitFrame`]s) on stdin, stages it with a
 //!   [`Committer`](herd_fs::changes::Committer), commits on `Done` and prints a
@@ -154,6 +156,22 @@ fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
     r.unwrap_or_else(FsResponse::Errno)
 }
 
+/// Answers `call` on stdout; false when stdout is gone.
+fn respond(
+    src: &LocalSource,
+    journal: &Journal,
+    out: &Mutex<std::io::Stdout>,
+    call: FsCall,
+) -> bool {
+    let reply = FsReply {
+        id: call.id,
+        resp: answer(src, journal, call.req),
+    };
+    out.lock()
+        .map(|mut o| write_frame(&mut *o, &reply).is_ok())
+        .unwrap_or(true)
+}
+
 /// `herd __fs-serve --uid U --gid G --groups a,b`: becomes the user, reads the hidden
 /// paths (first frame), then answers questions until stdin ends.
 pub fn serve_main(args: &[String]) -> i32 {
@@ -196,13 +214,7 @@ pub fn serve_main(args: &[String]) -> i32 {
                         },
                         Err(_) => return,
                     };
-                    let reply = FsReply {
-                        id: call.id,
-                        resp: answer(&src, &journal, call.req),
-                    };
-                    if let Ok(mut o) = out.lock()
-                        && write_frame(&mut *o, &reply).is_err()
-                    {
+                    if !respond(&src, &journal, &out, call) {
                         return;
                     }
                 }
@@ -211,6 +223,13 @@ pub fn serve_main(args: &[String]) -> i32 {
         .collect();
     while let Ok(Some(frame)) = read_frame(&mut stdin) {
         match herd_proto::decode::<FsCall>(&frame) {
+            // A kept view's validation is every warm run's one question, mostly
+            // answered from the journal: answered here, without waking a worker.
+            Ok(call) if matches!(call.req, FsRequest::Validate { .. }) => {
+                if !respond(&src, &journal, &out, call) {
+                    break;
+                }
+            }
             Ok(call) => {
                 if tx.send(call).is_err() {
                     break;

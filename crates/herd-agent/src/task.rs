@@ -861,6 +861,7 @@ async fn run_here(
         &work,
         run.argv.iter().map(os).collect(),
     );
+    sb.exe = run.exe.as_ref().map(|e| PathBuf::from(os(e)));
     sb.env = run.env.iter().map(|(k, v)| (os(k), os(v))).collect();
     sb.env.retain(|(k, _)| k != "HERD_NODE");
     sb.env.push(("HERD_NODE".into(), ctx.name.clone().into()));

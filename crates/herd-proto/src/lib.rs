@@ -34,7 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Version byte leading every frame payload. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame payload accepted or produced, in bytes. A receiver refuses a longer
 /// announced length before allocating anything.
@@ -237,6 +237,10 @@ pub struct RunSpec {
     /// More paths to hide from the task (the user's `[run] hide`), on top of the
     /// secrets the agent always hides.
     pub hide: Vec<Vec<u8>>,
+    /// Where the command's `PATH` search ends on the workstation, for a command named
+    /// without a `/`: a hint the sandbox tries first, saving the search's misses; a
+    /// miss on the hint falls back to the search.
+    pub exe: Option<Vec<u8>>,
 }
 
 /// Workstation to helper, on a task's stream.

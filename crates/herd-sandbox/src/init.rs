@@ -1099,15 +1099,18 @@ fn task(
             .find(|(k, _)| k == b"PATH")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
-        search
-            .split(|&c| c == b':')
-            .map(|dir| {
+        // The hint first: it is one of the candidates below, so trying it twice
+        // changes no outcome, only skips the misses before it.
+        spec.exe
+            .iter()
+            .map(|e| cstr(e))
+            .chain(search.split(|&c| c == b':').map(|dir| {
                 let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
                 let mut full = dir.to_vec();
                 full.push(b'/');
                 full.extend_from_slice(cmd);
                 cstr(&full)
-            })
+            }))
             .collect()
     };
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();

@@ -35,6 +35,10 @@ pub struct SandboxSpec {
     /// The command and its arguments; `argv[0]` is looked up in the task's `PATH` (from
     /// `env`) when it contains no `/`, like a shell does.
     pub argv: Vec<OsString>,
+    /// Where that `PATH` search is expected to end (the workstation's own search, when
+    /// `argv[0]` contains no `/`): tried first, so the search's misses are skipped. A
+    /// hint only: when it cannot be executed the search runs as usual.
+    pub exe: Option<PathBuf>,
     /// The task's whole environment (nothing of the helper's environment is passed).
     pub env: Vec<(OsString, OsString)>,
     /// The task's working directory in its view. If it cannot be entered, spawning fails
@@ -97,6 +101,7 @@ impl SandboxSpec {
             upper: upper.into(),
             work: work.into(),
             argv,
+            exe: None,
             env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
             cwd: PathBuf::from("/"),
             uid: 65534,
@@ -168,6 +173,7 @@ pub(crate) struct WireSpec {
     pub upper: Vec<u8>,
     pub work: Vec<u8>,
     pub argv: Vec<Vec<u8>>,
+    pub exe: Option<Vec<u8>>,
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
     pub cwd: Vec<u8>,
     pub uid: u32,
@@ -203,6 +209,7 @@ impl WireSpec {
             upper: bytes(&spec.upper),
             work: bytes(&spec.work),
             argv: spec.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            exe: spec.exe.as_deref().map(bytes),
             env: spec
                 .env
                 .iter()

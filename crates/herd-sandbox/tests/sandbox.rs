@@ -467,6 +467,31 @@ fn exit_codes_pass_through_like_a_shell() {
 }
 
 #[test]
+fn the_path_hint_is_tried_first_and_a_stale_one_falls_back_to_the_search() {
+    let l = Layers::new();
+    // A hint that is there runs, with argv[0] as given (no PATH entry holds the name).
+    let mut hinted = l.spec(Path::new("/"), "");
+    hinted.argv = argv(&["herd-hinted-echo", "via", "hint"]);
+    hinted.exe = Some(PathBuf::from("/bin/echo"));
+    assert_eq!(run_ok(hinted), "via hint\n");
+    // A hint that is gone: the PATH search finds the command as before.
+    let mut stale = l.spec(Path::new("/"), "");
+    stale.argv = argv(&["echo", "via", "search"]);
+    stale.exe = Some(PathBuf::from("/no/such/dir/echo"));
+    assert_eq!(run_ok(stale), "via search\n");
+    // And a command that is nowhere is still not found.
+    let mut missing = l.spec(Path::new("/"), "");
+    missing.argv = argv(&["herd-no-such-command"]);
+    missing.exe = Some(PathBuf::from("/no/such/dir/herd-no-such-command"));
+    let out = run(missing);
+    assert_eq!(out.exit, TaskExit::Exited(127));
+    assert_eq!(
+        out.stderr,
+        "herd: herd-no-such-command: command not found\n"
+    );
+}
+
+#[test]
 fn a_script_without_shebang_runs_with_sh() {
     let l = Layers::new();
     let dir = Path::new("/var/tmp").join(unique("script"));
