@@ -32,6 +32,26 @@ async fn start_cluster() -> Cluster {
 }
 
 async fn start_cluster_with_metrics(metrics: Option<SocketAddr>) -> Cluster {
+    // Two things unrelated to what the tests check can make the agent exit at start,
+    // and the start is then tried again: the free port picked here may be taken before
+    // the agent binds it, and `init`'s lock on the state directory may outlive `init`
+    // for a moment: a flock lock lasts while any copy of its descriptor is open, and a
+    // process another test forks in this process holds one until it execs (seen here as
+    // `Locked` by this very process, about once in fifteen runs).
+    let mut last = String::new();
+    for _ in 0..5 {
+        match try_start_cluster(metrics).await {
+            Ok(c) => return c,
+            Err(e) => {
+                eprintln!("the cluster's agent exited at start, trying again: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("the cluster's agent did not start: {last}");
+}
+
+async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, String> {
     let tmp = tempfile::tempdir().unwrap();
     let ws = StateDir::new(tmp.path().join("ws"));
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -64,21 +84,24 @@ async fn start_cluster_with_metrics(metrics: Option<SocketAddr>) -> Cluster {
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
     }));
-    // Wait for the socket.
-    for _ in 0..100 {
+    // Wait for the socket; an agent that exited says why.
+    for _ in 0..200 {
+        if task.is_finished() {
+            return Err(format!("{:?}", task.await));
+        }
         if local::call(&ws, &LocalRequest::Status).await.is_ok() {
-            break;
+            return Ok(Cluster {
+                _tmp: tmp,
+                ws,
+                addr,
+                token,
+                stop: Some(stop),
+                task: Some(task),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Cluster {
-        _tmp: tmp,
-        ws,
-        addr,
-        token,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Err("its socket did not answer within 10 s".into())
 }
 
 impl Cluster {
@@ -245,7 +268,14 @@ async fn second_agent_on_same_state_dir_is_refused() {
         polite: Default::default(),
         metrics: None,
     };
-    let err = run_agent(opts, std::future::pending()).await.unwrap_err();
+    // Bounded: were the lock not taken, this agent would run for good.
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_agent(opts, std::future::pending()),
+    )
+    .await
+    .expect("a second agent on a locked state directory must stop at once")
+    .unwrap_err();
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");
     assert_eq!(err.exit_code(), 2);
     c.stop().await;
@@ -329,7 +359,14 @@ async fn metrics_are_served_and_a_taken_port_is_refused() {
         polite: Default::default(),
         metrics: Some(addr),
     };
-    let err = run_agent(opts, std::future::pending()).await.unwrap_err();
+    // Bounded: were the lock not taken, this agent would run for good.
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_agent(opts, std::future::pending()),
+    )
+    .await
+    .expect("a second agent on a locked state directory must stop at once")
+    .unwrap_err();
     assert!(err.to_string().contains("cannot serve metrics on"), "{err}");
     assert_eq!(err.exit_code(), 1);
     c.stop().await;
