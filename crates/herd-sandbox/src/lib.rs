@@ -56,7 +56,8 @@
 //!    resource limits, the submitter's groups, gid and uid, the umask,
 //!    `PR_SET_NO_NEW_PRIVS`, with [`SandboxSpec::console`] a terminal of its own (see
 //!    *Terminals* below), `chdir(cwd)`, every descriptor but 0, 1 and 2 closed on exec,
-//!    default signal dispositions, and `execve` with a `PATH` search like a shell's.
+//!    default signal dispositions, and `execve` with a `PATH` search like a shell's
+//!    ([`SandboxSpec::exe`], where the search is expected to end, is tried first).
 //!
 //! # What a task can see
 //!
