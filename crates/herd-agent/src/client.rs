@@ -131,7 +131,9 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
 /// Where a `PATH` search for `cmd` (named without a `/`) ends: the first regular file
 /// `DIR/cmd` the user may execute, over the absolute directories of `path`. `None`
 /// for a name with a `/`, or when the search reaches a relative directory first or
-/// finds nothing (the sandbox then searches by itself).
+/// finds nothing (the sandbox then searches by itself). Not [`crate::shell::resolve`],
+/// which skips empty entries and herd's own links: this one must end where the
+/// sandbox's own search would, so it stops at a relative entry (searched first there).
 fn resolve(cmd: &[u8], path: &[u8]) -> Option<Vec<u8>> {
     if cmd.is_empty() || cmd.contains(&b'/') {
         return None;

@@ -268,17 +268,22 @@ async fn second_agent_on_same_state_dir_is_refused() {
         polite: Default::default(),
         metrics: None,
     };
-    // Bounded: were the lock not taken, this agent would run for good.
-    let err = tokio::time::timeout(
+    let err = start_must_fail(opts).await;
+    assert!(matches!(err, AgentError::Locked { .. }), "{err}");
+    assert_eq!(err.exit_code(), 2);
+    c.stop().await;
+}
+
+/// Runs an agent that must fail to start, and returns its error. Bounded: an agent
+/// that started after all would otherwise run for good.
+async fn start_must_fail(opts: AgentOptions) -> AgentError {
+    tokio::time::timeout(
         Duration::from_secs(30),
         run_agent(opts, std::future::pending()),
     )
     .await
-    .expect("a second agent on a locked state directory must stop at once")
-    .unwrap_err();
-    assert!(matches!(err, AgentError::Locked { .. }), "{err}");
-    assert_eq!(err.exit_code(), 2);
-    c.stop().await;
+    .expect("an agent that cannot start must stop at once")
+    .unwrap_err()
 }
 
 /// Sends one HTTP request to `addr` and returns the whole answer.
@@ -359,14 +364,7 @@ async fn metrics_are_served_and_a_taken_port_is_refused() {
         polite: Default::default(),
         metrics: Some(addr),
     };
-    // Bounded: were the lock not taken, this agent would run for good.
-    let err = tokio::time::timeout(
-        Duration::from_secs(30),
-        run_agent(opts, std::future::pending()),
-    )
-    .await
-    .expect("a second agent on a locked state directory must stop at once")
-    .unwrap_err();
+    let err = start_must_fail(opts).await;
     assert!(err.to_string().contains("cannot serve metrics on"), "{err}");
     assert_eq!(err.exit_code(), 1);
     c.stop().await;
