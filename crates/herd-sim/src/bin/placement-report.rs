@@ -32,7 +32,7 @@ struct Row {
     mix: Mix,
     faults: bool,
     batch_factor: f64,
-    /// Nodes also report their load whenever a task ends.
+    /// Nodes also report their load whenever a task starts or ends.
     report_on_change: bool,
     seeds: Vec<u64>,
     slots: u32,
@@ -356,7 +356,7 @@ fn main() {
         "times are medians; reruns: jobs re-run after a crash or cut (total); refuse: tasks refused by a full node (median); late: late results discarded (total)"
     );
     println!(
-        "ws: workstations submitting (\"e\": nodes also report their load when a task ends)\n"
+        "ws: workstations submitting (\"e\": nodes also report their load when a task starts or ends)\n"
     );
     if !testbed_only {
         print_header();
