@@ -675,6 +675,10 @@ impl Agent {
             ),
             None => (0.0, 0.0),
         };
+        let drained = self
+            .shared
+            .drained
+            .load(std::sync::atomic::Ordering::SeqCst);
         let report = LoadReport {
             seq: 0,
             roles: self
@@ -692,11 +696,8 @@ impl Agent {
             tasks: self.shared.helper.task_count(),
             // Not taking new work: drained, the owner is busy, has not been idle long
             // enough, or memory is short.
-            draining: !self.policy.accepting()
-                || self
-                    .shared
-                    .drained
-                    .load(std::sync::atomic::Ordering::SeqCst),
+            draining: !self.policy.accepting() || drained,
+            drained,
             cache_hits: stats.hits,
             cache_misses: stats.misses,
         };
@@ -708,6 +709,7 @@ impl Agent {
                 || (last.load - report.load).abs() >= 0.1
                 || last.tasks != report.tasks
                 || last.draining != report.draining
+                || last.drained != report.drained
                 || last.mem_free.abs_diff(report.mem_free) > last.mem_total / 20
         });
         if force || stale {
@@ -1104,6 +1106,7 @@ impl Agent {
                     incarnation: n.id.bump,
                     since_secs: now.saturating_sub(n.since).as_secs_f64(),
                     accepting: n.state == NodeState::Alive && self.is_exec(&n) && !load.draining,
+                    drained: load.drained,
                     cache_hits: load.cache_hits,
                     cache_misses: load.cache_misses,
                 }

@@ -155,6 +155,10 @@ pub struct LoadReport {
     pub tasks: u32,
     /// The node accepts no new work (drained, its owner is busy, or memory is short).
     pub draining: bool,
+    /// It was drained (`herd drain`): a node `draining` but not `drained` is held by
+    /// its own policy (its owner is busy or has not been idle long enough, or its
+    /// memory is short).
+    pub drained: bool,
     /// Reads of workstation files its cache answered, since it started.
     pub cache_hits: u64,
     /// Files it fetched from workstations, since it started.

@@ -522,6 +522,9 @@ pub struct NodeInfo {
     /// Whether the node takes new work now (alive, executes tasks, its owner is not
     /// busy and its memory not short).
     pub accepting: bool,
+    /// Whether it was drained (`herd drain`, from any node); a node not accepting and
+    /// not drained is held by its own policy.
+    pub drained: bool,
     /// Reads of workstation files its cache answered, since it started.
     pub cache_hits: u64,
     /// Files it fetched from workstations, since it started.

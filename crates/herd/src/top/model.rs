@@ -223,10 +223,10 @@ impl TaskSort {
 pub enum HostState {
     /// Alive and taking work (or not an executing node at all).
     Alive,
-    /// Alive but taking no new work: drained from here.
+    /// Alive but taking no new work: drained (`herd drain`, from here or elsewhere).
     Drained,
-    /// Alive but taking no new work: its owner is busy or has not been idle long
-    /// enough, its memory is short, or it was drained from elsewhere.
+    /// Alive but taking no new work by its own policy: its owner is busy or has not
+    /// been idle long enough, or its memory is short.
     Held,
     /// Missed probes.
     Suspect,
@@ -440,9 +440,10 @@ impl Model {
             at: now,
         });
 
-        // A node drained from here and taking work again was undrained elsewhere.
+        // A node drained from here is marked until its own report says it is drained
+        // (from then on the report tells), or it takes work again.
         for n in &snap.nodes {
-            if n.accepting {
+            if n.accepting || n.drained {
                 self.drained_here.remove(&n.name);
             }
         }
@@ -576,7 +577,8 @@ impl Model {
         let exec = is_exec(n);
         let state = match n.state {
             MemberState::Alive if exec && !n.accepting => {
-                if self.drained_here.contains(&n.name) {
+                // Drained from here shows at once, before the node's report says so.
+                if n.drained || self.drained_here.contains(&n.name) {
                     HostState::Drained
                 } else {
                     HostState::Held
@@ -908,6 +910,7 @@ pub(crate) mod tests {
             since_secs: 10.0,
             local: false,
             accepting: true,
+            drained: false,
             cache_hits: 0,
             cache_misses: 0,
         }
@@ -1234,13 +1237,18 @@ pub(crate) mod tests {
                 .unwrap()
                 .state
         };
-        assert_eq!(state(&m, "h2"), HostState::Drained);
-        assert_eq!(state(&m, "h1"), HostState::Held, "not drained from here");
+        assert_eq!(state(&m, "h2"), HostState::Drained, "drained from here");
+        assert_eq!(state(&m, "h1"), HostState::Held, "its owner is busy");
+        // Drained elsewhere: its report says so.
+        s.nodes[1].drained = true;
+        m.observe(s.clone(), 1.5);
+        assert_eq!(state(&m, "h1"), HostState::Drained, "drained elsewhere");
+        s.nodes[1].drained = false;
         // Undrained elsewhere: no longer marked.
         s.nodes[2].accepting = true;
         m.observe(s.clone(), 2.0);
         s.nodes[2].accepting = false;
-        m.observe(s, 3.0);
+        m.observe(s.clone(), 3.0);
         assert_eq!(state(&m, "h2"), HostState::Held);
 
         m.done(&Action::Kill(12), Err("no task 12 here".into()));
@@ -1255,5 +1263,14 @@ pub(crate) mod tests {
         assert_eq!(m.notice(), None);
         m.done(&drain, Err("no alive node named \"h2\"".into()));
         assert!(matches!(m.notice(), Some(Notice::Error(e)) if e.starts_with("cannot drain h2")));
+        // Drained from here, confirmed by its report, then undrained elsewhere while
+        // its owner is busy: held, not drained.
+        m.done(&drain, Ok(()));
+        s.nodes[2].drained = true;
+        m.observe(s.clone(), 20.0 + NOTICE_SECS);
+        assert_eq!(state(&m, "h2"), HostState::Drained);
+        s.nodes[2].drained = false;
+        m.observe(s, 21.0 + NOTICE_SECS);
+        assert_eq!(state(&m, "h2"), HostState::Held);
     }
 }
