@@ -38,20 +38,25 @@ async fn start_cluster_with_metrics(metrics: Option<SocketAddr>) -> Cluster {
     // for a moment: a flock lock lasts while any copy of its descriptor is open, and a
     // process another test forks in this process holds one until it execs (seen here as
     // `Locked` by this very process, about once in fifteen runs).
+    // Any other failure to start fails the test at once.
     let mut last = String::new();
     for _ in 0..5 {
         match try_start_cluster(metrics).await {
             Ok(c) => return c,
-            Err(e) => {
+            Err(Some(e)) => {
                 eprintln!("the cluster's agent exited at start, trying again: {e}");
-                last = e;
+                last = e.to_string();
             }
+            Err(None) => panic!("the cluster's agent's socket did not answer within 10 s"),
         }
     }
     panic!("the cluster's agent did not start: {last}");
 }
 
-async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, String> {
+/// Starts the cluster's agent; `Err(Some(e))` when it exited at start for one of the
+/// two reasons above, `Err(None)` when its socket never answered. Panics on any other
+/// failure.
+async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, Option<AgentError>> {
     let tmp = tempfile::tempdir().unwrap();
     let ws = StateDir::new(tmp.path().join("ws"));
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -87,7 +92,15 @@ async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, Strin
     // Wait for the socket; an agent that exited says why.
     for _ in 0..200 {
         if task.is_finished() {
-            return Err(format!("{:?}", task.await));
+            let e = match task.await {
+                Ok(Err(e)) => e,
+                other => panic!("the cluster's agent ended at start: {other:?}"),
+            };
+            let own_pid = std::process::id().to_string();
+            let unrelated = matches!(&e, AgentError::Locked { pid, .. } if *pid == own_pid)
+                || e.to_string().contains("cannot listen on");
+            assert!(unrelated, "the cluster's agent failed to start: {e}");
+            return Err(Some(e));
         }
         if local::call(&ws, &LocalRequest::Status).await.is_ok() {
             return Ok(Cluster {
@@ -101,7 +114,7 @@ async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, Strin
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err("its socket did not answer within 10 s".into())
+    Err(None)
 }
 
 impl Cluster {
