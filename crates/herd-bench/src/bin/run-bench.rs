@@ -5,22 +5,29 @@
 //! 200 Mbit/s, for the bulk-read test) and, when `/usr/sbin/sshd` exists (Debian's
 //! openssh-server), `sshd` (the machine's filesystem, running sshd with key auth).
 //!
+//! outrun (PyPI) runs against the same `sshd` host when an `outrun` is found (`--outrun
+//! PATH`, else `outrun` on `PATH`; `python3 -m venv /opt/outrun && /opt/outrun/bin/pip
+//! install outrun`). outrun checks for the FUSE module with `lsmod` and fails where FUSE
+//! is built into the kernel and `/proc/modules` is absent (as here), so the remote side
+//! gets an `lsmod` shim that reports it; nothing else of outrun is changed.
+//!
 //! Reported, each as the median of `--runs` (default 15) runs with min and max:
 //! * `true` and `python3 -c pass`: locally, through `herd run` (first run = cold, the
 //!   rest warm), and `ssh host CMD`; the overhead over local; the network round trips
 //!   on the critical path (the run request plus one per file question the workstation
-//!   answered, from `herd status --json`);
+//!   answered, from `herd status --json`); `outrun host CMD` where it runs (first run =
+//!   cold cache on the helper, the rest warm);
 //! * `sha256sum` of a 256 MB workstation file read on h2, against the link rate.
 //!
 //! ```sh
 //! cargo build --release -p herd -p herd-bench
-//! target/release/run-bench [--runs 15] [--link-mbit 200] [--json PATH]
+//! target/release/run-bench [--runs 15] [--link-mbit 200] [--outrun PATH] [--json PATH]
 //! ```
 //!
 //! Latency is not emulated on the testbed (no netem): round trips are counted so that
 //! a reader can add their own network's RTT.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +46,11 @@ struct Row {
     note: String,
 }
 
+/// The `PATH` every measured command gets, locally and through herd, ssh and outrun:
+/// Debian's own, so that a shell profile's shims (pyenv's `python3` is a bash script
+/// that runs more scripts) do not stand in for the command measured.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn timed(mut cmd: herd_testbed::HostCommand) -> (Duration, Output) {
     let t = Instant::now();
     let out = cmd
@@ -56,12 +68,23 @@ fn status_fs(ws: &Node) -> u64 {
     v["fs_requests"].as_u64().unwrap_or(0)
 }
 
+/// The outrun to compare with: `--outrun PATH`, else `outrun` on `PATH`.
+fn outrun_binary(args: &[String]) -> Option<PathBuf> {
+    if let Some(i) = args.iter().position(|a| a == "--outrun") {
+        return args.get(i + 1).map(PathBuf::from);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("outrun"))
+        .find(|p| p.is_file())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let herd = herd_binary(&args)?;
     let runs: usize = arg(&args, "--runs", 15);
     let mbit: u32 = arg(&args, "--link-mbit", 200);
     let with_ssh = Path::new("/usr/sbin/sshd").exists();
+    let outrun = outrun_binary(&args).filter(|_| with_ssh);
 
     let mut bed = Testbed::new()?;
     bed.add_host(HostSpec::real_fs("ws"))?;
@@ -90,18 +113,32 @@ fn main() -> anyhow::Result<()> {
         let mut argv = vec!["run", "--state", state.as_str(), "--on", on, "-T", "--"];
         argv.extend_from_slice(cmd);
         let mut c = bed.host("ws").command(&herd_s, &argv);
-        c.current_dir(project.path());
+        c.current_dir(project.path()).env("PATH", SYSTEM_PATH);
         c
     };
     let local_cmd = |cmd: &[&str]| {
         let mut c = bed.host("ws").command(cmd[0], &cmd[1..]);
-        c.current_dir(project.path());
+        c.current_dir(project.path()).env("PATH", SYSTEM_PATH);
         c
     };
 
     // ssh baseline: sshd on its own host with a throwaway key.
     let ssh_dir = tempfile::tempdir()?;
     let mut sshd = None;
+    // The remote side's PATH: a directory with outrun and an `lsmod` that reports the
+    // FUSE module (built into this kernel, so absent from `lsmod`), then the system's.
+    let shim = ssh_dir.path().join("bin");
+    std::fs::create_dir_all(&shim)?;
+    if let Some(o) = &outrun {
+        use std::os::unix::fs::PermissionsExt;
+        let lsmod = shim.join("lsmod");
+        std::fs::write(
+            &lsmod,
+            "#!/bin/sh\necho 'Module Size Used by'\necho 'fuse 0 0'\n",
+        )?;
+        std::fs::set_permissions(&lsmod, std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::symlink(std::fs::canonicalize(o)?, shim.join("outrun"))?;
+    }
     if with_ssh {
         let key = ssh_dir.path().join("id");
         let hostkey = ssh_dir.path().join("hostkey");
@@ -118,32 +155,44 @@ fn main() -> anyhow::Result<()> {
             "-oHostKey={} -oAuthorizedKeysFile={} -oPasswordAuthentication=no -oStrictModes=no -oUsePAM=no -oPermitRootLogin=yes -oListenAddress={}:22 -oPidFile=none",
             hostkey.display(),
             auth.display(),
-            host.addr()
+            host.addr(),
         );
-        let argv: Vec<&str> = std::iter::once("-D").chain(cfg.split(' ')).collect();
+        // A home of its own: outrun keeps its cache there (so the first run is cold),
+        // and no shell profile of this machine's root changes the PATH.
+        let home = ssh_dir.path().join("home");
+        std::fs::create_dir_all(&home)?;
+        let env = format!(
+            "-oSetEnv=HOME={} PATH={}:{SYSTEM_PATH}",
+            home.display(),
+            shim.display()
+        );
+        let mut argv: Vec<&str> = std::iter::once("-D").chain(cfg.split(' ')).collect();
+        argv.push(&env);
         std::fs::create_dir_all("/run/sshd")?;
         sshd = Some(host.command("/usr/sbin/sshd", &argv).spawn()?);
         std::thread::sleep(Duration::from_millis(500));
     }
+    let ssh_target = format!("root@{}", bed.host("sshd").addr());
+    let ssh_opts = format!(
+        "-q -i {} -oStrictHostKeyChecking=no -oUserKnownHostsFile=/dev/null -oBatchMode=yes",
+        ssh_dir.path().join("id").display()
+    );
     let ssh_cmd = |cmd: &[&str]| {
-        let target = format!("root@{}", bed.host("sshd").addr());
-        let key = ssh_dir.path().join("id");
-        let key = key.to_str().unwrap_or("").to_string();
-        let mut argv = vec![
-            "-q",
-            "-i",
-            &key,
-            "-oStrictHostKeyChecking=no",
-            "-oUserKnownHostsFile=/dev/null",
-            "-oBatchMode=yes",
-            &target,
-        ]
-        .into_iter()
-        .map(str::to_string)
-        .collect::<Vec<_>>();
-        argv.extend(cmd.iter().map(|s| s.to_string()));
-        let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
-        bed.host("ws").command("/usr/bin/ssh", &argv)
+        let mut argv: Vec<&str> = ssh_opts.split(' ').collect();
+        argv.push(&ssh_target);
+        argv.extend_from_slice(cmd);
+        let mut c = bed.host("ws").command("/usr/bin/ssh", &argv);
+        c.env("PATH", SYSTEM_PATH);
+        c
+    };
+    let outrun_cmd = |outrun: &Path, cmd: &[&str]| {
+        let mut argv = vec!["--ssh", ssh_opts.as_str(), ssh_target.as_str()];
+        argv.extend_from_slice(cmd);
+        let mut c = bed
+            .host("ws")
+            .command(outrun.to_str().unwrap_or("outrun"), &argv);
+        c.current_dir(project.path()).env("PATH", SYSTEM_PATH);
+        c
     };
 
     let mut rows = Vec::new();
@@ -220,6 +269,32 @@ fn main() -> anyhow::Result<()> {
                 round_trips: None,
                 note: "helper has the tools installed".into(),
             });
+        }
+        if let Some(o) = &outrun {
+            let (mut cold, mut warm) = (Vec::new(), Vec::new());
+            for i in 0..runs {
+                let (t, out) = timed(outrun_cmd(o, &cmd));
+                anyhow::ensure!(
+                    out.status.success(),
+                    "outrun {label} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                if i == 0 { cold.push(t) } else { warm.push(t) }
+            }
+            for (how, s) in [
+                ("outrun host CMD, cold", cold),
+                ("outrun host CMD, warm", warm),
+            ] {
+                let s = Summary::of(&s);
+                rows.push(Row {
+                    what: label.into(),
+                    how: how.into(),
+                    overhead_ms: over(&s),
+                    time: s,
+                    round_trips: None,
+                    note: "root and outrun on the helper".into(),
+                });
+            }
         }
     }
 
@@ -305,9 +380,11 @@ fn main() -> anyhow::Result<()> {
     if !with_ssh {
         println!("(ssh baseline skipped: install openssh-server to include it)");
     }
-    println!(
-        "(outrun baseline not run: it needs root and Python on every helper and is not packaged for Debian)"
-    );
+    if outrun.is_none() {
+        println!(
+            "(outrun baseline skipped: install it (pip install outrun) and pass --outrun PATH; it also needs openssh-server)"
+        );
+    }
     let path = write_json(&args, "run", &rows)?;
     println!("wrote {}", path.display());
     Ok(())
