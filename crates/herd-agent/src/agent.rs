@@ -276,6 +276,7 @@ pub async fn run_agent(
             views: views.clone(),
             prepared: Default::default(),
             preparing: Default::default(),
+            index_save_due: Default::default(),
             running: Default::default(),
             suspended: Default::default(),
             tasks_changed: Default::default(),

@@ -519,6 +519,9 @@ async fn drop_view(view: Option<crate::views::LeasedView>) {
 /// it waiting for the kernel to attach it to its cgroup).
 pub const PREPARED: usize = 2;
 
+/// How long after a task the file cache's index is written to disk.
+pub const INDEX_SAVE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the helper needs to run tasks.
 pub struct HelperCtx {
     /// This node's name.
@@ -540,6 +543,8 @@ pub struct HelperCtx {
     pub prepared: Mutex<Vec<herd_sandbox::Prepared>>,
     /// How many inits are being prepared now.
     pub preparing: std::sync::atomic::AtomicUsize,
+    /// A save of the file cache's index is scheduled (see [`HelperCtx::save_index_soon`]).
+    pub index_save_due: std::sync::atomic::AtomicBool,
     /// The cgroup task groups nest under (`None`: the agent's own).
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
@@ -570,6 +575,30 @@ impl HelperCtx {
             cpus: Some(f64::from(self.grant.cpus)),
             memory: Some(self.grant.memory),
         }
+    }
+
+    /// Saves the file cache's index to disk [`INDEX_SAVE_AFTER`] from now, off the
+    /// tasks' critical path, unless a save is already due: back-to-back tasks share one
+    /// write (and the file system's flush on the replacing rename) instead of one each.
+    /// The agent saves it when it stops as well; a crash loses at most that much of the
+    /// index (files then fetched again), never a file.
+    pub fn save_index_soon(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.index_save_due.swap(true, SeqCst) {
+            return;
+        }
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(INDEX_SAVE_AFTER).await;
+            ctx.index_save_due.store(false, SeqCst);
+            let cache = ctx.cache.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = cache.save() {
+                    tracing::warn!("cannot save the file cache's index: {e}");
+                }
+            })
+            .await;
+        });
     }
 
     /// Starts sandbox inits for the next tasks in the background, up to [`PREPARED`]
@@ -1113,13 +1142,7 @@ async fn run_here(
     let cached = view.cached.clone();
     let ws_name = ws.to_string();
     cached.finish(&ws_name, &set_key);
-    // Written to disk in the background, off the task's critical path.
-    let cache = ctx.cache.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = cache.save() {
-            tracing::warn!("cannot save the file cache's index: {e}");
-        }
-    });
+    ctx.save_index_soon();
     // A task that filled the helper's disk may have lost writes (ENOSPC): its changes
     // cannot be trusted, so none are committed.
     if let Ok(st) = rustix::fs::statvfs(&upper)

@@ -28,7 +28,9 @@ pub fn herd_binary(args: &[String]) -> anyhow::Result<PathBuf> {
             args.get(i + 1)
                 .ok_or_else(|| anyhow::anyhow!("--herd needs a path"))?,
         );
-        return Ok(p);
+        // Absolute: the benchmarks run commands from other working directories.
+        return std::fs::canonicalize(&p)
+            .map_err(|e| anyhow::anyhow!("--herd {}: {e}", p.display()));
     }
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name("herd");

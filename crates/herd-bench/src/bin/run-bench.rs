@@ -5,9 +5,9 @@
 //! 200 Mbit/s, for the bulk-read test) and, when `/usr/sbin/sshd` exists (Debian's
 //! openssh-server), `sshd` (the machine's filesystem, running sshd with key auth).
 //!
-//! outrun (PyPI) runs against the same `sshd` host when an `outrun` is found (`--outrun
-//! PATH`, else `outrun` on `PATH`; `python3 -m venv /opt/outrun && /opt/outrun/bin/pip
-//! install outrun`). outrun checks for the FUSE module with `lsmod` and fails where FUSE
+//! With `--outrun PATH`, outrun (PyPI: `python3 -m venv /opt/outrun && /opt/outrun/bin/pip
+//! install outrun`, and Debian's `fuse3` for `fusermount3`) runs against the same
+//! `sshd` host. outrun checks for the FUSE module with `lsmod` and fails where FUSE
 //! is built into the kernel and `/proc/modules` is absent (as here), so the remote side
 //! gets an `lsmod` shim that reports it; nothing else of outrun is changed.
 //!
@@ -68,14 +68,17 @@ fn status_fs(ws: &Node) -> u64 {
     v["fs_requests"].as_u64().unwrap_or(0)
 }
 
-/// The outrun to compare with: `--outrun PATH`, else `outrun` on `PATH`.
-fn outrun_binary(args: &[String]) -> Option<PathBuf> {
-    if let Some(i) = args.iter().position(|a| a == "--outrun") {
-        return args.get(i + 1).map(PathBuf::from);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("outrun"))
-        .find(|p| p.is_file())
+/// The outrun to compare with (`--outrun PATH`), which must exist.
+fn outrun_binary(args: &[String]) -> anyhow::Result<Option<PathBuf>> {
+    let Some(i) = args.iter().position(|a| a == "--outrun") else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(
+        args.get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--outrun needs a path"))?,
+    );
+    anyhow::ensure!(p.is_file(), "--outrun {}: no such file", p.display());
+    Ok(Some(p))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,7 +87,11 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = arg(&args, "--runs", 15);
     let mbit: u32 = arg(&args, "--link-mbit", 200);
     let with_ssh = Path::new("/usr/sbin/sshd").exists();
-    let outrun = outrun_binary(&args).filter(|_| with_ssh);
+    let outrun = outrun_binary(&args)?;
+    anyhow::ensure!(
+        outrun.is_none() || with_ssh,
+        "--outrun needs openssh-server (outrun runs over ssh)"
+    );
 
     let mut bed = Testbed::new()?;
     bed.add_host(HostSpec::real_fs("ws"))?;
@@ -381,9 +388,7 @@ fn main() -> anyhow::Result<()> {
         println!("(ssh baseline skipped: install openssh-server to include it)");
     }
     if outrun.is_none() {
-        println!(
-            "(outrun baseline skipped: install it (pip install outrun) and pass --outrun PATH; it also needs openssh-server)"
-        );
+        println!("(outrun baseline skipped: pass --outrun PATH to include it)");
     }
     let path = write_json(&args, "run", &rows)?;
     println!("wrote {}", path.display());
