@@ -21,8 +21,12 @@
 //!
 //! ```sh
 //! cargo build --release -p herd -p herd-bench
-//! target/release/run-bench [--runs 15] [--link-mbit 200] [--outrun PATH] [--json PATH]
+//! target/release/run-bench [--runs 15] [--link-mbit 200] [--herd PATH] [--outrun PATH] [--json PATH]
 //! ```
+//!
+//! `--herd` defaults to the `herd` beside this program (the dynamic development
+//! build). The README's figures are of the static binary that is shipped:
+//! `packaging/build-static.sh`, then `--herd packaging/out/herd`.
 //!
 //! Latency is not emulated on the testbed (no netem): round trips are counted so that
 //! a reader can add their own network's RTT.
