@@ -224,7 +224,12 @@ pub async fn run_agent(
     let views_dir = dir.root().join("tasks").join("views");
     {
         let d = views_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::views::clean_stale(&d)).await;
+        let tasks = dir.root().join("tasks");
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::views::clean_stale(&d);
+            task::clean_task_dirs(&tasks);
+        })
+        .await;
     }
     let views = Arc::new(crate::views::ViewPool::new(views_dir));
     {

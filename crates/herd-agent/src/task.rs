@@ -722,6 +722,34 @@ pub fn make_tasks_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Removes the task directories (`NODE-TASKID`, with the task's upper and work layers)
+/// a crashed agent left in `tasks_dir`: no task runs before the agent starts, so none
+/// is in use. Other entries (the views, a probe's) are left to their own cleanup.
+/// Blocking.
+pub fn clean_task_dirs(tasks_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(tasks_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_task = name
+            .to_string_lossy()
+            .rsplit_once('-')
+            .is_some_and(|(node, id)| {
+                !node.is_empty() && id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+        if is_task
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            tracing::warn!(
+                "cannot remove a task directory left by an earlier run: {}: {err}",
+                e.path().display()
+            );
+        }
+    }
+}
+
 /// Checks that this host can run tasks (in `scratch`, made by [`make_tasks_dir`]): a
 /// throwaway sandbox and a throwaway FUSE view.
 pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
@@ -1215,6 +1243,42 @@ async fn run_here(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_directories_left_by_a_crash_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for dir in [
+            "ws-0123456789abcdef/upper/sub",
+            "ws-0123456789abcdef/work/work",
+            "node-with-dashes-fedcba9876543210/upper",
+            "views/0",
+            "probe-mnt-4242",
+            "ws-notahexid00000",
+            "ws-0123",
+        ] {
+            std::fs::create_dir_all(d.join(dir)).unwrap();
+        }
+        std::fs::write(d.join("ws-0123456789abcdef/upper/sub/out.txt"), "x").unwrap();
+        std::fs::write(d.join("ab-0123456789abcdef"), "a file, not a task's").unwrap();
+        clean_task_dirs(d);
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "ab-0123456789abcdef",
+                "probe-mnt-4242",
+                "views",
+                "ws-0123",
+                "ws-notahexid00000"
+            ]
+        );
+        assert!(d.join("views/0").is_dir());
+    }
 
     #[test]
     fn homes_come_from_passwd_without_nss() {
