@@ -579,7 +579,8 @@ impl HelperCtx {
 
     /// Saves the file cache's index to disk [`INDEX_SAVE_AFTER`] from now, off the
     /// tasks' critical path, unless a save is already due: back-to-back tasks share one
-    /// write (and the file system's flush on the replacing rename) instead of one each.
+    /// write and replacing rename (on which ext4 starts flushing the new file) instead of
+    /// one each.
     /// The agent saves it when it stops as well; a crash loses at most that much of the
     /// index (files then fetched again), never a file.
     pub fn save_index_soon(self: &Arc<Self>) {
@@ -722,10 +723,16 @@ pub fn make_tasks_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Removes the task directories (`NODE-TASKID`, with the task's upper and work layers)
-/// a crashed agent left in `tasks_dir`: no task runs before the agent starts, so none
-/// is in use. Other entries (the views, a probe's) are left to their own cleanup.
-/// Blocking.
+/// The directory of task `task` from node `peer` (its upper and work layers) in
+/// `tasks_dir`: `NODE-TASKID`, the id in 16 hex digits ([`clean_task_dirs`] knows them
+/// by that).
+fn task_dir(tasks_dir: &Path, peer: &str, task: u64) -> PathBuf {
+    tasks_dir.join(format!("{peer}-{task:016x}"))
+}
+
+/// Removes the task directories ([`task_dir`]) a crashed agent left in `tasks_dir`: no
+/// task runs before the agent starts, so none is in use. Other entries (the views, a
+/// probe's) are left to their own cleanup. Blocking.
 pub fn clean_task_dirs(tasks_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(tasks_dir) else {
         return;
@@ -787,7 +794,7 @@ pub async fn serve_run(
     spec: TaskSpec,
     ctx: Arc<HelperCtx>,
 ) {
-    let dir = ctx.tasks_dir.join(format!("{}-{task:016x}", peer.name));
+    let dir = task_dir(&ctx.tasks_dir, &peer.name, task);
     let result = run_here(&conn, &peer.name, &mut send, recv, task, spec, &ctx, &dir).await;
     if let Err(e) = result {
         tracing::warn!(task = format!("{task:016x}"), from = %peer.name, "task failed: {e}");

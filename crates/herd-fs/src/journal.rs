@@ -307,14 +307,18 @@ impl Journal {
             }
             stale.then_some((i as u32, now))
         };
-        if items.len() <= VALIDATE_CHUNK {
-            return Some(items.iter().filter_map(check).collect());
-        }
-        // Asked once: the standard library reads the cgroup's CPU quota files each time.
+        // The CPU count only matters past one chunk, and is asked once: the standard
+        // library reads the cgroup's CPU quota files each time.
         static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let cores =
-            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let chunk = items.len().div_ceil(cores.clamp(1, 4)).max(VALIDATE_CHUNK);
+        let threads = if items.len() <= VALIDATE_CHUNK {
+            1
+        } else {
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        };
+        let chunk = items
+            .len()
+            .div_ceil(threads.clamp(1, 4))
+            .max(VALIDATE_CHUNK);
         if items.len() <= chunk {
             return Some(items.iter().filter_map(check).collect());
         }
