@@ -22,9 +22,9 @@
 //! * **Views.** A workstation knows its own tasks exactly (dispatch time, executable).
 //!   Other submitters' tasks reach it through load reports: every node samples its task
 //!   count every 500 ms (and, with [`Scenario::report_on_change`], whenever a task
-//!   starts or ends, as the agent does) and the report arrives 10–300 ms later; the workstation sets
-//!   [`herd_sched::Node::others`] to the count minus its own tasks the node was running
-//!   at the sample. A node that is full when a task arrives refuses it; the workstation
+//!   starts or ends, as the agent does) and the report arrives 10–300 ms later; the
+//!   workstation sets [`herd_sched::Node::others`] to the count minus its own tasks the
+//!   node was running at the sample. A node that is full when a task arrives refuses it; the workstation
 //!   re-queues the job and counts the node one task fuller until the next report.
 //! * **Faults** (seeded). A crash kills a node and its tasks; a partition cuts a node
 //!   off for 2–12 s (tasks keep running, results are held, dispatches are lost). A
