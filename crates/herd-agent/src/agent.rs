@@ -281,6 +281,7 @@ pub async fn run_agent(
             views: views.clone(),
             prepared: Default::default(),
             preparing: Default::default(),
+            spare_dirs: Default::default(),
             index_save_due: Default::default(),
             running: Default::default(),
             suspended: Default::default(),
@@ -735,6 +736,7 @@ impl Agent {
                 uid: call.uid,
                 gid: call.gid,
                 pid: call.pid,
+                groups: call.groups,
             };
             if let Some(on) = spec.on.as_deref()
                 && let Err(e) = self.check_pin(on)

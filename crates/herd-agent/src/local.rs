@@ -31,6 +31,9 @@ pub struct LocalCall {
     pub gid: u32,
     /// The caller's pid, from the socket.
     pub pid: Option<i32>,
+    /// The caller's supplementary groups, from the socket (`SO_PEERGROUPS`; `None`
+    /// where the kernel cannot say).
+    pub groups: Option<Vec<u32>>,
     /// Where the answer goes (one-shot requests).
     pub reply: oneshot::Sender<LocalResponse>,
     /// The connection itself, for requests that go on talking (`Run`).
@@ -62,6 +65,7 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
                 Ok(c) => (c.uid(), c.gid(), c.pid()),
                 Err(_) => return,
             };
+            let groups = peer_groups(&stream);
             let mut framed = Framed::new(stream, herd_proto::codec());
             let Ok(Some(Ok(frame))) =
                 tokio::time::timeout(Duration::from_secs(10), framed.next()).await
@@ -78,6 +82,7 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
                         uid,
                         gid,
                         pid,
+                        groups,
                         reply,
                         stream: None,
                     };
@@ -105,6 +110,39 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalCall>) {
             }
         });
     }
+}
+
+/// The supplementary groups of the process that connected `stream`, as they were when
+/// it connected (`SO_PEERGROUPS`, Linux 4.13): one system call, where reading
+/// `/proc/PID/status` costs the kernel a whole report. `None` if the kernel cannot say.
+fn peer_groups(stream: &UnixStream) -> Option<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, and `len` back.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            return Some(groups);
+        }
+        // ERANGE: `len` says how much room the list needs.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
+        {
+            return None;
+        }
+        groups.resize(n, 0);
+    }
+    None
 }
 
 /// Sends one request to the agent of `dir` and waits for the answer.

@@ -375,6 +375,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 pid: None,
+                groups: None,
             },
             exe: exe_key(
                 &argv

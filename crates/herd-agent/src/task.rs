@@ -170,8 +170,10 @@ pub struct Caller {
     pub uid: u32,
     /// gid.
     pub gid: u32,
-    /// pid (to read its supplementary groups).
+    /// pid (to read its supplementary groups where the socket did not give them).
     pub pid: Option<i32>,
+    /// Supplementary groups, from the socket.
+    pub groups: Option<Vec<u32>>,
 }
 
 fn groups_of(pid: Option<i32>) -> Vec<u32> {
@@ -321,7 +323,10 @@ async fn drive(
     let id = Identity {
         uid: caller.uid,
         gid: caller.gid,
-        groups: groups_of(caller.pid),
+        groups: caller
+            .groups
+            .clone()
+            .unwrap_or_else(|| groups_of(caller.pid)),
     };
     let env_home = spec
         .env
@@ -543,6 +548,9 @@ pub struct HelperCtx {
     pub prepared: Mutex<Vec<herd_sandbox::Prepared>>,
     /// How many inits are being prepared now.
     pub preparing: std::sync::atomic::AtomicUsize,
+    /// Task directories made ahead (see [`HelperCtx::take_spare_dir`]), at most
+    /// [`PREPARED`].
+    pub spare_dirs: Mutex<Vec<PathBuf>>,
     /// A save of the file cache's index is scheduled (see [`HelperCtx::save_index_soon`]).
     pub index_save_due: std::sync::atomic::AtomicBool,
     /// The cgroup task groups nest under (`None`: the agent's own).
@@ -602,6 +610,46 @@ impl HelperCtx {
         });
     }
 
+    /// Makes `dir` a task directory, with its empty upper and work layers, out of one
+    /// made ahead: one rename instead of three `mkdir`s (each allocating an inode and a
+    /// directory block) while the task waits. False if none was made ahead; the caller
+    /// then makes the directories itself.
+    pub fn take_spare_dir(&self, dir: &Path) -> bool {
+        let Some(spare) = self.spare_dirs.lock().ok().and_then(|mut s| s.pop()) else {
+            return false;
+        };
+        if std::fs::rename(&spare, dir).is_ok() {
+            return true;
+        }
+        let _ = std::fs::remove_dir_all(&spare);
+        false
+    }
+
+    /// Makes a task directory ahead for [`HelperCtx::take_spare_dir`], up to
+    /// [`PREPARED`] of them. It is named like a task's ([`task_dir`], node `spare`), so
+    /// that [`clean_task_dirs`] removes those a crash left. Blocking.
+    fn make_spare_dir(&self) {
+        if self.spare_dirs.lock().map_or(true, |s| s.len() >= PREPARED) {
+            return;
+        }
+        let dir = task_dir(&self.tasks_dir, "spare", rand::random::<u64>());
+        let made = ["upper", "work"]
+            .iter()
+            .try_for_each(|d| std::fs::create_dir_all(dir.join(d)));
+        match made {
+            Ok(()) => match self.spare_dirs.lock() {
+                Ok(mut s) if s.len() < PREPARED => s.push(dir),
+                _ => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            },
+            Err(e) => {
+                tracing::debug!("cannot make a task directory ahead: {}: {e}", dir.display());
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+
     /// Starts sandbox inits for the next tasks in the background, up to [`PREPARED`]
     /// waiting or being prepared, unless this node runs no tasks.
     pub fn prepare_next(self: &Arc<Self>) {
@@ -628,16 +676,21 @@ impl HelperCtx {
                     }
                     Err(e) => tracing::debug!("cannot prepare a sandbox ahead: {e}"),
                 }
+                ctx.make_spare_dir();
                 ctx.preparing.fetch_sub(1, SeqCst);
             });
         }
     }
 
-    /// Ends the sandbox init prepared ahead and saves the file cache's index (the agent
-    /// is stopping). Blocking.
+    /// Ends the sandbox inits prepared ahead, removes the task directories made ahead
+    /// and saves the file cache's index (the agent is stopping). Blocking.
     pub fn stop(&self) {
         let p = self.prepared.lock().map(|mut p| std::mem::take(&mut *p));
         drop(p);
+        let spare = self.spare_dirs.lock().map(|mut s| std::mem::take(&mut *s));
+        for d in spare.unwrap_or_default() {
+            let _ = std::fs::remove_dir_all(d);
+        }
         if let Err(e) = self.cache.save() {
             tracing::warn!("cannot save the file cache's index: {e}");
         }
@@ -898,8 +951,10 @@ async fn run_here(
         )));
     }
     let (upper, work) = (dir.join("upper"), dir.join("work"));
-    for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
+    if !ctx.take_spare_dir(dir) {
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
+        }
     }
     // A view kept from this workstation's and user's last task, validated in one round
     // trip (and one more per changed directory), or a fresh one trusting the command's
@@ -979,6 +1034,12 @@ async fn run_here(
             Ok(v) => {
                 sb.lower = v.dir().to_path_buf();
                 leased = Some(v);
+                // pid 1 may start the task as soon as its root is built: let it go
+                // from here rather than after a hop to a blocking thread.
+                let mut starting = starting;
+                if let Ok(s) = starting.as_mut() {
+                    s.open_gate();
+                }
                 early = Some(starting);
             }
             Err(v) => {

@@ -586,14 +586,26 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         opts.push_str(",userxattr");
     }
     let root = work.clone();
-    mnt(
-        "herd",
-        &root,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&opts),
-    )
-    .map_err(|e| format!("{e} (lower {}, upper {})", lower.display(), upper.display()))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // `volatile` (Linux 5.10): the layers are scratch, read back by the agent while the
+    // page cache still holds them, so the unmount at the task's end need not sync the
+    // helper's disk (a journal commit and a cache flush per task). Older kernels refuse
+    // the option: then without it. Not rootless: the option leaves a directory in the
+    // work layer's mode-0 `work`, which a plain user's agent could not remove.
+    let volatile = format!("{opts},volatile");
+    if rootless
+        || mount(
+            Some("herd"),
+            &root,
+            Some("overlay"),
+            flags,
+            Some(volatile.as_str()),
+        )
+        .is_err()
+    {
+        mnt("herd", &root, Some("overlay"), flags, Some(&opts))
+            .map_err(|e| format!("{e} (lower {}, upper {})", lower.display(), upper.display()))?;
+    }
 
     let proc_dir = root.join("proc");
     ensure_dir(&proc_dir, "/proc")?;

@@ -602,10 +602,7 @@ impl Starting {
     /// cannot be entered, hiding a path fails) is returned by [`Sandbox::wait`] or
     /// [`Sandbox::wait_ended`] instead.
     pub fn go(mut self) -> Result<Sandbox, SandboxError> {
-        if let Some(gate) = self.gate.take() {
-            // A write error means pid 1 is gone; its status line says why.
-            let _ = File::from(gate).write_all(b"g");
-        }
+        self.open_gate();
         self.following.until(false)?;
         // A task with a terminal sends its master before it execs: wait for that.
         // Otherwise the task's start is not waited for: a failure to start (its cwd
@@ -615,6 +612,18 @@ impl Starting {
         }
         let following = std::mem::replace(&mut self.following, Following::taken());
         following.sandbox()
+    }
+}
+
+impl Starting {
+    /// Lets pid 1 start the task now, without waiting for anything (one byte into an
+    /// empty socket), so that a caller on an async thread can let it go at once and
+    /// leave [`Starting::go`], which may wait, to a blocking thread.
+    pub fn open_gate(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            // A write error means pid 1 is gone; its status line says why.
+            let _ = File::from(gate).write_all(b"g");
+        }
     }
 }
 

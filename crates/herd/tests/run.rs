@@ -179,6 +179,45 @@ fn exit_codes_streams_and_environment_behave_as_locally() {
         .unwrap();
     assert_eq!(text(&out.stdout).trim(), "v1");
 
+    // A plain user's task runs as that user, with the gid and supplementary groups the
+    // workstation's kernel gives the connecting process (not root's, not a guess).
+    use std::os::unix::fs::PermissionsExt;
+    let state = c.ws().state();
+    let reach = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    reach(Path::new(&state), 0o711);
+    reach(&Path::new(&state).join("agent.sock"), 0o666);
+    reach(c.project.path(), 0o755);
+    let herd = herd_bin().to_str().unwrap();
+    let out = c
+        .bed
+        .host("ws")
+        .command(
+            "setpriv",
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--groups=4242,4343",
+                herd,
+                "run",
+                "--state",
+                &state,
+                "-T",
+                "--",
+                "/bin/sh",
+                "-c",
+                "id -u; id -G",
+            ],
+        )
+        .current_dir(c.project.path())
+        .env("HOME", c.project.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "65534\n65534 4242 4343\n");
+    reach(Path::new(&state), 0o700);
+
     // A large stdin goes through and comes back hashed.
     let big = vec![b'x'; 20 << 20];
     let out = c.run_with(&["sha256sum"], Some(&big));
