@@ -515,7 +515,7 @@ async fn read_report(child: &mut tokio::process::Child) -> Result<CommitReport, 
 /// Unmounts a view off the async threads.
 async fn drop_view(view: Option<crate::views::LeasedView>) {
     if let Some(v) = view {
-        let _ = tokio::task::spawn_blocking(move || drop(v)).await;
+        let _ = tokio::task::spawn_blocking(move || v.close()).await;
     }
 }
 
@@ -1046,7 +1046,11 @@ async fn run_here(
                 // Stale beyond repair: the sandbox over it is called off, and a fresh
                 // view and sandbox are made below.
                 // The sandbox goes first: its mount namespace holds the view.
-                let _ = tokio::task::spawn_blocking(move || drop((starting, v))).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    drop(starting);
+                    v.close();
+                })
+                .await;
             }
         }
     }

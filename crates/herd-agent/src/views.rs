@@ -152,14 +152,30 @@ impl LeasedView {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
 
-impl Drop for LeasedView {
-    fn drop(&mut self) {
+    /// Unmounts the view and removes its mount point, now. Blocking: never on the
+    /// agent's async thread (see the `Drop` impl).
+    pub fn close(mut self) {
         if let Some(m) = self.mounted.take() {
             let _ = m.unmount();
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for LeasedView {
+    /// A view dropped without [`LeasedView::close`] (an error path, maybe on the
+    /// agent's async thread) is unmounted on a thread of its own: unmounting joins the
+    /// view's FUSE threads, and one of those may be waiting for an answer that only the
+    /// async thread can bring in.
+    fn drop(&mut self) {
+        if let Some(m) = self.mounted.take() {
+            let dir = std::mem::take(&mut self.dir);
+            std::thread::spawn(move || {
+                let _ = m.unmount();
+                let _ = std::fs::remove_dir(&dir);
+            });
+        }
     }
 }
 
@@ -206,7 +222,7 @@ impl ViewPool {
             match renew(v, conn, task, working.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(v) => {
-                    let _ = tokio::task::spawn_blocking(move || drop(v)).await;
+                    let _ = tokio::task::spawn_blocking(move || v.close()).await;
                 }
             }
         }
@@ -294,6 +310,7 @@ impl ViewPool {
         let too_big =
             v.cached.len() > MAX_FACTS || v.ctl.as_ref().is_none_or(|c| c.size() > MAX_FACTS);
         if too_big {
+            v.close();
             return;
         }
         v.idle_since = Instant::now();
@@ -302,7 +319,7 @@ impl ViewPool {
             idle.entry(v.key.clone()).or_default().push(v);
             dropped = over_limit(&mut idle, Instant::now());
         }
-        drop(dropped);
+        dropped.into_iter().for_each(LeasedView::close);
     }
 
     /// Unmounts views idle for longer than [`IDLE_FOR`]. Blocking.
@@ -311,7 +328,7 @@ impl ViewPool {
             Ok(mut idle) => over_limit(&mut idle, Instant::now()),
             Err(_) => Vec::new(),
         };
-        drop(dropped);
+        dropped.into_iter().for_each(LeasedView::close);
     }
 
     /// Unmounts every idle view (the agent is stopping). Blocking.
@@ -320,7 +337,7 @@ impl ViewPool {
             Ok(mut idle) => idle.drain().flat_map(|(_, v)| v).collect(),
             Err(_) => Vec::new(),
         };
-        drop(all);
+        all.into_iter().for_each(LeasedView::close);
     }
 
     /// How many views are idle.
@@ -388,6 +405,7 @@ pub async fn renew(
     let carry = working.iter().map(|(p, _)| p.clone()).collect();
     v.cached.trust(working);
     let mut done = HashSet::new();
+    let mut kernel = Vec::new();
     let mut rounds = 0;
     loop {
         let items = v.cached.checks(&done);
@@ -422,9 +440,23 @@ pub async fn renew(
                 return Err(v);
             };
             v.cached.changed(p, now);
-            ctl.changed(Path::new(std::ffi::OsStr::from_bytes(p)), now);
+            kernel.push((PathBuf::from(std::ffi::OsStr::from_bytes(p)), now));
         }
         done.extend(paths);
+    }
+    // The kernel's caches are told on a blocking thread: an invalidation waits for the
+    // directory's lock, which a lookup in flight may hold while its FUSE thread waits
+    // for an answer that only the async thread can bring in.
+    if !kernel.is_empty() {
+        let told = tokio::task::spawn_blocking(move || {
+            for (p, now) in kernel {
+                ctl.changed(&p, now);
+            }
+        })
+        .await;
+        if told.is_err() {
+            return Err(v);
+        }
     }
     v.cached.begin(carry);
     v.rounds = rounds;

@@ -592,6 +592,10 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     // helper's disk (a journal commit and a cache flush per task). Older kernels refuse
     // the option: then without it. Not rootless: the option leaves a directory in the
     // work layer's mode-0 `work`, which a plain user's agent could not remove.
+    // A volatile mount leaves `work/work/incompat/volatile` behind, and overlayfs
+    // refuses a work directory holding it: a work directory used before (herd's tasks
+    // get fresh ones; the library's callers may not) is cleared of it first.
+    let _ = fs::remove_dir_all(work.join("work/incompat"));
     let volatile = format!("{opts},volatile");
     if rootless
         || mount(

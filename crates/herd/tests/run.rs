@@ -367,11 +367,17 @@ impl Cluster {
             .count()
     }
 
-    /// Task directories on h1 (the views kept for the next task live in `views`).
+    /// Task directories on h1 (the views kept for the next task live in `views`, the
+    /// empty directories made ahead for the next tasks are `spare-*`).
     fn h1_task_dirs(&self) -> usize {
         let dir = self.bed.host("h1").machine_path("/var/lib/herd/tasks");
         std::fs::read_dir(dir)
-            .map(|d| d.flatten().filter(|e| e.file_name() != "views").count())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "views" && !n.starts_with("spare-"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
