@@ -179,6 +179,23 @@ fn exit_codes_streams_and_environment_behave_as_locally() {
         .unwrap();
     assert_eq!(text(&out.stdout).trim(), "v1");
 
+    // Arguments are bytes, not necessarily UTF-8 (file names are not), and arrive as
+    // given.
+    let script = format!(
+        "{} run --state {} -T -- printf %s \"$(printf '\\377\\376')\" | od -An -tx1",
+        herd_bin().display(),
+        c.ws().state()
+    );
+    let out = c
+        .bed
+        .host("ws")
+        .command("/bin/sh", &["-c", &script])
+        .current_dir(c.project.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out).trim(), "ff fe");
+
     // A plain user's task runs as that user, with the gid and supplementary groups the
     // workstation's kernel gives the connecting process (not root's, not a guess).
     use std::os::unix::fs::PermissionsExt;
