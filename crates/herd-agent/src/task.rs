@@ -524,6 +524,16 @@ async fn drop_view(view: Option<crate::views::LeasedView>) {
 /// it waiting for the kernel to attach it to its cgroup).
 pub const PREPARED: usize = 2;
 
+/// How many idle kept views at most have a root parked over them: each holds a
+/// waiting sandbox init, its namespaces, a few empty mounts and a task directory.
+pub const PARKED: usize = 2;
+
+/// A sandbox to start a task in: a root parked over a kept view, or a prepared init.
+enum Either {
+    Parked(herd_sandbox::Parked),
+    Prepared(herd_sandbox::Prepared),
+}
+
 /// How long after a task the file cache's index is written to disk.
 pub const INDEX_SAVE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -608,6 +618,49 @@ impl HelperCtx {
             })
             .await;
         });
+    }
+
+    /// Keeps a finished task's view for the next task of its key and, while fewer
+    /// than [`PARKED`] idle views have one, parks a root over it: a prepared init
+    /// builds it now, off any task's way. The view is back in the pool meanwhile (a
+    /// task arriving then takes it as it is, and the root built is ended). Blocking.
+    pub fn keep_view(self: &Arc<Self>, view: crate::views::LeasedView) {
+        let lower = view.dir().to_path_buf();
+        let park = self.views.keeps(&view) && self.views.parked() < PARKED;
+        self.views.put_back(view);
+        if !park {
+            return;
+        }
+        let Some(p) = self.prepared.lock().ok().and_then(|mut p| p.pop()) else {
+            return;
+        };
+        let dir = self
+            .spare_dirs
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .or_else(|| {
+                let d = task_dir(&self.tasks_dir, "spare", rand::random::<u64>());
+                let made = ["upper", "work"]
+                    .iter()
+                    .try_for_each(|l| std::fs::create_dir_all(d.join(l)));
+                made.is_ok().then_some(d)
+            });
+        if let Some(dir) = dir {
+            match p.park(&lower, &dir.join("upper"), &dir.join("work")) {
+                Ok(sandbox) => {
+                    let root = crate::views::ParkedRoot { sandbox, dir };
+                    if let Some(root) = self.views.attach_parked(&lower, root) {
+                        root.end();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("cannot park a root over a kept view: {e}");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        self.prepare_next();
     }
 
     /// Makes `dir` a task directory, with its empty upper and work layers, out of one
@@ -950,12 +1003,6 @@ async fn run_here(
             ctx.name
         )));
     }
-    let (upper, work) = (dir.join("upper"), dir.join("work"));
-    if !ctx.take_spare_dir(dir) {
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
-        }
-    }
     // A view kept from this workstation's and user's last task, validated in one round
     // trip (and one more per changed directory), or a fresh one trusting the command's
     // validated working set.
@@ -969,6 +1016,23 @@ async fn run_here(
         spec.groups.clone(),
         spec.hidden.clone(),
     );
+    let mut kept = ctx.views.take_idle(&key);
+    // A root parked over the kept view brings its own task directory: it becomes this
+    // task's.
+    let mut parked = kept.as_mut().and_then(|v| v.take_parked());
+    if let Some(p) = parked.take() {
+        if std::fs::rename(&p.dir, dir).is_ok() {
+            parked = Some(p);
+        } else {
+            let _ = tokio::task::spawn_blocking(move || p.end()).await;
+        }
+    }
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    if parked.is_none() && !ctx.take_spare_dir(dir) {
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
+        }
+    }
     let working = ctx.cache.working_set(ws, &set_key);
 
     let run = &spec.run;
@@ -1012,23 +1076,38 @@ async fn run_here(
     }
 
     // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
-    // steps.
-    let mut prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
+    // steps; a root parked over the kept view saves building the root too.
+    let mut prepared = None;
+    if parked.is_none() {
+        prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
+    }
     // A view kept from this workstation's and user's last task is validated in one
-    // round trip (and one more per changed directory) while a prepared sandbox builds
-    // the task's root over it; the task starts once both are done. Otherwise a view
-    // is leased first (a kept one validated, or a fresh one trusting the command's
-    // validated working set) and the sandbox started over it.
+    // round trip (and one more per changed directory) while the task is handed to the
+    // root parked over it, or a prepared sandbox builds the task's root over it; the
+    // task starts once both are done. Otherwise a view is leased first (a kept one
+    // validated, or a fresh one trusting the command's validated working set) and the
+    // sandbox started over it.
     let mut early = None;
     let mut leased = None;
-    if prepared.is_some()
-        && let Some(kept) = ctx.views.take_idle(&key)
-        && let Some(p) = prepared.take()
+    let starter = match (parked, prepared.take()) {
+        (Some(p), _) => Some(Either::Parked(p.sandbox)),
+        (None, Some(p)) if kept.is_some() => Some(Either::Prepared(p)),
+        (None, p) => {
+            prepared = p;
+            None
+        }
+    };
+    if let Some(starter) = starter
+        && let Some(kept) = kept.take()
     {
         let mut gated = sb.clone();
         gated.lower = kept.dir().to_path_buf();
-        // Handing the task over does not block: pid 1 builds the root meanwhile.
-        let starting = p.start_gated(&gated);
+        // Handing the task over does not block: pid 1 builds the root meanwhile (or
+        // has built it already).
+        let starting = match starter {
+            Either::Parked(p) => p.start_gated(&gated),
+            Either::Prepared(p) => p.start_gated(&gated),
+        };
         let renewed = crate::views::renew(kept, conn, task, working.clone()).await;
         match renewed {
             Ok(v) => {
@@ -1058,7 +1137,7 @@ async fn run_here(
         Some(v) => v,
         None => ctx
             .views
-            .lease(key, conn, task, ctx.cache.clone(), working)
+            .lease(key, kept, conn, task, ctx.cache.clone(), working)
             .await
             .map_err(AgentError::Net)?,
     };
@@ -1280,8 +1359,9 @@ async fn run_here(
             .map_err(|e| AgentError::Net(format!("cannot read the task's changes: {e}")))?
     };
     // The changes are read (with what the view saw): the view can serve the next task.
-    let (pool, rounds, reused) = (ctx.views.clone(), view.rounds, view.reused);
-    tokio::task::spawn_blocking(move || pool.put_back(view));
+    let (rounds, reused) = (view.rounds, view.reused);
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || c.keep_view(view));
     for s in changes {
         out(send, &TaskOutput::Change(s.change.clone())).await?;
         if let Some(p) = &s.data {

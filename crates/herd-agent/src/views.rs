@@ -145,6 +145,24 @@ pub struct LeasedView {
     dir: PathBuf,
     key: Key,
     idle_since: Instant,
+    parked: Option<ParkedRoot>,
+}
+
+/// A task's root built ahead over an idle kept view, its pid 1 waiting for the view's
+/// next task (`herd_sandbox::Parked`), and the task directory holding its layers.
+pub struct ParkedRoot {
+    /// The waiting sandbox.
+    pub sandbox: herd_sandbox::Parked,
+    /// The task directory (`upper`, `work`) its root is built on.
+    pub dir: PathBuf,
+}
+
+impl ParkedRoot {
+    /// Ends the sandbox and removes its task directory. Blocking.
+    pub fn end(self) {
+        drop(self.sandbox);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl LeasedView {
@@ -153,9 +171,18 @@ impl LeasedView {
         &self.dir
     }
 
-    /// Unmounts the view and removes its mount point, now. Blocking: never on the
-    /// agent's async thread (see the `Drop` impl).
+    /// Takes the root parked over this view, if there is one.
+    pub fn take_parked(&mut self) -> Option<ParkedRoot> {
+        self.parked.take()
+    }
+
+    /// Ends a root parked over the view, unmounts the view and removes its mount
+    /// point, now. Blocking: never on the agent's async thread (see the `Drop` impl).
     pub fn close(mut self) {
+        if let Some(p) = self.parked.take() {
+            // First: its mount namespace holds the view.
+            p.end();
+        }
         if let Some(m) = self.mounted.take() {
             let _ = m.unmount();
         }
@@ -169,12 +196,18 @@ impl Drop for LeasedView {
     /// view's FUSE threads, and one of those may be waiting for an answer that only the
     /// async thread can bring in.
     fn drop(&mut self) {
+        let parked = self.parked.take();
         if let Some(m) = self.mounted.take() {
             let dir = std::mem::take(&mut self.dir);
             std::thread::spawn(move || {
+                if let Some(p) = parked {
+                    p.end();
+                }
                 let _ = m.unmount();
                 let _ = std::fs::remove_dir(&dir);
             });
+        } else if let Some(p) = parked {
+            std::thread::spawn(move || p.end());
         }
     }
 }
@@ -210,15 +243,18 @@ impl ViewPool {
     /// Leases a view to task `task` of workstation `key.0`, arriving on `conn`: a kept
     /// one, validated, or a fresh one trusting the validated `working` set. Blocking
     /// work (mounting, unmounting) runs off the async threads.
+    /// `kept`: an idle view already taken for `key` ([`ViewPool::take_idle`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn lease(
         self: &Arc<Self>,
         key: Key,
+        kept: Option<LeasedView>,
         conn: &quinn::Connection,
         task: u64,
         cache: Arc<Cache>,
         working: Vec<(Vec<u8>, herd_fs::cache::Fact)>,
     ) -> Result<LeasedView, String> {
-        if let Some(v) = self.take_idle(&key) {
+        if let Some(v) = kept.or_else(|| self.take_idle(&key)) {
             match renew(v, conn, task, working.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(v) => {
@@ -301,15 +337,46 @@ impl ViewPool {
             dir,
             key,
             idle_since: Instant::now(),
+            parked: None,
         })
+    }
+
+    /// Whether [`ViewPool::put_back`] would keep `v`.
+    pub fn keeps(&self, v: &LeasedView) -> bool {
+        v.cached.len() <= MAX_FACTS && v.ctl.as_ref().is_some_and(|c| c.size() <= MAX_FACTS)
+    }
+
+    /// Parks `root` with the idle view mounted at `dir`. Gives it back (`Some`) if that
+    /// view is no longer idle (a task took it, or it was unmounted) or has one already.
+    pub fn attach_parked(&self, dir: &Path, root: ParkedRoot) -> Option<ParkedRoot> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Some(root);
+        };
+        match idle
+            .values_mut()
+            .flatten()
+            .find(|v| v.dir == dir && v.parked.is_none())
+        {
+            Some(v) => {
+                v.parked = Some(root);
+                None
+            }
+            None => Some(root),
+        }
+    }
+
+    /// How many idle views have a root parked over them.
+    pub fn parked(&self) -> usize {
+        self.idle
+            .lock()
+            .map(|i| i.values().flatten().filter(|v| v.parked.is_some()).count())
+            .unwrap_or(0)
     }
 
     /// Keeps `v` for the next task of its workstation and identity, if it is not too
     /// big; unmounts what is over the limits. Blocking (unmounts).
     pub fn put_back(&self, mut v: LeasedView) {
-        let too_big =
-            v.cached.len() > MAX_FACTS || v.ctl.as_ref().is_none_or(|c| c.size() > MAX_FACTS);
-        if too_big {
+        if !self.keeps(&v) {
             v.close();
             return;
         }

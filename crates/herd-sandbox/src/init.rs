@@ -271,36 +271,53 @@ fn prepared_main() -> ! {
         Ok(s) => s,
         Err(e) => status.fail(&e.to_string()),
     };
-    let mut console = None;
-    match (spec.console.is_some(), fds.as_slice()) {
+    // A root to park gets its task, and the task's descriptors, in pid 1 later.
+    let console = if spec.parked {
+        if !fds.is_empty() {
+            status.fail("a root to park came with descriptors");
+        }
+        None
+    } else {
+        install_stdio(spec.console.is_some(), fds, status)
+    };
+    supervisor(&spec, status, lifeline, console, Some(groups), Some(sock))
+}
+
+/// Makes the descriptors that came with a task this process's stdin, stdout and
+/// stderr, or (`console`: the task wants a terminal) returns the console socket that
+/// came instead, close-on-exec.
+fn install_stdio(console: bool, fds: Vec<OwnedFd>, status: Status) -> Option<RawFd> {
+    match (console, fds.as_slice()) {
         (false, [i, o, e]) => {
             for (from, to) in [(i, 0), (o, 1), (e, 2)] {
                 // SAFETY: dup2 onto the standard descriptors from ones we received.
                 unsafe { libc::dup2(from.as_raw_fd(), to) };
             }
+            None
         }
         (true, [c]) => {
             null_stdio();
             // SAFETY: duplicating a descriptor we received; the copy is ours.
             let raw = unsafe { libc::dup(c.as_raw_fd()) };
             set_cloexec(raw);
-            console = Some(raw);
+            Some(raw)
         }
         _ => status.fail("the task came with the wrong descriptors"),
     }
-    drop(fds);
-    supervisor(&spec, status, lifeline, console, Some(groups), Some(sock))
 }
 
+/// The largest task message a prepared init takes (its environment and arguments).
+const MAX_TASK: usize = 64 << 20;
+
 /// Receives the task of a prepared init: a 4-byte length, the spec, and descriptors
-/// with the first bytes. `None` when the socket closes first.
+/// with the first bytes. Reads exactly that much: what follows on the socket (the
+/// gate's byte) stays there for pid 1. `None` when the socket closes first.
 fn receive_task(sock: RawFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut buf = vec![0u8; 64 * 1024];
     let mut fds = Vec::new();
-    let mut got = 0usize;
-    loop {
-        let n = {
+    let mut fill = |buf: &mut [u8]| -> Option<()> {
+        let mut got = 0usize;
+        while got < buf.len() {
             let mut iov = [std::io::IoSliceMut::new(&mut buf[got..])];
             let mut space = nix::cmsg_space!([RawFd; 4]);
             let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::empty()) {
@@ -314,27 +331,22 @@ fn receive_task(sock: RawFd) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
                     fds.extend(r.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
                 }
             }
-            msg.bytes
-        };
-        if n == 0 {
-            return None;
-        }
-        got += n;
-        if got >= 4 {
-            let len = u32::from_be_bytes(buf[..4].try_into().ok()?) as usize;
-            if buf.len() < 4 + len {
-                buf.resize(4 + len, 0);
+            if msg.bytes == 0 {
+                return None;
             }
-            if got >= 4 + len {
-                buf.truncate(4 + len);
-                buf.drain(..4);
-                return Some((buf, fds));
-            }
+            got += msg.bytes;
         }
-        if got == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
+        Some(())
+    };
+    let mut head = [0u8; 4];
+    fill(&mut head)?;
+    let len = u32::from_be_bytes(head) as usize;
+    if len > MAX_TASK {
+        return None;
     }
+    let mut buf = vec![0u8; len];
+    fill(&mut buf)?;
+    Some((buf, fds))
 }
 
 /// Arms the lifeline: SIGIO arrives when the spawner's end closes.
@@ -822,9 +834,26 @@ fn pid1(
     if let Err(e) = build_root(spec, rootless) {
         status.fail(&e);
     }
-    if let Some(g) = gate {
-        pass_gate(g, status);
-    }
+    let parked_task;
+    let (spec, console) = match gate {
+        Some(g) if spec.parked => {
+            // The root is built: the task comes on the gate, with its descriptors, and
+            // then the go-ahead.
+            status.send("parked");
+            let Some((data, fds)) = receive_task(g) else {
+                status.fail("the task was called off before it started")
+            };
+            parked_task = WireSpec::decode(&data).unwrap_or_else(|e| status.fail(&e.to_string()));
+            let console = install_stdio(parked_task.console.is_some(), fds, status);
+            pass_gate(g, status);
+            (&parked_task, console)
+        }
+        Some(g) => {
+            pass_gate(g, status);
+            (spec, console)
+        }
+        None => (spec, console),
+    };
     if let Err(e) = hide(&spec.hidden) {
         status.fail(&e);
     }

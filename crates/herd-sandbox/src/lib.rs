@@ -204,7 +204,7 @@ use std::path::Path;
 
 pub use cgroup::unescape as unescape_mountinfo;
 pub use error::SandboxError;
-pub use spawn::{Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};
+pub use spawn::{Parked, Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
 
 /// `argv[1]` that makes the herd binary run [`init_main`].

@@ -511,55 +511,54 @@ impl Prepared {
         }
         let mut wire = WireSpec::from_spec(spec);
         wire.cgroup = None;
-        let data = wire.encode()?;
-        let console = match spec.console {
-            Some(_) => Some(stream_pair("console socketpair")?),
-            None => None,
-        };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        match &console {
-            Some((_, theirs)) => fds.push(
-                theirs
-                    .try_clone()
-                    .map_err(|e| SandboxError::io("duplicate", "console socket", e))?,
-            ),
-            None => {
-                for (s, n) in [
-                    (&spec.stdio.stdin, 0),
-                    (&spec.stdio.stdout, 1),
-                    (&spec.stdio.stderr, 2),
-                ] {
-                    fds.push(stdio_fd(s, n)?);
-                }
-            }
-        }
-        let mut msg = (data.len() as u32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&data);
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
-        let handed = |e: io::Error| SandboxError::io("hand the task to", "the prepared sandbox", e);
-        let sent = socket::sendmsg::<()>(
-            self.sock.as_raw_fd(),
-            &[io::IoSlice::new(&msg)],
-            &cmsg,
-            socket::MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(|e| handed(io::Error::from(e)))?;
+        let console = send_task(&self.sock, spec, &wire)?;
         let gate = self
             .sock
             .try_clone()
             .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
-        if sent < msg.len() {
-            File::from(gate.try_clone().map_err(handed)?)
-                .write_all(&msg[sent..])
-                .map_err(handed)?;
-        }
-        drop(fds);
-        let console = console.map(|(ours, theirs)| {
-            drop(theirs);
-            ours
-        });
+        let mut following = self.following()?;
+        following.console = console;
+        Ok(Starting {
+            following,
+            gate: Some(gate),
+        })
+    }
+
+    /// Builds a task's root ahead, before its task comes: the overlay of `lower` (a
+    /// kept view) with `upper` and `work`, and its /proc, /tmp and /dev; pid 1 then
+    /// waits in it. Blocks until the root is built. [`Parked::start_gated`] hands it a
+    /// task with no mount left on the task's way; dropping the [`Parked`] ends it.
+    pub fn park(mut self, lower: &Path, upper: &Path, work: &Path) -> Result<Parked, SandboxError> {
+        let mut wire = WireSpec::from_spec(&SandboxSpec::new(lower, upper, work, Vec::new()));
+        wire.cgroup = None;
+        wire.parked = true;
+        let data = wire.encode()?;
+        let mut msg = (data.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&data);
+        let sock = self
+            .sock
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
+        File::from(sock)
+            .write_all(&msg)
+            .map_err(|e| SandboxError::io("hand a root to", "the prepared sandbox", e))?;
+        let gate = self
+            .sock
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
+        let mut following = self.following()?;
+        following.until_parked()?;
+        Ok(Parked {
+            following,
+            gate,
+            lower: lower.to_path_buf(),
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+        })
+    }
+
+    /// Takes the running init over, to follow its status lines.
+    fn following(&mut self) -> Result<Following, SandboxError> {
         let (Some(child), Some(status), Some(life)) =
             (self.child.take(), self.status.take(), self.lifeline.take())
         else {
@@ -569,17 +568,112 @@ impl Prepared {
             .init
             .try_clone()
             .map_err(|e| SandboxError::io("duplicate", "pidfd", e))?;
-        let following = Following {
+        Ok(Following {
             child: Some(child),
             init: Some(init),
             status: Some(status),
             cgroups: std::mem::take(&mut self.cgroups),
             life_w: Some(life),
-            console,
+            console: None,
             pid1: 0,
             pid1_fd: None,
             exiting: false,
-        };
+        })
+    }
+}
+
+/// Sends a task (`wire`, made from `spec`) with its descriptors on a prepared init's
+/// socket: the three standard streams, or one end of a new console socket when `spec`
+/// asks for a terminal. Returns our end of that socket.
+fn send_task(
+    sock: &OwnedFd,
+    spec: &SandboxSpec,
+    wire: &WireSpec,
+) -> Result<Option<OwnedFd>, SandboxError> {
+    let data = wire.encode()?;
+    let console = match spec.console {
+        Some(_) => Some(stream_pair("console socketpair")?),
+        None => None,
+    };
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    match &console {
+        Some((_, theirs)) => fds.push(
+            theirs
+                .try_clone()
+                .map_err(|e| SandboxError::io("duplicate", "console socket", e))?,
+        ),
+        None => {
+            for (s, n) in [
+                (&spec.stdio.stdin, 0),
+                (&spec.stdio.stdout, 1),
+                (&spec.stdio.stderr, 2),
+            ] {
+                fds.push(stdio_fd(s, n)?);
+            }
+        }
+    }
+    let mut msg = (data.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&data);
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+    let handed = |e: io::Error| SandboxError::io("hand the task to", "the prepared sandbox", e);
+    let sent = socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[io::IoSlice::new(&msg)],
+        &cmsg,
+        socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| handed(io::Error::from(e)))?;
+    if sent < msg.len() {
+        File::from(sock.try_clone().map_err(handed)?)
+            .write_all(&msg[sent..])
+            .map_err(handed)?;
+    }
+    Ok(console.map(|(ours, _theirs)| ours))
+}
+
+/// A task's root built ahead over a kept view, its pid 1 waiting in it for a task
+/// ([`Prepared::park`]). Dropping it ends the sandbox (blocking until it is reaped):
+/// its mount namespace holds the view, so it goes before the view is unmounted.
+#[derive(Debug)]
+pub struct Parked {
+    following: Following,
+    gate: OwnedFd,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl Parked {
+    /// The kept view the root is built over.
+    pub fn lower(&self) -> &Path {
+        &self.lower
+    }
+
+    /// The root's upper layer: where the task's changes are.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// Hands `spec` to pid 1 and returns at once, as [`Prepared::start_gated`] does:
+    /// the task starts at [`Starting::go`]. The root's lower, upper and work layers
+    /// stay those it was parked with (`spec`'s are ignored), and so does its cgroup.
+    pub fn start_gated(mut self, spec: &SandboxSpec) -> Result<Starting, SandboxError> {
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Spec("empty command line".into()));
+        }
+        let mut wire = WireSpec::from_spec(spec);
+        wire.cgroup = None;
+        wire.lower = self.lower.as_os_str().as_encoded_bytes().to_vec();
+        wire.upper = self.upper.as_os_str().as_encoded_bytes().to_vec();
+        wire.work = self.work.as_os_str().as_encoded_bytes().to_vec();
+        self.following.console = send_task(&self.gate, spec, &wire)?;
+        let following = std::mem::replace(&mut self.following, Following::taken());
+        let gate = self
+            .gate
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
         Ok(Starting {
             following,
             gate: Some(gate),
@@ -784,6 +878,10 @@ impl Following {
     /// Reads status lines until `started` (the task runs), or with `started` false
     /// until `pid1` (pid 1 exists); a setup failure ends the init and is returned.
     fn until(&mut self, started: bool) -> Result<(), SandboxError> {
+        // A parked root's pid 1 said so before it parked.
+        if !started && self.pid1 != 0 {
+            return Ok(());
+        }
         loop {
             let line = self.status.as_mut().and_then(next_line);
             let Some(line) = line else {
@@ -809,6 +907,27 @@ impl Following {
                 return Ok(());
             } else if let Some(rest) = line.strip_prefix("warn ") {
                 tracing::warn!(pid1 = self.pid1, "{rest}");
+            } else if let Some(e) = setup_failure(&line) {
+                self.exiting = true;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Reads status lines until pid 1 has built the root and parked
+    /// ([`Prepared::park`]); a setup failure ends the init and is returned.
+    fn until_parked(&mut self) -> Result<(), SandboxError> {
+        loop {
+            let Some(line) = self.status.as_mut().and_then(next_line) else {
+                return Err(SandboxError::InitDied("before its root was built".into()));
+            };
+            if line == "parked" {
+                return Ok(());
+            } else if let Some(dir) = line.strip_prefix("cgroup ") {
+                self.cgroups.push(PathBuf::from(dir));
+            } else if let Some(pid) = line.strip_prefix("pid1 ") {
+                self.pid1 = pid.parse().unwrap_or(0);
+                self.pid1_fd = pidfd_open(self.pid1).ok();
             } else if let Some(e) = setup_failure(&line) {
                 self.exiting = true;
                 return Err(e);

@@ -187,6 +187,9 @@ pub(crate) struct WireSpec {
     pub idle: bool,
     pub tty: bool,
     pub console: Option<(u16, u16)>,
+    /// Only the root (`lower`, `upper`, `work`) is given: build it and park pid 1 until
+    /// the task comes (see `Prepared::park`).
+    pub parked: bool,
 }
 
 /// The wire form of [`CgroupSpec`].
@@ -232,6 +235,7 @@ impl WireSpec {
             idle: spec.idle,
             tty: spec.tty,
             console: spec.console,
+            parked: false,
         }
     }
 

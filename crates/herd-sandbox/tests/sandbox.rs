@@ -915,6 +915,55 @@ fn a_gated_task_runs_only_once_the_gate_opens() {
 }
 
 #[test]
+fn a_parked_root_runs_the_task_it_is_handed_in_its_own_layers() {
+    let l = Layers::new();
+    let parked = prepared("parked")
+        .park(Path::new("/"), &l.upper(), &l.work())
+        .unwrap();
+    assert_eq!(parked.upper(), l.upper());
+    // The task's spec names other layers: the parked root's are kept. Its output goes
+    // to the descriptors handed over with it, and its identity and cwd are its own.
+    let other = Layers::new();
+    let mut spec = other.spec(
+        Path::new("/nonexistent"),
+        "echo ran > /var/tmp/parked; echo out; echo err >&2; pwd; exit 6",
+    );
+    spec.cwd = PathBuf::from("/usr");
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let (err_r, err_w) = std::io::pipe().unwrap();
+    spec.stdio.stdout = StdioFd::Fd(Arc::new(OwnedFd::from(out_w)));
+    spec.stdio.stderr = StdioFd::Fd(Arc::new(OwnedFd::from(err_w)));
+    let mut starting = parked.start_gated(&spec).unwrap();
+    drop(spec);
+    thread::sleep(std::time::Duration::from_millis(200));
+    let marker = l.upper().join("var/tmp/parked");
+    assert!(!marker.exists(), "the task ran before the gate opened");
+    starting.open_gate();
+    let sandbox = starting.go().unwrap();
+    assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(6));
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "ran\n");
+    assert!(!other.upper().join("var/tmp/parked").exists());
+    let read = |r: std::io::PipeReader| {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { r }, &mut s).unwrap();
+        s
+    };
+    assert_eq!(read(out_r), "out\n/usr\n");
+    assert_eq!(read(err_r), "err\n");
+}
+
+#[test]
+fn a_parked_root_dropped_leaves_no_process_and_no_cgroup() {
+    let l = Layers::new();
+    let p = prepared("parkdrop");
+    let dirs = p.cgroups().to_vec();
+    let parked = p.park(Path::new("/"), &l.upper(), &l.work()).unwrap();
+    assert!(dirs.iter().all(|d| d.exists()));
+    drop(parked);
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+}
+
+#[test]
 fn a_gated_task_called_off_never_runs_and_leaves_nothing() {
     let l = Layers::new();
     let p = prepared("calledoff");
