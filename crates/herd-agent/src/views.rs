@@ -15,6 +15,12 @@
 //! with a fresh view. A view that cannot be validated is unmounted and a fresh one is
 //! made.
 //!
+//! An idle view may carry a [`ParkedRoot`]: the next task's root (overlay over the
+//! view, /proc, /tmp, /dev) built ahead by a prepared sandbox init, whose pid 1 waits
+//! in it for the task (`HelperCtx::keep_view` parks it after a task; the next task of
+//! the key takes it with the view). It ends, before the view is unmounted, whenever
+//! the view goes.
+//!
 //! Views idle longer than [`IDLE_FOR`] are unmounted, at most [`MAX_IDLE`] are kept,
 //! and a view that grew past [`MAX_FACTS`] is not kept. The agent unmounts them all
 //! when it stops, and lazily unmounts leftovers of a crashed agent when it starts.
