@@ -406,9 +406,9 @@ fn main() -> ExitCode {
 }
 
 /// The agent's runtime: one async thread (blocking work goes to tokio's blocking
-/// pool). Measured against two worker threads, a warm `herd run` takes 0.1-0.4 ms
-/// less: the workers no longer wake each other to steal the tasks that every message
-/// spawns. ARCHITECTURE.md says what must never run on that thread.
+/// pool). Measured against two worker threads, a warm `herd run` takes up to half a
+/// millisecond less (ARCHITECTURE.md has the figures): the workers no longer wake
+/// each other to steal the tasks that every message spawns. ARCHITECTURE.md says what must never run on that thread.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
