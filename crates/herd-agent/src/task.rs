@@ -529,7 +529,7 @@ pub const PREPARED: usize = 2;
 pub const PARKED: usize = 2;
 
 /// A sandbox to start a task in: a root parked over a kept view, or a prepared init.
-enum Either {
+enum Starter {
     Parked(herd_sandbox::Parked),
     Prepared(herd_sandbox::Prepared),
 }
@@ -1090,8 +1090,8 @@ async fn run_here(
     let mut early = None;
     let mut leased = None;
     let starter = match (parked, prepared.take()) {
-        (Some(p), _) => Some(Either::Parked(p.sandbox)),
-        (None, Some(p)) if kept.is_some() => Some(Either::Prepared(p)),
+        (Some(p), _) => Some(Starter::Parked(p.sandbox)),
+        (None, Some(p)) if kept.is_some() => Some(Starter::Prepared(p)),
         (None, p) => {
             prepared = p;
             None
@@ -1105,8 +1105,8 @@ async fn run_here(
         // Handing the task over does not block: pid 1 builds the root meanwhile (or
         // has built it already).
         let starting = match starter {
-            Either::Parked(p) => p.start_gated(&gated),
-            Either::Prepared(p) => p.start_gated(&gated),
+            Starter::Parked(p) => p.start_gated(&gated),
+            Starter::Prepared(p) => p.start_gated(&gated),
         };
         let renewed = crate::views::renew(kept, conn, task, working.clone()).await;
         match renewed {
