@@ -639,13 +639,7 @@ impl HelperCtx {
             .lock()
             .ok()
             .and_then(|mut s| s.pop())
-            .or_else(|| {
-                let d = task_dir(&self.tasks_dir, "spare", rand::random::<u64>());
-                let made = ["upper", "work"]
-                    .iter()
-                    .try_for_each(|l| std::fs::create_dir_all(d.join(l)));
-                made.is_ok().then_some(d)
-            });
+            .or_else(|| self.new_spare_dir());
         if let Some(dir) = dir {
             match p.park(&lower, &dir.join("upper"), &dir.join("work")) {
                 Ok(sandbox) => {
@@ -685,20 +679,29 @@ impl HelperCtx {
         if self.spare_dirs.lock().map_or(true, |s| s.len() >= PREPARED) {
             return;
         }
+        let Some(dir) = self.new_spare_dir() else {
+            return;
+        };
+        match self.spare_dirs.lock() {
+            Ok(mut s) if s.len() < PREPARED => s.push(dir),
+            _ => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+
+    /// A new empty task directory (`upper`, `work`) named like a spare one. Blocking.
+    fn new_spare_dir(&self) -> Option<PathBuf> {
         let dir = task_dir(&self.tasks_dir, "spare", rand::random::<u64>());
         let made = ["upper", "work"]
             .iter()
             .try_for_each(|d| std::fs::create_dir_all(dir.join(d)));
         match made {
-            Ok(()) => match self.spare_dirs.lock() {
-                Ok(mut s) if s.len() < PREPARED => s.push(dir),
-                _ => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            },
+            Ok(()) => Some(dir),
             Err(e) => {
                 tracing::debug!("cannot make a task directory ahead: {}: {e}", dir.display());
                 let _ = std::fs::remove_dir_all(&dir);
+                None
             }
         }
     }
