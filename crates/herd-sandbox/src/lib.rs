@@ -40,6 +40,11 @@
 //!    [`Prepared::start_gated`] hands the task over but lets pid 1 build the root and
 //!    then wait at a *gate* until [`Starting::go`]: the helper checks that its kept
 //!    view is still current meanwhile, and only then lets the task start.
+//!    [`Prepared::park`] goes further: pid 1 builds the root before any task comes and
+//!    waits in it; [`Parked::start_gated`] then hands it the task, with its
+//!    descriptors, on the same socket, and the gate opens as before. The socket's
+//!    messages are length-prefixed and read exactly, so a gate's byte that follows a
+//!    task is never taken for part of it.
 //!
 //!    [`Sandbox::wait_ended`] returns as soon as pid 1 reports the tree gone (or the
 //!    supervisor reports pid 1 reaped), and leaves the namespaces' teardown and the
