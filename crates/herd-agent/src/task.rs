@@ -1022,14 +1022,14 @@ async fn run_here(
     let mut kept = ctx.views.take_idle(&key);
     // A root parked over the kept view brings its own task directory: it becomes this
     // task's.
-    let mut parked = kept.as_mut().and_then(|v| v.take_parked());
-    if let Some(p) = parked.take() {
-        if std::fs::rename(&p.dir, dir).is_ok() {
-            parked = Some(p);
-        } else {
+    let parked = match kept.as_mut().and_then(|v| v.take_parked()) {
+        Some(p) if std::fs::rename(&p.dir, dir).is_ok() => Some(p),
+        Some(p) => {
             let _ = tokio::task::spawn_blocking(move || p.end()).await;
+            None
         }
-    }
+        None => None,
+    };
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     if parked.is_none() && !ctx.take_spare_dir(dir) {
         for d in [&upper, &work] {
@@ -1080,10 +1080,10 @@ async fn run_here(
 
     // A sandbox init prepared ahead (forked, exec'd, in its cgroup already) saves those
     // steps; a root parked over the kept view saves building the root too.
-    let mut prepared = None;
-    if parked.is_none() {
-        prepared = ctx.prepared.lock().ok().and_then(|mut p| p.pop());
-    }
+    let mut prepared = match parked {
+        Some(_) => None,
+        None => ctx.prepared.lock().ok().and_then(|mut p| p.pop()),
+    };
     // A view kept from this workstation's and user's last task is validated in one
     // round trip (and one more per changed directory) while the task is handed to the
     // root parked over it, or a prepared sandbox builds the task's root over it; the
@@ -1092,13 +1092,10 @@ async fn run_here(
     // sandbox started over it.
     let mut early = None;
     let mut leased = None;
-    let starter = match (parked, prepared.take()) {
-        (Some(p), _) => Some(Starter::Parked(p.sandbox)),
-        (None, Some(p)) if kept.is_some() => Some(Starter::Prepared(p)),
-        (None, p) => {
-            prepared = p;
-            None
-        }
+    let starter = match parked {
+        Some(p) => Some(Starter::Parked(p.sandbox)),
+        None if kept.is_some() => prepared.take().map(Starter::Prepared),
+        None => None,
     };
     if let Some(starter) = starter
         && let Some(kept) = kept.take()

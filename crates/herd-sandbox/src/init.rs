@@ -601,12 +601,13 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     // `volatile` (Linux 5.10): the layers are scratch, read back by the agent while the
     // page cache still holds them, so the unmount at the task's end need not sync the
-    // helper's disk (a journal commit and a cache flush per task). Older kernels refuse
-    // the option: then without it. Not rootless: the option leaves a directory in the
-    // work layer's mode-0 `work`, which a plain user's agent could not remove.
-    // A volatile mount leaves `work/work/incompat/volatile` behind, and overlayfs
-    // refuses a work directory holding it: a work directory used before (herd's tasks
-    // get fresh ones; the library's callers may not) is cleared of it first.
+    // helper's file system and flush its disk's cache. Older kernels refuse the option:
+    // then without it. Not rootless: the option leaves a directory in the work layer's
+    // mode-0 `work`, which a plain user's agent could not remove.
+    //
+    // That directory (`work/work/incompat/volatile`) makes overlayfs refuse the work
+    // layer next time: one used before (herd's tasks get fresh ones; the library's
+    // callers may not) is cleared of it first.
     let _ = fs::remove_dir_all(work.join("work/incompat"));
     let volatile = format!("{opts},volatile");
     if rootless

@@ -547,7 +547,7 @@ impl Prepared {
             .try_clone()
             .map_err(|e| SandboxError::io("duplicate", "task socket", e))?;
         let mut following = self.following()?;
-        following.until_parked()?;
+        following.until(Until::Parked)?;
         Ok(Parked {
             following,
             gate,
@@ -646,11 +646,6 @@ pub struct Parked {
 }
 
 impl Parked {
-    /// The kept view the root is built over.
-    pub fn lower(&self) -> &Path {
-        &self.lower
-    }
-
     /// The root's upper layer: where the task's changes are.
     pub fn upper(&self) -> &Path {
         &self.upper
@@ -697,12 +692,12 @@ impl Starting {
     /// [`Sandbox::wait_ended`] instead.
     pub fn go(mut self) -> Result<Sandbox, SandboxError> {
         self.open_gate();
-        self.following.until(false)?;
+        self.following.until(Until::Pid1)?;
         // A task with a terminal sends its master before it execs: wait for that.
         // Otherwise the task's start is not waited for: a failure to start (its cwd
         // missing, say) comes out of [`Sandbox::wait`] instead.
         if self.following.console.is_some() {
-            self.following.until(true)?;
+            self.following.until(Until::Started)?;
         }
         let following = std::mem::replace(&mut self.following, Following::taken());
         following.sandbox()
@@ -838,7 +833,7 @@ fn follow(
         pid1_fd: None,
         exiting: false,
     };
-    f.until(true)?;
+    f.until(Until::Started)?;
     f.sandbox()
 }
 
@@ -859,6 +854,17 @@ struct Following {
     exiting: bool,
 }
 
+/// What [`Following::until`] reads the init's status lines up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// `pid1`: pid 1 exists.
+    Pid1,
+    /// `parked`: pid 1 built the root and waits in it for its task.
+    Parked,
+    /// `started`: the task runs.
+    Started,
+}
+
 impl Following {
     /// One whose init was taken (dropping it does nothing).
     fn taken() -> Following {
@@ -875,11 +881,11 @@ impl Following {
         }
     }
 
-    /// Reads status lines until `started` (the task runs), or with `started` false
-    /// until `pid1` (pid 1 exists); a setup failure ends the init and is returned.
-    fn until(&mut self, started: bool) -> Result<(), SandboxError> {
+    /// Reads status lines until `want` is reported; a setup failure ends the init and
+    /// is returned.
+    fn until(&mut self, want: Until) -> Result<(), SandboxError> {
         // A parked root's pid 1 said so before it parked.
-        if !started && self.pid1 != 0 {
+        if want == Until::Pid1 && self.pid1 != 0 {
             return Ok(());
         }
         loop {
@@ -900,10 +906,10 @@ impl Following {
                 // go-ahead, which comes after this line, and only the supervisor can
                 // reap it.
                 self.pid1_fd = pidfd_open(self.pid1).ok();
-                if !started {
+                if want == Until::Pid1 {
                     return Ok(());
                 }
-            } else if line == "started" {
+            } else if (line == "parked" && want == Until::Parked) || line == "started" {
                 return Ok(());
             } else if let Some(rest) = line.strip_prefix("warn ") {
                 tracing::warn!(pid1 = self.pid1, "{rest}");
@@ -914,28 +920,7 @@ impl Following {
         }
     }
 
-    /// Reads status lines until pid 1 has built the root and parked
-    /// ([`Prepared::park`]); a setup failure ends the init and is returned.
-    fn until_parked(&mut self) -> Result<(), SandboxError> {
-        loop {
-            let Some(line) = self.status.as_mut().and_then(next_line) else {
-                return Err(SandboxError::InitDied("before its root was built".into()));
-            };
-            if line == "parked" {
-                return Ok(());
-            } else if let Some(dir) = line.strip_prefix("cgroup ") {
-                self.cgroups.push(PathBuf::from(dir));
-            } else if let Some(pid) = line.strip_prefix("pid1 ") {
-                self.pid1 = pid.parse().unwrap_or(0);
-                self.pid1_fd = pidfd_open(self.pid1).ok();
-            } else if let Some(e) = setup_failure(&line) {
-                self.exiting = true;
-                return Err(e);
-            }
-        }
-    }
-
-    /// The running sandbox (after `until(true)`).
+    /// The running sandbox (after `until(Until::Started)`).
     fn sandbox(mut self) -> Result<Sandbox, SandboxError> {
         let (Some(child), Some(init), Some(status), Some(life_w)) = (
             self.child.take(),

@@ -373,23 +373,19 @@ fn main() -> ExitCode {
     {
         offload::masquerade(&name);
     }
-    // Not `std::env::args()`: it panics on an argument that is not UTF-8, and a
-    // command's arguments may be any bytes.
-    let internal = |name: &str| std::env::args_os().nth(1).is_some_and(|a| a == name);
-    if internal("__sandbox-init") {
-        herd_sandbox::init_main()
-    }
-    for (name, entry) in [
-        (
-            "__fs-serve",
-            herd_agent::fsserve::serve_main as fn(&[String]) -> i32,
-        ),
-        ("__fs-commit", herd_agent::fsserve::commit_main),
-    ] {
-        if internal(name) {
-            let args: Vec<String> = std::env::args().skip(2).collect();
-            std::process::exit(entry(&args));
-        }
+    // `args_os`: `std::env::args()` panics on an argument that is not UTF-8, and a
+    // command's arguments may be any bytes. Only the internal entry points, whose
+    // arguments herd itself writes, take theirs as strings.
+    let internal = || std::env::args().skip(2).collect::<Vec<String>>();
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some("__sandbox-init") => herd_sandbox::init_main(),
+        Some("__fs-serve") => std::process::exit(herd_agent::fsserve::serve_main(&internal())),
+        Some("__fs-commit") => std::process::exit(herd_agent::fsserve::commit_main(&internal())),
+        _ => {}
     }
     let cli = parse_cli();
     match run(cli) {
@@ -407,8 +403,9 @@ fn main() -> ExitCode {
 
 /// The agent's runtime: one async thread (blocking work goes to tokio's blocking
 /// pool). Measured against two worker threads, a warm `herd run` takes up to half a
-/// millisecond less (ARCHITECTURE.md has the figures): the workers no longer wake
-/// each other to steal the tasks that every message spawns. ARCHITECTURE.md says what must never run on that thread.
+/// millisecond less: the workers no longer wake each other to steal the tasks that
+/// every message spawns. ARCHITECTURE.md has the figures, and says what must never run
+/// on that thread.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
