@@ -1,6 +1,9 @@
 //! The workstation's files on a helper: a read-only FUSE view and where its bytes
 //! come from.
 //!
+//! * [`beneath`]: walking the workstation's tree as a peer asks, following no link
+//!   and reaching no hidden object or pseudo file system; [`beneath::Hidden`], the
+//!   hidden paths as given, as resolved and as objects.
 //! * [`source`]: the [`Source`] trait (stat, list, read, readlink on absolute paths)
 //!   and [`LocalSource`], which answers from this machine's filesystem while hiding
 //!   secret paths. The workstation's file service runs a `LocalSource` as the
@@ -28,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+pub mod beneath;
 pub mod cache;
 pub mod cached;
 pub mod changes;
