@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub local_ok: bool,
     /// Extra paths to hide from the task (absolute).
     pub hide: Vec<std::path::PathBuf>,
+    /// More directories the task may write under, besides its working directory
+    /// (`--writes`, `[run] writable`; relative ones from the working directory).
+    pub writes: Vec<std::path::PathBuf>,
 }
 
 const RLIMITS: &[i32] = &[
@@ -105,10 +108,16 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
         let path = env.iter().find(|(k, _)| k == b"PATH").map(|(_, v)| v)?;
         resolve(cmd.as_bytes(), path)
     });
+    let cwd = std::env::current_dir()?;
     Ok(RunSpec {
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env,
-        cwd: std::env::current_dir()?.into_os_string().into_vec(),
+        writes: opts
+            .writes
+            .iter()
+            .map(|p| write_root(&cwd, p).into_os_string().into_vec())
+            .collect(),
+        cwd: cwd.into_os_string().into_vec(),
         umask: current_umask(),
         rlimits: rlimits(),
         tty: if tty {
@@ -126,6 +135,44 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
             .collect(),
         exe,
     })
+}
+
+/// A `--writes` directory as the workstation resolves it: relative to `cwd`, its links
+/// followed (the user named it; a task sees and writes the link's target). One that
+/// does not exist yet is taken as written, made absolute.
+fn write_root(cwd: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    let abs = cwd.join(p);
+    std::fs::canonicalize(&abs).unwrap_or(abs)
+}
+
+/// The one line `herd run` prints about changes that were not written.
+pub fn not_written_line(dropped: &[(Vec<u8>, String)]) -> Option<String> {
+    const SHOWN: usize = 5;
+    if dropped.is_empty() {
+        return None;
+    }
+    let mut reasons: Vec<&str> = Vec::new();
+    for (_, why) in dropped {
+        if !reasons.contains(&why.as_str()) {
+            reasons.push(why);
+        }
+    }
+    let paths: Vec<String> = dropped
+        .iter()
+        .take(SHOWN)
+        .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let more = match dropped.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let n = dropped.len();
+    Some(format!(
+        "herd: {n} {} of the task not written ({}): {}{more}; `--writes DIR` lets a task write outside its working directory\n",
+        if n == 1 { "change" } else { "changes" },
+        reasons.join("; "),
+        paths.join(", "),
+    ))
 }
 
 /// Where a `PATH` search for `cmd` (named without a `/`) ends: the first regular file
@@ -493,6 +540,22 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
                             "herd: {p} changed on the workstation while the task ran: kept it (the task deleted it)\n"
                         ),
                     };
+                    write_to(&mut io.stderr, line.as_bytes(), true);
+                }
+            }
+            RunEvent::NotWritten { dropped, stripped } => {
+                if let Some(line) = not_written_line(&dropped) {
+                    write_to(&mut io.stderr, line.as_bytes(), true);
+                }
+                if !stripped.is_empty() {
+                    let paths: Vec<String> = stripped
+                        .iter()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .collect();
+                    let line = format!(
+                        "herd: set-user-ID, set-group-ID and sticky bits from the helper dropped on {}\n",
+                        paths.join(", ")
+                    );
                     write_to(&mut io.stderr, line.as_bytes(), true);
                 }
             }

@@ -18,8 +18,17 @@
 //!
 //! [run]
 //! # Absolute paths hidden from your tasks besides ~/.ssh, ~/.gnupg, ~/.aws,
-//! # ~/.config/herd, ...
+//! # ~/.config/herd, ... (README: "What a task can see and change")
 //! hide = []
+//! # Directories every task may write under besides its working directory (absolute,
+//! # or ~/...), as `herd run --writes DIR` adds for one command.
+//! writable = []
+//!
+//! [commit]
+//! # Limits on one task's changes: a change set over either fails, and nothing of it
+//! # is written.
+//! max_files = 1000000
+//! max_bytes = 68719476736     # 64 GiB
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -68,6 +77,28 @@ pub struct Config {
     /// `herd run` and every task.
     #[serde(default)]
     pub run: RunConfig,
+    /// Committing a task's changes.
+    #[serde(default)]
+    pub commit: CommitConfig,
+}
+
+/// The `[commit]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// Files, directories and links one task may change at most.
+    pub max_files: u64,
+    /// Bytes of file data one task may write at most.
+    pub max_bytes: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_files: 1_000_000,
+            max_bytes: 64 << 30,
+        }
+    }
 }
 
 /// The `[shell]` table.
@@ -114,6 +145,23 @@ impl ShellConfig {
 pub struct RunConfig {
     /// Extra paths hidden from tasks (absolute).
     pub hide: Vec<PathBuf>,
+    /// Directories every task may write under besides its working directory
+    /// (absolute, or `~/...`: see [`RunConfig::writable_dirs`]).
+    pub writable: Vec<PathBuf>,
+}
+
+impl RunConfig {
+    /// `writable` with a leading `~` replaced by `home`; `~` entries are dropped when
+    /// there is no home.
+    pub fn writable_dirs(&self, home: Option<&Path>) -> Vec<PathBuf> {
+        self.writable
+            .iter()
+            .filter_map(|p| match p.strip_prefix("~") {
+                Ok(rest) => home.map(|h| h.join(rest)),
+                Err(_) => Some(p.clone()),
+            })
+            .collect()
+    }
 }
 
 impl Default for Config {
@@ -122,6 +170,7 @@ impl Default for Config {
             version: CONFIG_VERSION,
             shell: ShellConfig::default(),
             run: RunConfig::default(),
+            commit: CommitConfig::default(),
         }
     }
 }
@@ -158,6 +207,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if let Some(p) = c.run.hide.iter().find(|p| !p.is_absolute()) {
         return Err(invalid(format!(
             "[run] hide: {} is not an absolute path",
+            p.display()
+        )));
+    }
+    if let Some(p) = c
+        .run
+        .writable
+        .iter()
+        .find(|p| !p.is_absolute() && !p.starts_with("~"))
+    {
+        return Err(invalid(format!(
+            "[run] writable: {} is neither an absolute path nor under ~",
             p.display()
         )));
     }
@@ -220,6 +280,23 @@ mod tests {
         assert!(parse(p(), "version = 1\nbogus = 3\n").is_err());
         let e = parse(p(), "version = 1\n[run]\nhide = [\"rel\"]\n").unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
+        let e = parse(p(), "version = 1\n[run]\nwritable = [\"rel\"]\n").unwrap_err();
+        assert!(e.to_string().contains("writable: rel"), "{e}");
+    }
+
+    #[test]
+    fn writable_dirs_expand_the_home() {
+        let c = parse(
+            p(),
+            "version = 1\n[run]\nwritable = [\"~/.cache\", \"/srv/out\"]\n[commit]\nmax_files = 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.run.writable_dirs(Some(Path::new("/home/u"))),
+            vec![PathBuf::from("/home/u/.cache"), PathBuf::from("/srv/out")]
+        );
+        assert_eq!(c.run.writable_dirs(None), vec![PathBuf::from("/srv/out")]);
+        assert_eq!((c.commit.max_files, c.commit.max_bytes), (10, 64 << 30));
     }
 
     #[test]

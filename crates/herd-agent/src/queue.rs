@@ -369,6 +369,7 @@ mod tests {
                 retries: 2,
                 local_ok: true,
                 hide: vec![],
+                writes: vec![],
                 exe: None,
             },
             caller: Caller {

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -59,7 +59,9 @@ pub struct Tasks {
     exe: PathBuf,
     extra_hidden: Vec<Vec<u8>>,
     running: Mutex<HashMap<u64, Entry>>,
-    services: tokio::sync::Mutex<HashMap<Identity, Arc<FsClient>>>,
+    /// One file service per identity and hidden list: what a task may read is decided
+    /// by its own list, never by an earlier task's.
+    services: tokio::sync::Mutex<HashMap<(Identity, Vec<Vec<u8>>), Arc<FsClient>>>,
 }
 
 impl Tasks {
@@ -100,9 +102,15 @@ impl Tasks {
         }
         for home in homes {
             for rel in SECRET_DIRS {
-                out.push(home.join(rel).into_os_string().into_vec());
+                let mut p = home.as_os_str().as_bytes().to_vec();
+                p.push(b'/');
+                p.extend_from_slice(rel.as_bytes());
+                out.push(p);
             }
         }
+        // The user's runtime directory (sockets of its agents and session bus). Its
+        // name comes from the uid, never from the request.
+        out.push(format!("/run/user/{uid}/").into_bytes());
         out
     }
 
@@ -111,12 +119,18 @@ impl Tasks {
         id: &Identity,
         hidden: &[Vec<u8>],
     ) -> Result<Arc<FsClient>, AgentError> {
+        let key = (id.clone(), hidden.to_vec());
         let mut s = self.services.lock().await;
-        if let Some(c) = s.get(id) {
+        if let Some(c) = s.get(&key) {
             return Ok(c.clone());
         }
+        // A service whose hidden list no running task uses any more is stopped (its
+        // process ends with its last handle), so the map holds few.
+        if let Ok(running) = self.running.lock() {
+            s.retain(|_, c| running.values().any(|e| Arc::ptr_eq(&e.fs, c)));
+        }
         let c = Arc::new(FsClient::start(&self.exe, id, hidden).await?);
-        s.insert(id.clone(), c.clone());
+        s.insert(key, c.clone());
         Ok(c)
     }
 
@@ -151,16 +165,48 @@ fn passwd_home(passwd: &str, uid: u32) -> Option<PathBuf> {
     })
 }
 
-/// Secret paths under each user's home, hidden from tasks by default.
+/// Secret paths under each user's home, hidden from tasks by default: never served,
+/// never written. Directories end with `/` (a sandbox covers an absent one with an
+/// empty directory, an absent file with an empty file).
 pub const SECRET_DIRS: &[&str] = &[
-    ".ssh",
-    ".gnupg",
-    ".aws",
-    ".config/herd",
-    ".local/share/herd",
+    // Keys and agents.
+    ".ssh/",
+    ".gnupg/",
+    ".local/share/keyrings/",
+    ".password-store/",
+    // herd's own identity, configuration and commit logs.
+    ".config/herd/",
+    ".local/share/herd/",
+    ".local/state/herd/",
+    // Credentials of tools and clouds.
     ".netrc",
+    ".git-credentials",
+    ".config/git/credentials",
+    ".config/gh/",
+    ".config/hub",
+    ".npmrc",
+    ".yarnrc",
+    ".pypirc",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".gem/credentials",
     ".docker/config.json",
-    ".kube",
+    ".config/containers/auth.json",
+    ".kube/",
+    ".aws/",
+    ".azure/",
+    ".config/gcloud/",
+    ".oci/",
+    ".vault-token",
+    ".terraform.d/credentials.tfrc.json",
+    // Browser profiles (cookies, saved passwords).
+    ".mozilla/",
+    ".thunderbird/",
+    ".config/google-chrome/",
+    ".config/chromium/",
+    ".config/BraveSoftware/",
+    ".config/microsoft-edge/",
+    ".config/vivaldi/",
 ];
 
 /// Who asked: from the Unix socket's credentials.
@@ -334,6 +380,15 @@ async fn drive(
         .find(|(k, _)| k == b"HOME")
         .map(|(_, v)| v.clone());
     let mut hidden = tasks.hidden_for(caller.uid, env_home.as_deref());
+    // The runtime directory the task's environment names, when it is not the usual one.
+    if let Some((_, d)) = spec.env.iter().find(|(k, _)| k == b"XDG_RUNTIME_DIR")
+        && d.starts_with(b"/")
+        && !hidden.contains(d)
+    {
+        let mut d = d.clone();
+        d.push(b'/');
+        hidden.push(d);
+    }
     hidden.extend(spec.hide.iter().cloned());
     let fs = tasks
         .service(&id, &hidden)

@@ -101,8 +101,11 @@ pub fn components(path: &Path) -> Result<Vec<&OsStr>, Stop> {
     Ok(out)
 }
 
-/// Top-level directories never served or written, whatever file system holds them.
-pub const PSEUDO_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
+/// Top-level directories whose contents are never served or written, whatever file
+/// system holds them (the directories themselves may be looked at).
+/// `/tmp` is one of them: every sandbox mounts a private one, so no task looks below
+/// the workstation's (where Kerberos caches and other users' sockets live).
+pub const PSEUDO_ROOTS: &[&str] = &["/proc", "/sys", "/dev", "/tmp"];
 
 /// `statfs` magic numbers of the kernel's virtual file systems.
 const PSEUDO_MAGIC: &[i64] = &[
@@ -155,8 +158,10 @@ impl Hidden {
     /// [`Hidden::refresh`] to pick up what appeared since.
     pub fn new(root: &Path, paths: impl IntoIterator<Item = PathBuf>) -> Hidden {
         let mut h = Hidden {
+            // A trailing `/` (a directory, to a sandbox) is not part of the path.
             given: paths
                 .into_iter()
+                .map(|p| p.components().collect::<PathBuf>())
                 .filter(|p| components(p).is_ok())
                 .collect(),
             ..Hidden::default()
@@ -277,7 +282,12 @@ impl Tree {
                 }
             }
         }
-        if PSEUDO_ROOTS.iter().any(|r| path.starts_with(r)) {
+        // The mount points themselves may be looked at (a sandbox mounts its own
+        // there); nothing below them.
+        if PSEUDO_ROOTS
+            .iter()
+            .any(|r| path.starts_with(r) && path != Path::new(r))
+        {
             return Some(Stop::Pseudo { at: 0 });
         }
         None

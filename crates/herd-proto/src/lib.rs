@@ -34,7 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Version byte leading every frame payload. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest frame payload accepted or produced, in bytes. A receiver refuses a longer
 /// announced length before allocating anything.
@@ -237,6 +237,11 @@ pub struct RunSpec {
     /// More paths to hide from the task (the user's `[run] hide`), on top of the
     /// secrets the agent always hides.
     pub hide: Vec<Vec<u8>>,
+    /// More directories the task may change files under (absolute, resolved on the
+    /// workstation), on top of its working directory's subtree: `herd run --writes`,
+    /// `[run] writable`. Checked on the workstation when the task's changes are
+    /// committed; the helper is never trusted with it.
+    pub writes: Vec<Vec<u8>>,
     /// Where the command's `PATH` search ends on the workstation, for a command named
     /// without a `/`: a hint the sandbox tries first, saving the search's misses; a
     /// miss on the hint falls back to the search.
@@ -439,6 +444,15 @@ pub enum RunEvent {
     /// Files that changed on the workstation meanwhile: kept, and the task's version
     /// saved beside them.
     Conflicts(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    /// Changes of the task that were not written: outside its write scope, hidden, or
+    /// through a symbolic link (path, why); and files whose set-user-ID, set-group-ID
+    /// or sticky bits were dropped. Sent before `Exit`, at most once.
+    NotWritten {
+        /// The paths dropped, with the reason.
+        dropped: Vec<(Vec<u8>, String)>,
+        /// The paths written without their set-id and sticky bits.
+        stripped: Vec<Vec<u8>>,
+    },
     /// The task is over: exit with this code.
     Exit(i32),
     /// herd itself failed (no helper, helper lost, ...): one line; exit 255.

@@ -48,6 +48,26 @@ impl StateArg {
     }
 }
 
+/// `--writes DIR`, shared by `herd run`, `herd map` and `herd shell`.
+#[derive(Args, Debug, Default)]
+struct WritesArg {
+    /// Let tasks change files under DIR too, besides their working directory
+    /// (repeatable; `[run] writable` in the config adds more). Changes anywhere else
+    /// are not written back, and herd says which
+    #[arg(long = "writes", value_name = "DIR")]
+    writes: Vec<PathBuf>,
+}
+
+impl WritesArg {
+    /// These directories with the config's `[run] writable` ones.
+    fn with_config(self, run: &herd_agent::config::RunConfig) -> Vec<PathBuf> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let mut all = run.writable_dirs(home.as_deref());
+        all.extend(self.writes);
+        all
+    }
+}
+
 // The arguments of `herd run`. (A plain comment: clap would take a doc comment here for
 // the subcommand's description instead of the variant's.)
 #[derive(Args, Debug)]
@@ -73,6 +93,8 @@ struct RunArgs {
     /// Never run it on this machine itself, even when that would be fastest
     #[arg(long)]
     remote: bool,
+    #[command(flatten)]
+    writes: WritesArg,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
@@ -257,6 +279,8 @@ enum Command {
         /// Show a progress bar even when stderr is not a terminal
         #[arg(long)]
         bar: bool,
+        #[command(flatten)]
+        writes: WritesArg,
         /// The command template, then `:::` and the arguments
         #[arg(
             trailing_var_arg = true,
@@ -306,6 +330,8 @@ enum Command {
     Shell {
         #[command(flatten)]
         state: StateArg,
+        #[command(flatten)]
+        writes: WritesArg,
         /// The command to run instead of $SHELL
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -603,6 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             retries,
             remote,
+            writes,
             command,
         }) => {
             let config = herd_agent::config::load_env()?;
@@ -610,6 +637,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 on,
                 retries,
                 local_ok: !remote,
+                writes: writes.with_config(&config.run),
                 hide: config.run.hide,
                 tty: if tty {
                     Some(true)
@@ -650,7 +678,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Shell { state, command } => offload::shell(&state.dir(true), &command),
+        Command::Shell {
+            state,
+            writes,
+            command,
+        } => offload::shell(&state.dir(true), &writes.writes, &command),
         Command::Completions { shell } => clidoc::completions(shell),
         Command::Man { dir } => clidoc::man(dir.as_deref()),
         Command::Ps { state, json } => {
@@ -700,20 +732,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             halt,
             keep_order,
             bar,
+            writes,
             words,
-        } => map::map(
-            &state.dir(true),
-            map::MapArgs {
-                jobs,
-                joblog,
-                resume,
-                retries,
-                halt,
-                keep_order,
-                bar,
-                words,
-            },
-        ),
+        } => {
+            let writes = writes.with_config(&herd_agent::config::load_env()?.run);
+            map::map(
+                &state.dir(true),
+                map::MapArgs {
+                    jobs,
+                    joblog,
+                    resume,
+                    retries,
+                    halt,
+                    keep_order,
+                    bar,
+                    writes,
+                    words,
+                },
+            )
+        }
         Command::Top { state, once } => top::top(&state.dir(true), once),
         Command::Demo { jobs, keep } => demo::demo(demo::DemoArgs { jobs, keep }),
         Command::Status { state, json } => {

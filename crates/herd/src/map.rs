@@ -39,6 +39,8 @@ pub struct MapArgs {
     pub keep_order: bool,
     /// `--bar`.
     pub bar: bool,
+    /// `--writes` and `[run] writable`.
+    pub writes: Vec<PathBuf>,
     /// The template and the `:::` groups.
     pub words: Vec<String>,
 }
@@ -48,6 +50,7 @@ pub struct AgentRunner {
     dir: StateDir,
     rt: tokio::runtime::Handle,
     hide: Vec<PathBuf>,
+    writes: Vec<PathBuf>,
 }
 
 impl Runner for AgentRunner {
@@ -58,6 +61,7 @@ impl Runner for AgentRunner {
             retries: LOST_RETRIES,
             local_ok: true,
             hide: self.hide.clone(),
+            writes: self.writes.clone(),
             ..RunOptions::default()
         };
         let spec = client::describe(&argv, &opts)
@@ -171,6 +175,7 @@ pub fn map(dir: &StateDir, args: MapArgs) -> anyhow::Result<ExitCode> {
         dir: dir.clone(),
         rt: rt.handle().clone(),
         hide: herd_agent::config::load_env()?.run.hide,
+        writes: args.writes.clone(),
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

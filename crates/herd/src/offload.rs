@@ -2,6 +2,7 @@
 //! [`herd_agent::shell`] for how the two fit together).
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,12 +61,16 @@ pub fn masquerade(name: &str) -> ! {
     };
     let mut argv = vec![real.clone().into_os_string()];
     argv.extend(args.iter().cloned());
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut writes = config.run.writable_dirs(home.as_deref());
+    writes.extend(shell_writes());
     let opts = RunOptions {
         // A build runs many of these at once on one terminal: none gets a terminal.
         tty: Some(false),
         retries: config.shell.retries,
         local_ok: true,
         hide: config.run.hide.clone(),
+        writes,
         ..RunOptions::default()
     };
     let spec = match client::describe(&argv, &opts) {
@@ -88,8 +93,27 @@ pub fn masquerade(name: &str) -> ! {
     std::process::exit(code);
 }
 
-/// `herd shell [-- CMD]`.
-pub fn shell(dir: &StateDir, command: &[OsString]) -> anyhow::Result<ExitCode> {
+/// Where `herd shell` tells the programs it offloads what they may write: the
+/// directories, one per line.
+const WRITES_ENV: &str = "HERD_WRITES";
+
+/// The directories the enclosing `herd shell` lets its offloaded programs write.
+fn shell_writes() -> Vec<PathBuf> {
+    std::env::var_os(WRITES_ENV)
+        .map(|v| {
+            v.as_encoded_bytes()
+                .split(|&b| b == b'\n')
+                .filter(|l| l.first() == Some(&b'/'))
+                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `herd shell [--writes DIR]... [-- CMD]`. The programs it offloads may write under
+/// the directory it started in (a build's commands run in subdirectories and write
+/// beside them) and under each `--writes DIR`, besides their own working directory.
+pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow::Result<ExitCode> {
     let config = herd_agent::config::load_env()?;
     if std::os::unix::net::UnixStream::connect(dir.socket_path()).is_err() {
         anyhow::bail!(
@@ -126,8 +150,22 @@ pub fn shell(dir: &StateDir, command: &[OsString]) -> anyhow::Result<ExitCode> {
             (sh, vec![])
         }
     };
+    let cwd = std::env::current_dir()?;
+    let mut roots = shell_writes();
+    roots.push(cwd.clone());
+    roots.extend(
+        writes
+            .iter()
+            .map(|w| std::fs::canonicalize(cwd.join(w)).unwrap_or(cwd.join(w))),
+    );
+    let mut writes_env = Vec::new();
+    for r in roots {
+        writes_env.extend_from_slice(r.as_os_str().as_bytes());
+        writes_env.push(b'\n');
+    }
     let status = std::process::Command::new(&program)
         .args(&args)
+        .env(WRITES_ENV, std::ffi::OsStr::from_bytes(&writes_env))
         .env("PATH", &new_path)
         .env(SHELL_DIR_ENV, &masq)
         .env("HERD_STATE", dir.root())
