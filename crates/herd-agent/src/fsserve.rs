@@ -173,7 +173,8 @@ fn respond(
 }
 
 /// `herd __fs-serve --uid U --gid G --groups a,b`: becomes the user, reads the hidden
-/// paths (first frame), then answers questions until stdin ends.
+/// paths (first frame: one service answers for one hidden list, resolved again at
+/// every `Validate`), then answers questions until stdin ends.
 pub fn serve_main(args: &[String]) -> i32 {
     let Some(id) = Identity::from_args(args) else {
         eprintln!("herd: __fs-serve: bad arguments");
@@ -199,6 +200,21 @@ pub fn serve_main(args: &[String]) -> i32 {
     let src = Arc::new(LocalSource::new("/", hidden));
     // Made as the user: the watches count against the user's inotify limits.
     let journal = Arc::new(Journal::new());
+    // The objects below the hidden directories are looked for again after each task
+    // start (a walk of the hidden trees: off the validation's way, at most once a
+    // second).
+    let (reindex, wanted) = std::sync::mpsc::sync_channel::<()>(1);
+    {
+        let (src, journal) = (src.clone(), journal.clone());
+        std::thread::spawn(move || {
+            while wanted.recv().is_ok() {
+                if src.refresh_hidden(true) {
+                    journal.forget();
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
+    }
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let (tx, rx) = std::sync::mpsc::sync_channel::<FsCall>(64);
     let rx = Arc::new(Mutex::new(rx));
@@ -226,6 +242,14 @@ pub fn serve_main(args: &[String]) -> i32 {
             // A kept view's validation is every warm run's one question, mostly
             // answered from the journal: answered here, without waking a worker.
             Ok(call) if matches!(call.req, FsRequest::Validate { .. }) => {
+                // Every task starts with one: the hidden paths are resolved again
+                // first (a secret directory made or replaced, or turned into a link,
+                // since), and what the journal confirmed is dropped if that changed
+                // what is hidden.
+                if src.refresh_hidden(false) {
+                    journal.forget();
+                }
+                let _ = reindex.try_send(());
                 if !respond(&src, &journal, &out, call) {
                     break;
                 }

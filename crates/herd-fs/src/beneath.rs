@@ -144,11 +144,13 @@ fn errno(e: rustix::io::Errno) -> Errno {
 }
 
 /// Paths hidden from tasks: never served, never written. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hidden {
     given: Vec<PathBuf>,
     paths: Vec<PathBuf>,
     objects: HashSet<Object>,
+    /// Objects below the hidden directories ([`Hidden::index`]).
+    below: HashSet<Object>,
 }
 
 impl Hidden {
@@ -203,9 +205,65 @@ impl Hidden {
         self.paths.iter().any(|h| path.starts_with(h))
     }
 
-    /// Whether the object is a hidden path's (a bind mount or hard link of it, say).
+    /// Whether the object is a hidden path's (a bind mount or hard link of it, say),
+    /// or was found below one by [`Hidden::index`].
     pub fn covers_object(&self, o: Object) -> bool {
-        self.objects.contains(&o)
+        self.objects.contains(&o) || self.below.contains(&o)
+    }
+
+    /// Finds the objects below the hidden directories (at most `limit` entries,
+    /// breadth-first, not following links), so that another name for one of them (a
+    /// hard link, a bind mount of a subdirectory or of a single file) is hidden too.
+    /// What lies past `limit` is hidden by path, and through its hidden ancestors'
+    /// objects, only. Keeps the objects found before when nothing can be listed now.
+    pub fn index(&mut self, root: &Path, limit: usize) {
+        let mut below = HashSet::new();
+        let mut queue: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
+        for p in &self.paths {
+            let real = root.join(p.strip_prefix("/").unwrap_or(p));
+            if let Ok(fd) = rustix::fs::open(
+                &real,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                queue.push_back(fd);
+            }
+        }
+        let mut seen = 0;
+        while let Some(dir) = queue.pop_front() {
+            let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                seen += 1;
+                if seen > limit {
+                    break;
+                }
+                let Ok(st) = rustix::fs::statat(&dir, e.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                else {
+                    continue;
+                };
+                below.insert(object(&st));
+                if is_dir(&st)
+                    && let Ok(fd) = rustix::fs::openat(
+                        &dir,
+                        e.file_name(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                {
+                    queue.push_back(fd);
+                }
+            }
+            if seen > limit {
+                break;
+            }
+        }
+        self.below = below;
     }
 
     /// The hidden entries directly in directory `dir`, by name.
@@ -344,6 +402,38 @@ impl Tree {
         let n = comps.len().saturating_sub(1);
         let dir = self.walk(&comps, n)?;
         Ok((dir, comps.last().copied()))
+    }
+
+    /// Opens directory `path` itself (`O_PATH`), refusing what [`Tree::parent_of`]
+    /// refuses and a final component that is a link, hidden or pseudo.
+    pub fn dir(&self, path: &Path) -> Result<Reached, Stop> {
+        let comps = components(path)?;
+        if let Some(stop) = self.refused_by_name(path, &comps) {
+            return Err(stop);
+        }
+        self.walk(&comps, comps.len())
+    }
+
+    /// [`Tree::lstat`] of `path` with its parent's descriptor and the final name
+    /// (`None` for the root), for the `*at` calls that act on the entry checked.
+    pub fn entry<'p>(&self, path: &'p Path) -> Result<(Reached, Option<&'p OsStr>, Stat), Stop> {
+        let (dir, name) = self.parent_of(path)?;
+        let Some(name) = name else {
+            let st = dir.stat;
+            return Ok((dir, None, st));
+        };
+        let at = components(path)?.len() - 1;
+        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                Stop::Missing { at }
+            } else {
+                Stop::Io(errno(e))
+            }
+        })?;
+        if self.hidden.covers_object(object(&st)) {
+            return Err(Stop::Hidden { at });
+        }
+        Ok((dir, Some(name), st))
     }
 
     /// `lstat` of `path` (never following it), refusing what [`Tree::parent_of`]

@@ -18,7 +18,7 @@
 //!
 //! let closure = herd_fs::elf::closure(Path::new("/"), Path::new("/usr/bin/python3"))?;
 //! for path in &closure.files {
-//!     println!("{}", path.display()); // /lib64/ld-linux-x86-64.so.2, /lib64, ...
+//!     println!("{}", path.display()); // /lib64, /usr/lib64/ld-linux-x86-64.so.2, ...
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -68,9 +68,14 @@
 //! tests) and reported as an absolute path as seen under it. Symlinks are followed
 //! component by component inside the root: an absolute target starts again at the
 //! root and `..` stops at it, so resolution never leaves the root. For each file the
-//! closure lists the path it was looked up by, every symlink met on the way (a
-//! directory symlink such as `/lib -> usr/lib` too) and the final target: the helper
-//! needs all of them to open the file by the loader's name.
+//! closure lists what the helper's kernel looks up to open it by the loader's name:
+//! every symlink met on the way (a directory symlink such as `/lib -> usr/lib` too,
+//! as the path of the link itself) and the final target. None of these paths goes
+//! through a link or has a `..` (the view is asked for exactly such paths, and the
+//! file service refuses any other), so the path the loader names is listed only when
+//! it is one of them. [`closure_in`] looks everything up through a
+//! [`Tree`](crate::beneath::Tree), so a hidden or pseudo path is neither read nor
+//! listed.
 //!
 //! # What is not resolved
 //!
@@ -104,6 +109,9 @@ use object::elf;
 use object::read::ReadCache;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::{Endianness, ReadRef};
+use rustix::fs::{Mode, OFlags};
+
+use crate::beneath::{Stop, Tree};
 
 /// At most this many paths are returned; the search stops when it is reached.
 pub const MAX_FILES: usize = 512;
@@ -126,8 +134,8 @@ const MAX_SEARCH_DIRS: usize = 256;
 pub struct Closure {
     /// Absolute paths as seen under the root, without duplicates, in a stable order:
     /// the interpreter, `/etc/ld.so.cache` if present, then the libraries
-    /// breadth-first. For each file: the path it was looked up by, each symlink met
-    /// while resolving it, then its final target.
+    /// breadth-first. For each file: each symlink met while resolving it, then its
+    /// final target; no path goes through a link or has a `..`.
     pub files: Vec<PathBuf>,
     /// `DT_NEEDED` names that no search directory provided (`ldd`'s "not found"),
     /// in the order they were met, without duplicates; an interpreter that does not
@@ -149,6 +157,23 @@ pub struct Closure {
 /// `root`, or is a malformed ELF file. Problems with libraries are not errors: an
 /// unreadable or malformed candidate is skipped like an incompatible one.
 pub fn closure(root: &Path, exe: &Path) -> io::Result<Closure> {
+    closure_with(Fs::Under(root), exe)
+}
+
+/// Computes the dynamic-loading closure of `exe` as [`closure`] does, looking every
+/// file up through `tree`: each path is walked from the tree's root following no link
+/// (the links met are resolved here, one by one, each hop checked), and a hidden or
+/// pseudo path is missing. So no hidden file is read, even for its ELF headers, and
+/// none is in the closure. What the workstation's file service uses.
+///
+/// # Errors
+///
+/// As [`closure`]; a hidden `exe` is not found.
+pub fn closure_in(tree: &Tree, exe: &Path) -> io::Result<Closure> {
+    closure_with(Fs::Tree(tree), exe)
+}
+
+fn closure_with(root: Fs<'_>, exe: &Path) -> io::Result<Closure> {
     if !exe.is_absolute() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -364,15 +389,110 @@ struct Walked {
     target: PathBuf,
 }
 
-/// Opens a resolved path if it is a regular file; `None` for anything else, which is
-/// checked before opening so that a pipe cannot block.
-fn open_regular(root: &Path, resolved: &Path) -> io::Result<Option<File>> {
-    let path = under(root, resolved);
-    if !std::fs::symlink_metadata(&path)?.is_file() {
-        return Ok(None);
+/// Where the closure's files are looked up.
+#[derive(Clone, Copy)]
+enum Fs<'a> {
+    /// Plain paths under a root directory.
+    Under(&'a Path),
+    /// Through a walker that follows no link and refuses hidden and pseudo paths
+    /// (every path asked of it is resolved already: no link on the way).
+    Tree(&'a Tree),
+}
+
+fn stopped(s: Stop) -> io::Error {
+    io::Error::from_raw_os_error(s.errno())
+}
+
+impl Fs<'_> {
+    /// Whether `path` (resolved but for its last component) is a symlink.
+    fn is_link(self, path: &Path) -> io::Result<bool> {
+        match self {
+            Fs::Under(root) => Ok(std::fs::symlink_metadata(under(root, path))?.is_symlink()),
+            Fs::Tree(t) => Ok(crate::beneath::is_link(&t.lstat(path).map_err(stopped)?)),
+        }
     }
-    let file = File::open(path)?;
-    Ok(file.metadata()?.is_file().then_some(file))
+
+    /// The target of symlink `path`.
+    fn read_link(self, path: &Path) -> io::Result<PathBuf> {
+        match self {
+            Fs::Under(root) => std::fs::read_link(under(root, path)),
+            Fs::Tree(t) => {
+                let (dir, name, _) = t.entry(path).map_err(stopped)?;
+                let name = name.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let target = rustix::fs::readlinkat(&dir.fd, name, Vec::new())?;
+                Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
+            }
+        }
+    }
+
+    /// Names in directory `path` (resolved).
+    fn names(self, path: &Path) -> io::Result<Vec<OsString>> {
+        match self {
+            Fs::Under(root) => Ok(std::fs::read_dir(under(root, path))?
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect()),
+            Fs::Tree(t) => {
+                let dir = t.dir(path).map_err(stopped)?;
+                let fd = rustix::fs::openat(
+                    &dir.fd,
+                    c".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let hidden: Vec<&OsStr> = t.hidden().names_in(path).collect();
+                Ok(rustix::fs::Dir::read_from(&fd)?
+                    .filter_map(|e| e.ok())
+                    .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+                    .filter(|n| n != "." && n != ".." && !hidden.contains(&n.as_os_str()))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Opens a resolved path if it is a regular file; `None` for anything else, which is
+/// checked before opening (and opened `O_NONBLOCK`, not following a link, then checked
+/// again) so that a pipe cannot block and a device is not opened.
+fn open_regular(root: Fs<'_>, resolved: &Path) -> io::Result<Option<File>> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let (fd, checked) = match root {
+        Fs::Under(root) => {
+            let path = under(root, resolved);
+            let st = rustix::fs::lstat(&path)?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Ok(None);
+            }
+            (
+                rustix::fs::open(&path, flags | OFlags::CLOEXEC, Mode::empty())?,
+                st,
+            )
+        }
+        Fs::Tree(t) => {
+            let (dir, name, st) = t.entry(resolved).map_err(stopped)?;
+            let Some(name) = name else {
+                return Ok(None);
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Ok(None);
+            }
+            let fd = rustix::fs::openat(&dir.fd, name, flags | OFlags::CLOEXEC, Mode::empty())?;
+            (fd, st)
+        }
+    };
+    let now = rustix::fs::fstat(&fd)?;
+    let same = now.st_mode & libc::S_IFMT == libc::S_IFREG
+        && (now.st_dev, now.st_ino) == (checked.st_dev, checked.st_ino);
+    Ok(same.then(|| File::from(fd)))
+}
+
+/// The whole of a small resolved regular file (a configuration file).
+fn read_small(root: Fs<'_>, resolved: &Path) -> io::Result<Vec<u8>> {
+    let Some(file) = open_regular(root, resolved)? else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let mut out = Vec::new();
+    file.take(MAX_STRING).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// `path` (absolute, as seen under `root`) as a path on this machine.
@@ -387,7 +507,7 @@ fn parent(path: &Path) -> PathBuf {
 
 /// Resolves an absolute `path` under `root`, following every symlink inside the root:
 /// an absolute target starts again at the root, and `..` stops at the root.
-fn walk(root: &Path, path: &Path) -> io::Result<Walked> {
+fn walk(root: Fs<'_>, path: &Path) -> io::Result<Walked> {
     let mut pending: VecDeque<OsString> = components(path);
     let mut current = PathBuf::from("/");
     let mut links = Vec::new();
@@ -397,8 +517,7 @@ fn walk(root: &Path, path: &Path) -> io::Result<Walked> {
             continue;
         }
         let candidate = current.join(&name);
-        let meta = std::fs::symlink_metadata(under(root, &candidate))?;
-        if !meta.file_type().is_symlink() {
+        if !root.is_link(&candidate)? {
             current = candidate;
             continue;
         }
@@ -408,7 +527,7 @@ fn walk(root: &Path, path: &Path) -> io::Result<Walked> {
                 format!("too many symlinks at {}", candidate.display()),
             ));
         }
-        let target = std::fs::read_link(under(root, &candidate))?;
+        let target = root.read_link(&candidate)?;
         if target.as_os_str().is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -443,7 +562,7 @@ fn components(path: &Path) -> VecDeque<OsString> {
 /// A library found on disk.
 #[derive(Debug)]
 struct Found {
-    /// Every path to report for it: the lookup path, its symlinks, its target.
+    /// Every path to report for it: the symlinks met looking it up, its target.
     paths: Vec<PathBuf>,
     /// Its final path.
     target: PathBuf,
@@ -464,7 +583,7 @@ struct Queued {
 }
 
 struct Resolver<'a> {
-    root: &'a Path,
+    root: Fs<'a>,
     kind: Kind,
     out: Closure,
     seen_files: HashSet<PathBuf>,
@@ -479,7 +598,7 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn new(root: &'a Path, kind: Kind) -> Self {
+    fn new(root: Fs<'a>, kind: Kind) -> Self {
         Resolver {
             root,
             kind,
@@ -503,7 +622,7 @@ impl<'a> Resolver<'a> {
         if dynamic {
             let cache = Path::new("/etc/ld.so.cache");
             if let Ok(walked) = walk(self.root, cache) {
-                self.add_walked(cache, &walked);
+                self.add_walked(&walked);
             }
         }
 
@@ -571,7 +690,7 @@ impl<'a> Resolver<'a> {
                 return;
             }
         };
-        self.add_walked(&path, &walked);
+        self.add_walked(&walked);
         let obj = open_regular(self.root, &walked.target)
             .ok()
             .flatten()
@@ -590,8 +709,10 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn add_walked(&mut self, path: &Path, walked: &Walked) {
-        self.add(path);
+    /// Lists what the kernel looks up to open `path`: each link met and the target
+    /// (`path` itself only as one of those: a path through a link, or with `..`, is
+    /// not what a view is asked).
+    fn add_walked(&mut self, walked: &Walked) {
         for link in &walked.links {
             self.add(link);
         }
@@ -704,8 +825,7 @@ impl<'a> Resolver<'a> {
                 parsed
             }
         }?;
-        let mut paths = vec![path.to_path_buf()];
-        paths.extend(walked.links);
+        let mut paths = walked.links;
         paths.push(walked.target.clone());
         Some(Found {
             paths,
@@ -791,14 +911,14 @@ fn default_dirs(kind: Kind) -> Vec<PathBuf> {
 
 /// Appends the directories named by an `ld.so.conf` file (as seen under `root`),
 /// following its `include` lines. A missing or unreadable file adds nothing.
-fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
+fn read_conf(root: Fs<'_>, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
     if depth > MAX_CONF_DEPTH {
         return;
     }
     let Ok(walked) = walk(root, conf) else {
         return;
     };
-    let Ok(text) = std::fs::read(under(root, &walked.target)) else {
+    let Ok(text) = read_small(root, &walked.target) else {
         return;
     };
     let conf_dir = parent(conf);
@@ -829,7 +949,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) {
 
 /// The paths matching an absolute glob pattern (`*` and `?` in any component) under
 /// `root`, in sorted order per directory, as `glob(3)` returns them.
-fn glob(root: &Path, pattern: &Path) -> Vec<PathBuf> {
+fn glob(root: Fs<'_>, pattern: &Path) -> Vec<PathBuf> {
     let mut matches = vec![PathBuf::from("/")];
     for component in components(pattern) {
         let wild = component
@@ -845,11 +965,11 @@ fn glob(root: &Path, pattern: &Path) -> Vec<PathBuf> {
             let Ok(walked) = walk(root, &prefix) else {
                 continue;
             };
-            let Ok(entries) = std::fs::read_dir(under(root, &walked.target)) else {
+            let Ok(entries) = root.names(&walked.target) else {
                 continue;
             };
             let mut names: Vec<OsString> = entries
-                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .into_iter()
                 .filter(|n| {
                     let n = n.as_bytes();
                     (!n.starts_with(b".") || component.as_bytes().starts_with(b"."))
@@ -918,7 +1038,7 @@ mod tests {
             machine: elf::EM_X86_64,
             flags: 0,
         };
-        let r = Resolver::new(Path::new("/nonexistent-root"), kind);
+        let r = Resolver::new(Fs::Under(Path::new("/nonexistent-root")), kind);
         let origin = Path::new("/opt/app/bin");
         assert_eq!(
             r.expand(b"$ORIGIN/../lib", origin),

@@ -265,6 +265,19 @@ impl Journal {
         i.confirmed.insert(path.to_vec(), held);
     }
 
+    /// Drops every confirmation (what may be served changed: the hidden paths were
+    /// resolved anew, say). A pass under way confirms nothing it checked before.
+    pub fn forget(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.confirmed.clear();
+            i.epoch += 1;
+            if i.passes > 0 {
+                let epoch = i.epoch;
+                i.log.push((epoch, Inval::All));
+            }
+        }
+    }
+
     /// How many directories are watched (for tests and status).
     pub fn watched(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.by_wd.len())

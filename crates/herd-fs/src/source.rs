@@ -1,18 +1,24 @@
 //! Where a view's files come from.
 //!
 //! [`Source`] is the four questions a read-only view asks: stat, list, read,
-//! readlink. [`LocalSource`] answers them from this machine's filesystem, hiding the
-//! secret paths; it is what the workstation's file service runs (as the submitting
+//! readlink. [`LocalSource`] answers them from this machine's filesystem through a
+//! [`Tree`] (no link followed, hidden objects and pseudo file systems refused); it is
+//! what the workstation's file service runs (as the submitting
 //! user, so the kernel enforces that user's permissions), and what tests mount
 //! directly. A remote source on the helper asks a workstation's file service the same
 //! questions over the network.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use herd_proto::fs::{Attr, DirEntry, FileKind, Prefetched};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+
+use crate::beneath::{Hidden, PSEUDO_ROOTS, Reached, Stop, Tree, components, is_link};
 
 /// An `errno` value (positive).
 pub type Errno = i32;
@@ -57,20 +63,25 @@ impl<T: Source> Source for std::sync::Arc<T> {
 pub const PREFETCH_BUDGET: usize = 12 << 20;
 
 impl LocalSource {
-    /// Answers a prefetch: `exe` and everything [`crate::elf::closure`] finds, with the
-    /// directories on their paths; contents of regular files while within
-    /// [`PREFETCH_BUDGET`]. Hidden paths stay hidden.
+    /// Answers a prefetch: `exe` and everything [`crate::elf::closure_in`] finds, with
+    /// the directories on their paths; contents of regular files while within
+    /// [`PREFETCH_BUDGET`]. The closure is resolved through the same [`Tree`] as every
+    /// question, and each item is answered as its own question would be, so nothing
+    /// hidden or pseudo is in it; its paths go through no link (each link met is an
+    /// item of its own, with its target), as the helper's kernel looks them up.
     pub fn prefetch_closure(&self, exe: &Path) -> Vec<Prefetched> {
         let mut paths: Vec<PathBuf> = vec![exe.to_path_buf()];
-        if !self.is_hidden(exe)
-            && let Ok(c) = crate::elf::closure(&self.root, exe)
+        if let Ok(tree) = self.tree()
+            && tree.lstat(exe).is_ok()
+            && let Ok(c) = crate::elf::closure_in(&tree, exe)
         {
             paths.extend(c.files);
         }
         let mut all: Vec<PathBuf> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for p in &paths {
             for a in p.ancestors().collect::<Vec<_>>().into_iter().rev() {
-                if !all.iter().any(|x| x == a) {
+                if seen.insert(a.to_path_buf()) {
                     all.push(a.to_path_buf());
                 }
             }
@@ -89,14 +100,19 @@ impl LocalSource {
                 let data = match attr {
                     Some(a) if a.kind == FileKind::File && (a.size as usize) <= budget => {
                         let mut d = Vec::with_capacity(a.size as usize);
+                        let mut whole = true;
                         while (d.len() as u64) < a.size {
                             match self.read(&p, d.len() as u64, MAX_READ) {
                                 Ok(c) if !c.is_empty() => d.extend_from_slice(&c),
-                                _ => break,
+                                Ok(_) => break,
+                                Err(_) => {
+                                    whole = false;
+                                    break;
+                                }
                             }
                         }
                         budget -= d.len().min(budget);
-                        Some(d)
+                        whole.then_some(d)
                     }
                     _ => None,
                 };
@@ -114,42 +130,182 @@ impl LocalSource {
 /// Largest single read served, in bytes.
 pub const MAX_READ: u32 = 4 << 20;
 
-/// This machine's filesystem, minus hidden paths.
-#[derive(Clone, Debug)]
+/// Entries [`Hidden::index`] looks at below the hidden directories, at most.
+pub const HIDDEN_INDEX_LIMIT: usize = 4096;
+
+/// This machine's filesystem, minus hidden paths and pseudo file systems.
+///
+/// Every question is answered through a [`Tree`]: the path is walked one component at
+/// a time from the root, following no link, and each component's object (device and
+/// inode) is compared with the hidden ones; the final component is never followed.
+/// So `..`, `/proc/self/root`, a symlink, a bind mount or a hard link does not reach
+/// a hidden file, and nothing on `/proc`, `/sys`, `/dev` or another pseudo file
+/// system is listed or read (their entries' attributes are still reported where they
+/// appear in a listing, and `/proc`, `/sys`, `/dev`, `/tmp` themselves are stat'ed,
+/// never listed: the sandbox mounts its own over them). Only regular files are read, opened
+/// `O_NOFOLLOW | O_NONBLOCK` after their `lstat` and checked with `fstat` to be the
+/// file that was checked: a FIFO cannot block the service, and a device is not opened.
+///
+/// The directories that hold the files asked about are kept open (at most
+/// [`DIRS_KEPT`]), by path: a question about a file in a kept directory costs one
+/// `lstat` of the directory's path, which must still reach the same object (else the
+/// directory is walked to again), instead of a walk of every component. A kept
+/// directory was reached by a walk that followed no link and met nothing hidden or
+/// pseudo, and the kept ones are dropped whenever what is hidden changes; the file
+/// itself, and the path's names, are checked at every question.
+#[derive(Debug)]
 pub struct LocalSource {
     root: PathBuf,
-    hidden: Vec<PathBuf>,
+    tree: RwLock<Option<Arc<Served>>>,
+}
+
+/// Directories kept open by a [`LocalSource`], at most.
+pub const DIRS_KEPT: usize = 4096;
+
+/// A tree and the directories walked to in it.
+#[derive(Debug)]
+struct Served {
+    tree: Tree,
+    dirs: Mutex<HashMap<PathBuf, Arc<Reached>>>,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Tree;
+    fn deref(&self) -> &Tree {
+        &self.tree
+    }
+}
+
+impl Served {
+    fn new(tree: Tree) -> Served {
+        Served {
+            tree,
+            dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The parent directory of `path` (kept, or walked to), and the final name.
+    fn parent<'p>(&self, path: &'p Path) -> Result<(Arc<Reached>, Option<&'p OsStr>), Stop> {
+        let comps = components(path)?;
+        let hidden = self.tree.hidden().covers_path(path)
+            || PSEUDO_ROOTS
+                .iter()
+                .any(|r| path.starts_with(r) && path != Path::new(r));
+        let (Some(dir), false) = (path.parent().filter(|_| comps.len() > 1), hidden) else {
+            // The root's entries, and every refusal by name, as the tree answers.
+            let (r, name) = self.tree.parent_of(path)?;
+            return Ok((Arc::new(r), name));
+        };
+        let kept = self.dirs.lock().ok().and_then(|d| d.get(dir).cloned());
+        if let Some(r) = kept
+            && let Ok(st) =
+                rustix::fs::lstat(self.tree.root().join(dir.strip_prefix("/").unwrap_or(dir)))
+            && (st.st_dev, st.st_ino) == (r.stat.st_dev, r.stat.st_ino)
+        {
+            return Ok((r, comps.last().copied()));
+        }
+        let (r, name) = self.tree.parent_of(path)?;
+        let r = Arc::new(r);
+        if let Ok(mut d) = self.dirs.lock() {
+            if d.len() >= DIRS_KEPT {
+                d.clear();
+            }
+            d.insert(dir.to_path_buf(), r.clone());
+        }
+        Ok((r, name))
+    }
+
+    /// As [`Tree::entry`], through the kept directories.
+    fn entry<'p>(&self, path: &'p Path) -> Result<(Arc<Reached>, Option<&'p OsStr>, Stat), Stop> {
+        let (dir, name) = self.parent(path)?;
+        let Some(name) = name else {
+            let st = dir.stat;
+            return Ok((dir, None, st));
+        };
+        let at = components(path)?.len() - 1;
+        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+            if e == rustix::io::Errno::NOENT {
+                Stop::Missing { at }
+            } else {
+                Stop::Io(e.raw_os_error())
+            }
+        })?;
+        if self.tree.hidden().covers_object((st.st_dev, st.st_ino)) {
+            return Err(Stop::Hidden { at });
+        }
+        Ok((dir, Some(name), st))
+    }
+}
+
+impl Clone for LocalSource {
+    fn clone(&self) -> Self {
+        LocalSource {
+            root: self.root.clone(),
+            tree: RwLock::new(self.tree.read().ok().and_then(|t| t.clone())),
+        }
+    }
 }
 
 impl LocalSource {
     /// Serves the tree under `root` (usually `/`) as if it were `/`, hiding every path
-    /// in `hidden` (absolute, as seen in the view) and everything below them.
+    /// in `hidden` (absolute, as seen in the view) and everything below them: by path,
+    /// as given and as resolved here, and by object ([`Hidden`]). If `root` cannot be
+    /// opened, every question fails with `EIO`.
     pub fn new(root: impl Into<PathBuf>, hidden: Vec<PathBuf>) -> Self {
+        let root = root.into();
+        let mut h = Hidden::new(&root, hidden);
+        h.index(&root, HIDDEN_INDEX_LIMIT);
+        let tree = Tree::open(&root, h).ok().map(|t| Arc::new(Served::new(t)));
         LocalSource {
-            root: root.into(),
-            hidden,
+            root,
+            tree: RwLock::new(tree),
         }
     }
 
-    /// Whether `path` (as seen in the view) is hidden.
+    fn tree(&self) -> Result<Arc<Served>, Errno> {
+        self.tree
+            .read()
+            .ok()
+            .and_then(|t| t.clone())
+            .ok_or(libc::EIO)
+    }
+
+    /// The hidden entries now in force.
+    pub fn hidden(&self) -> Option<Hidden> {
+        self.tree().ok().map(|t| t.hidden().clone())
+    }
+
+    /// Resolves the hidden paths again (a secret directory made, replaced or turned
+    /// into a link since), and with `index` also looks again below them
+    /// ([`Hidden::index`], which costs a walk of the hidden trees); keeps the objects
+    /// found below them before otherwise. Returns whether anything hidden changed
+    /// (a journal's confirmations are then to be dropped).
+    pub fn refresh_hidden(&self, index: bool) -> bool {
+        let Ok(old) = self.tree() else {
+            return false;
+        };
+        let mut h = old.hidden().clone();
+        h.refresh(&self.root);
+        if index {
+            h.index(&self.root, HIDDEN_INDEX_LIMIT);
+        }
+        if h == *old.hidden() {
+            return false;
+        }
+        let Ok(tree) = Tree::open(&self.root, h) else {
+            return false;
+        };
+        if let Ok(mut t) = self.tree.write() {
+            *t = Some(Arc::new(Served::new(tree)));
+        }
+        true
+    }
+
+    /// Whether `path` (as seen in the view) is hidden by its name.
     pub fn is_hidden(&self, path: &Path) -> bool {
-        self.hidden.iter().any(|h| path.starts_with(h))
-    }
-
-    fn real(&self, path: &Path) -> Result<PathBuf, Errno> {
-        if !path.is_absolute() {
-            return Err(libc::EINVAL);
-        }
-        if path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(libc::EINVAL);
-        }
-        if self.is_hidden(path) {
-            return Err(libc::ENOENT);
-        }
-        Ok(self.root.join(path.strip_prefix("/").unwrap_or(path)))
+        self.tree()
+            .map(|t| t.hidden().covers_path(path))
+            .unwrap_or(true)
     }
 }
 
@@ -157,10 +313,8 @@ fn errno(e: std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// Converts `lstat` metadata to wire attributes.
-pub fn attr_of(md: &std::fs::Metadata) -> Attr {
-    let fmt = md.mode() & libc::S_IFMT;
-    let kind = match fmt {
+fn kind_of(mode: u32) -> FileKind {
+    match mode & libc::S_IFMT {
         libc::S_IFDIR => FileKind::Dir,
         libc::S_IFLNK => FileKind::Symlink,
         libc::S_IFIFO => FileKind::Fifo,
@@ -168,10 +322,17 @@ pub fn attr_of(md: &std::fs::Metadata) -> Attr {
         libc::S_IFBLK => FileKind::BlockDev,
         libc::S_IFSOCK => FileKind::Socket,
         _ => FileKind::File,
-    };
-    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    }
+}
+
+fn ns(s: i64, n: i64) -> i64 {
+    s.saturating_mul(1_000_000_000).saturating_add(n)
+}
+
+/// Converts `lstat` metadata to wire attributes.
+pub fn attr_of(md: &std::fs::Metadata) -> Attr {
     Attr {
-        kind,
+        kind: kind_of(md.mode()),
         mode: md.mode() & 0o7777,
         size: md.size(),
         uid: md.uid(),
@@ -185,47 +346,108 @@ pub fn attr_of(md: &std::fs::Metadata) -> Attr {
     }
 }
 
+/// Converts a `stat` to wire attributes (as [`attr_of`] does).
+// The `stat` fields' integer types differ between architectures.
+#[allow(clippy::unnecessary_cast)]
+pub fn attr_of_stat(st: &Stat) -> Attr {
+    Attr {
+        kind: kind_of(st.st_mode as u32),
+        mode: st.st_mode as u32 & 0o7777,
+        size: st.st_size as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: st.st_nlink as u32,
+        mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        atime_ns: ns(st.st_atime as i64, st.st_atime_nsec as i64),
+        ino: st.st_ino as u64,
+        rdev: st.st_rdev as u64,
+    }
+}
+
+fn io(e: rustix::io::Errno) -> Errno {
+    e.raw_os_error()
+}
+
 impl Source for LocalSource {
     fn stat(&self, path: &Path) -> Result<Attr, Errno> {
-        let real = self.real(path)?;
-        std::fs::symlink_metadata(real)
-            .map(|m| attr_of(&m))
-            .map_err(errno)
+        let tree = self.tree()?;
+        tree.entry(path)
+            .map(|(_, _, st)| attr_of_stat(&st))
+            .map_err(Stop::errno)
     }
 
     fn list(&self, path: &Path) -> Result<Vec<DirEntry>, Errno> {
-        let real = self.real(path)?;
-        // `path` is not hidden (or `real` refused it), so an entry is hidden only if a
-        // hidden path names it exactly: those names are found once, not per entry.
-        let hidden_here: Vec<&std::ffi::OsStr> = self
-            .hidden
-            .iter()
-            .filter(|h| h.parent() == Some(path))
-            .filter_map(|h| h.file_name())
-            .collect();
+        let tree = self.tree()?;
+        // `/proc`, `/dev`, ... themselves are looked at (the sandbox mounts its own
+        // there), never listed.
+        if PSEUDO_ROOTS.iter().any(|r| Path::new(r) == path) {
+            return Err(libc::ENOENT);
+        }
+        let dir = tree.dir(path).map_err(Stop::errno)?;
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        // `path` is not hidden (or the walk refused it), so an entry is hidden only if
+        // a hidden path names it exactly (found once, not per entry) or it is a hidden
+        // object (another name for one, a mount of one).
+        let hidden_here: Vec<&OsStr> = tree.hidden().names_in(path).collect();
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&real).map_err(errno)? {
-            let entry = entry.map_err(errno)?;
-            let name = entry.file_name();
-            if hidden_here.contains(&name.as_os_str()) {
+        let entries = rustix::fs::Dir::new(fd).map_err(io)?;
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." || hidden_here.contains(&name) {
                 continue;
             }
             // lstat relative to the open directory (no walk from the root per entry);
             // an entry that vanished between readdir and lstat is simply skipped.
-            let Ok(md) = entry.metadata() else {
+            let Ok(st) = rustix::fs::statat(&dir.fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
                 continue;
             };
+            if tree.hidden().covers_object((st.st_dev, st.st_ino)) {
+                continue;
+            }
             out.push(DirEntry {
                 name: name.as_bytes().to_vec(),
-                attr: attr_of(&md),
+                attr: attr_of_stat(&st),
             });
         }
         Ok(out)
     }
 
     fn read(&self, path: &Path, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
-        let real = self.real(path)?;
-        let file = std::fs::File::open(real).map_err(errno)?;
+        let tree = self.tree()?;
+        let (dir, name, st) = tree.entry(path).map_err(Stop::errno)?;
+        let Some(name) = name else {
+            return Err(libc::EISDIR);
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(libc::EISDIR),
+            // A FIFO, socket, device or link: never opened.
+            _ => return Err(libc::EINVAL),
+        }
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let now = rustix::fs::fstat(&fd).map_err(io)?;
+        // Replaced between the check and the open: not what was checked.
+        if now.st_mode & libc::S_IFMT != libc::S_IFREG
+            || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)
+        {
+            return Err(libc::EAGAIN);
+        }
+        let file = std::fs::File::from(fd);
         let mut buf = vec![0u8; len.min(MAX_READ) as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -241,8 +463,16 @@ impl Source for LocalSource {
     }
 
     fn readlink(&self, path: &Path) -> Result<PathBuf, Errno> {
-        let real = self.real(path)?;
-        std::fs::read_link(real).map_err(errno)
+        let tree = self.tree()?;
+        let (dir, name, st) = tree.entry(path).map_err(Stop::errno)?;
+        let Some(name) = name else {
+            return Err(libc::EINVAL);
+        };
+        if !is_link(&st) {
+            return Err(libc::EINVAL);
+        }
+        let target = rustix::fs::readlinkat(&dir.fd, name, Vec::new()).map_err(io)?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
     }
 }
 
