@@ -9,6 +9,8 @@
 //!   gets it, with `cpu.max` and `memory.max`; the controllers are enabled in
 //!   `cgroup.subtree_control` from the root down to the parent. A v2 mount without
 //!   controllers (the "unified" mount of a hybrid machine) serves only as the freezer.
+//! * the **pids** limit (`pids.max`) goes to v1's `pids` hierarchy when mounted, else
+//!   to the v2 hierarchy offering `pids`; without either the task runs without it;
 //! * the **freezer** is v1's `freezer` hierarchy when mounted, else the v2 hierarchy
 //!   (`cgroup.freeze` is built into v2).
 //!
@@ -135,9 +137,10 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
         .map_err(|e| format!("cgroup: write {value:?} to {}: {e}", path.display()))
 }
 
-/// Creates the group in every hierarchy it needs and sets the limits. On error, groups
-/// already created are removed again.
-pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
+/// Creates the group in every hierarchy it needs and sets the limits (`pids_max`: the
+/// group's `pids.max`, where a `pids` controller is mounted). On error, groups already
+/// created are removed again.
+pub(crate) fn create(spec: &WireCgroup, pids_max: Option<u64>) -> Result<Vec<Group>, String> {
     let all = detect()?;
     if spec.name.is_empty() || spec.name.contains('/') || spec.name.starts_with('.') {
         return Err(format!("cgroup: bad group name {:?}", spec.name));
@@ -148,40 +151,44 @@ pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
     };
     let v2 = all.iter().find(|h| h.version == Version::V2);
     let v2_has = |c: &str| v2.filter(|h| h.controllers.iter().any(|x| x == c));
-    // (hierarchy, set cpu here, set memory here)
-    let mut plan: Vec<(&Hierarchy, bool, bool)> = Vec::new();
     let cpu_h = v1("cpu").or_else(|| v2_has("cpu"));
     let mem_h = v1("memory").or_else(|| v2_has("memory"));
+    // Without a pids controller the limit cannot be had: the task runs without it.
+    let pids_h = pids_max.and_then(|_| v1("pids").or_else(|| v2_has("pids")));
     if spec.cpus.is_some() && cpu_h.is_none() {
         return Err(no_controller("cpu", &all));
     }
     if spec.memory.is_some() && mem_h.is_none() {
         return Err(no_controller("memory", &all));
     }
+    let mut plan: Vec<(&Hierarchy, Limits)> = Vec::new();
     // The freezer: v1's controller, or any v2 hierarchy (freezing is built into v2).
     let freezer_h = v1("freezer").or(v2);
     if let Some(h) = freezer_h {
-        plan.push((h, false, false));
+        plan.push((h, Limits::default()));
     }
-    for (h, is_cpu) in [(cpu_h, true), (mem_h, false)] {
+    for (h, which) in [(cpu_h, 0), (mem_h, 1), (pids_h, 2)] {
         let Some(h) = h else { continue };
-        match plan.iter_mut().find(|(p, _, _)| p.mount == h.mount) {
-            Some(entry) => {
-                if is_cpu {
-                    entry.1 = true
-                } else {
-                    entry.2 = true
-                }
+        let i = match plan.iter().position(|(p, _)| p.mount == h.mount) {
+            Some(i) => i,
+            None => {
+                plan.push((h, Limits::default()));
+                plan.len() - 1
             }
-            None => plan.push((h, is_cpu, !is_cpu)),
+        };
+        let l = &mut plan[i].1;
+        match which {
+            0 => l.cpu = true,
+            1 => l.memory = true,
+            _ => l.pids = true,
         }
     }
     if plan.is_empty() {
         return Err(no_controller("cpu, memory or freezer", &all));
     }
     let mut made: Vec<Group> = Vec::new();
-    for (h, cpu, mem) in plan {
-        let result = create_in(h, spec, cpu, mem);
+    for (h, limits) in plan {
+        let result = create_in(h, spec, limits, pids_max);
         match result {
             Ok(g) => made.push(g),
             Err(e) => {
@@ -191,6 +198,56 @@ pub(crate) fn create(spec: &WireCgroup) -> Result<Vec<Group>, String> {
         }
     }
     Ok(made)
+}
+
+/// Which limits a hierarchy's group carries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    cpu: bool,
+    memory: bool,
+    pids: bool,
+}
+
+/// The value of a `pids.max` file.
+fn pids_value(max: Option<u64>) -> String {
+    max.map_or_else(|| "max".to_owned(), |n| n.to_string())
+}
+
+/// The group (of those made) that holds the `pids` limit.
+pub(crate) fn pids_group(groups: &[Group]) -> Option<&Group> {
+    groups.iter().find(|g| g.dir.join("pids.max").exists())
+}
+
+/// Opens the `pids.max` (for writing) and `pids.events` files of the group holding the
+/// `pids` limit, if there is one.
+pub(crate) fn open_pids(groups: &[Group]) -> Option<(fs::File, fs::File)> {
+    let g = pids_group(groups)?;
+    let max = fs::OpenOptions::new()
+        .write(true)
+        .open(g.dir.join("pids.max"))
+        .ok()?;
+    let events = fs::File::open(g.dir.join("pids.events")).ok()?;
+    Some((max, events))
+}
+
+/// Writes `pids.max` through a descriptor [`open_pids`] opened.
+pub(crate) fn set_pids_max(file: &fs::File, max: Option<u64>) -> Result<(), String> {
+    use std::io::Write;
+    (&*file)
+        .write_all(pids_value(max).as_bytes())
+        .map_err(|e| format!("cgroup: set pids.max to {}: {e}", pids_value(max)))
+}
+
+/// How many forks the `pids` limit refused so far: the `max` count of `pids.events`
+/// (read through a descriptor [`open_pids`] opened).
+pub(crate) fn pids_refused(events: &fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 256];
+    let n = events.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn no_controller(what: &str, all: &[Hierarchy]) -> String {
@@ -208,7 +265,13 @@ fn no_controller(what: &str, all: &[Hierarchy]) -> String {
     )
 }
 
-fn create_in(h: &Hierarchy, spec: &WireCgroup, cpu: bool, mem: bool) -> Result<Group, String> {
+fn create_in(
+    h: &Hierarchy,
+    spec: &WireCgroup,
+    limits: Limits,
+    pids_max: Option<u64>,
+) -> Result<Group, String> {
+    let (cpu, mem) = (limits.cpu, limits.memory);
     let parent_rel = match &spec.parent {
         Some(p) => path(p)
             .strip_prefix("/")
@@ -227,6 +290,7 @@ fn create_in(h: &Hierarchy, spec: &WireCgroup, cpu: bool, mem: bool) -> Result<G
         let wanted: Vec<&str> = [
             ("cpu", cpu && spec.cpus.is_some()),
             ("memory", mem && spec.memory.is_some()),
+            ("pids", limits.pids),
         ]
         .into_iter()
         .filter(|(_, w)| *w)
@@ -296,6 +360,9 @@ fn create_in(h: &Hierarchy, spec: &WireCgroup, cpu: bool, mem: bool) -> Result<G
                 Version::V2 => write(&dir.join("memory.max"), &bytes.to_string())?,
                 Version::V1 => write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?,
             }
+        }
+        if limits.pids {
+            write(&dir.join("pids.max"), &pids_value(pids_max))?;
         }
         Ok(())
     })();
@@ -473,11 +540,20 @@ mod tests {
             cpus: Some(1.5),
             memory: Some(1 << 30),
         };
-        let g = create_in(&h, &spec, true, true).unwrap();
+        let limits = Limits {
+            cpu: true,
+            memory: true,
+            pids: true,
+        };
+        let g = create_in(&h, &spec, limits, Some(64)).unwrap();
         assert_eq!(g.dir, root.path().join("herd.slice/herd-task-7"));
         let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
-        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory");
-        assert_eq!(read("herd.slice/cgroup.subtree_control"), "+cpu +memory");
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(
+            read("herd.slice/cgroup.subtree_control"),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(read("herd.slice/herd-task-7/pids.max"), "64");
         assert_eq!(read("herd.slice/herd-task-7/cpu.max"), "150000 100000");
         assert_eq!(read("herd.slice/herd-task-7/memory.max"), "1073741824");
     }

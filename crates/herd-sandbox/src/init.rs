@@ -30,9 +30,9 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::cgroup;
 use crate::spec::{WireSpec, path};
 use crate::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
+use crate::{cgroup, harden};
 
 /// Host devices bind-mounted into the task's /dev.
 pub(crate) const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -121,6 +121,20 @@ fn reset_signals() {
     }
 }
 
+/// Like [`wait_signal`], with the signal's `si_code` (`SI_TIMER` for a timer's).
+fn wait_signal_info() -> (i32, i32) {
+    let set = forwardable();
+    loop {
+        // SAFETY: set is valid; info is plain data the kernel fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let s = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if s > 0 {
+            return (s, info.si_code);
+        }
+    }
+}
+
 fn wait_signal() -> i32 {
     let set = forwardable();
     loop {
@@ -179,7 +193,8 @@ pub(crate) fn main() -> ! {
     if spec.console.is_some() != console.is_some() {
         status.fail("console requested without a console socket (or the reverse)");
     }
-    supervisor(&spec, status, lifeline, console, None, None)
+    let made_pids = spec.pids_max;
+    supervisor(&spec, status, lifeline, console, None, None, made_pids)
 }
 
 /// Reads and decodes the spec the spawner writes on `spec_fd` (then closed).
@@ -233,7 +248,7 @@ fn prepared_main() -> ! {
         None => exit(0),
     };
     let groups = match &template.cgroup {
-        Some(c) => match cgroup::create(c) {
+        Some(c) => match cgroup::create(c, template.pids_max) {
             Ok(g) => g,
             Err(e) => status.fail(&e),
         },
@@ -280,7 +295,15 @@ fn prepared_main() -> ! {
     } else {
         install_stdio(spec.console.is_some(), fds, status)
     };
-    supervisor(&spec, status, lifeline, console, Some(groups), Some(sock))
+    supervisor(
+        &spec,
+        status,
+        lifeline,
+        console,
+        Some(groups),
+        Some(sock),
+        template.pids_max,
+    )
 }
 
 /// Makes the descriptors that came with a task this process's stdin, stdout and
@@ -371,6 +394,8 @@ fn spawner_gone(fd: RawFd) -> bool {
 /// `prepared`: the cgroups a prepared init made and moved itself into (its children
 /// inherit them; the spawner removes them after it exits), instead of the spec's.
 /// `gate`: pid 1 waits for a byte on it before it starts the task (only pid 1 keeps it).
+/// `made_pids`: the `pids.max` the groups were made with (pid 1 sets the task's own if
+/// it differs).
 fn supervisor(
     spec: &WireSpec,
     status: Status,
@@ -378,6 +403,7 @@ fn supervisor(
     console: Option<RawFd>,
     prepared: Option<Vec<cgroup::Group>>,
     gate: Option<RawFd>,
+    made_pids: Option<u64>,
 ) -> ! {
     arm_lifeline(lifeline);
     // Detach from the agent's session: its terminal's signals are not the task's.
@@ -390,7 +416,7 @@ fn supervisor(
     let inside = prepared.is_some();
     let groups = match (prepared, &spec.cgroup) {
         (Some(g), _) => g,
-        (None, Some(c)) => match cgroup::create(c) {
+        (None, Some(c)) => match cgroup::create(c, spec.pids_max) {
             Ok(g) => g,
             Err(e) => status.fail(&e),
         },
@@ -455,7 +481,8 @@ fn supervisor(
                 exit(EXIT_SETUP_FAILED);
             }
             drop(go);
-            pid1(spec, status, rootless, console, gate)
+            let pids = Pids::open(&groups, made_pids);
+            pid1(spec, status, rootless, console, gate, pids)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(go_r);
@@ -633,6 +660,7 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    mask_proc(&proc_dir)?;
 
     let tmp = root.join("tmp");
     ensure_dir(&tmp, "/tmp")?;
@@ -717,6 +745,39 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| format!("detach the helper's root: {}", errno_str(e)))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+/// Makes the kernel's knobs in the task's fresh /proc read-only and covers what shows
+/// kernel internals (see `harden`).
+fn mask_proc(proc_dir: &Path) -> Result<(), String> {
+    let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    for name in harden::READ_ONLY_PROC {
+        let p = proc_dir.join(name);
+        if fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        let p_str = p.to_string_lossy();
+        mnt(&p_str, &p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        mnt(
+            "none",
+            &p,
+            None,
+            ro | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+            None,
+        )?;
+    }
+    for name in harden::MASKED_PROC {
+        let p = proc_dir.join(name);
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mnt("tmpfs", &p, Some("tmpfs"), ro, Some("mode=0555,size=4k"))?;
+        } else {
+            mnt("/dev/null", &p, None, MsFlags::MS_BIND, None)?;
+        }
+    }
     Ok(())
 }
 
@@ -805,7 +866,7 @@ fn pass_gate(gate: RawFd, status: Status) {
 /// The task ended by itself: kills what is left of its tree (every other process of
 /// this pid namespace), reaps it, and says `ended` before pid 1 exits, so the spawner
 /// goes on while the kernel tears the namespaces down.
-fn end_tree(status: Status) {
+fn end_tree(status: Status, stderr: Option<fs::File>) {
     // SAFETY: kill(-1) from pid 1 signals every other process of its pid namespace.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     loop {
@@ -815,7 +876,71 @@ fn end_tree(status: Status) {
             Ok(_) => continue,
         }
     }
+    drop(stderr);
     status.send("ended");
+}
+
+fn pids_value(max: Option<u64>) -> String {
+    max.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+}
+
+/// The task's `pids` limit as pid 1 holds it: `pids.max`, to set the task's own
+/// limit, and `pids.events`, whose `max` count pid 1 checks on a timer (v1's
+/// `pids.events` raises no inotify event). Opened before `pivot_root` hides the cgroup
+/// file system.
+struct Pids {
+    max: fs::File,
+    events: fs::File,
+    /// The limit the group was made with.
+    made: Option<u64>,
+    /// Forks refused before the task started (a reused group).
+    before: u64,
+}
+
+/// How often pid 1 checks whether the task ran into its `pids` limit.
+const PIDS_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Pids {
+    fn open(groups: &[cgroup::Group], made: Option<u64>) -> Option<Pids> {
+        let (max, events) = cgroup::open_pids(groups)?;
+        let before = cgroup::pids_refused(&events);
+        Some(Pids {
+            max,
+            events,
+            made,
+            before,
+        })
+    }
+
+    /// Whether a fork was refused since the task started.
+    fn refused(&self) -> bool {
+        cgroup::pids_refused(&self.events) > self.before
+    }
+
+    /// Starts a timer that raises `SIGIO` (with `si_code` `SI_TIMER`) every
+    /// [`PIDS_CHECK`].
+    fn arm(&self) {
+        // SAFETY: sigevent and itimerspec are plain data, filled in before use; the
+        // timer id is written by the kernel.
+        unsafe {
+            let mut ev: libc::sigevent = std::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_SIGNAL;
+            ev.sigev_signo = libc::SIGIO;
+            let mut timer: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer) != 0 {
+                return;
+            }
+            let period = libc::timespec {
+                tv_sec: PIDS_CHECK.as_secs() as libc::time_t,
+                tv_nsec: PIDS_CHECK.subsec_nanos() as libc::c_long,
+            };
+            let spec = libc::itimerspec {
+                it_interval: period,
+                it_value: period,
+            };
+            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut());
+        }
+    }
 }
 
 fn pid1(
@@ -824,7 +949,12 @@ fn pid1(
     rootless: bool,
     console: Option<RawFd>,
     gate: Option<RawFd>,
+    pids: Option<Pids>,
 ) -> ! {
+    // Not dumpable: the task, even as the same uid, cannot open pid 1's /proc files
+    // (its descriptors: the status pipe and the gate) or trace it.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if let Err(e) = unshare(flags) {
         status.fail(&format!(
@@ -835,6 +965,14 @@ fn pid1(
     if let Err(e) = build_root(spec, rootless) {
         status.fail(&e);
     }
+    // Before the task comes (and the gate): pid 1's share of the task's hardening,
+    // which the task inherits (see `harden`): an empty bounding set, pid 1's seccomp
+    // filter, and the helper's own limits to clamp the task's to.
+    let (pid1_filter, filter) = harden::filters().unwrap_or_else(|e| status.fail(&e));
+    if let Err(e) = harden::limit_capabilities().and_then(|()| harden::load(&pid1_filter)) {
+        status.fail(&e);
+    }
+    let own_limits = harden::own_limits();
     let parked_task;
     let (spec, console) = match gate {
         Some(g) if spec.parked => {
@@ -855,6 +993,12 @@ fn pid1(
         }
         None => (spec, console),
     };
+    if let Some(p) = &pids
+        && spec.pids_max != p.made
+        && let Err(e) = cgroup::set_pids_max(&p.max, spec.pids_max)
+    {
+        status.fail(&e);
+    }
     if let Err(e) = hide(&spec.hidden) {
         status.fail(&e);
     }
@@ -881,7 +1025,15 @@ fn pid1(
         Err(e) => status.fail(&format!("fork task: {}", errno_str(e))),
         Ok(ForkResult::Child) => {
             drop(exec_r);
-            task(spec, status, rootless, exec_w, console)
+            task(
+                spec,
+                status,
+                rootless,
+                exec_w,
+                console,
+                &filter,
+                &own_limits,
+            )
         }
         Ok(ForkResult::Parent { child }) => child,
     };
@@ -893,9 +1045,39 @@ fn pid1(
     while matches!(exec_r.read(&mut sink), Ok(n) if n > 0) {}
     drop(exec_r);
     status.send("started");
+    // The task's stderr, kept to say why pid 1 ended the task (none with a console).
+    let stderr = match console {
+        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor we own, or fails.
+        None => match unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) } {
+            // SAFETY: the kernel just returned this descriptor to us.
+            fd if fd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => None,
+        },
+        Some(_) => None,
+    };
+    let mut stderr = stderr.map(fs::File::from);
     null_stdio();
+    if let Some(p) = &pids {
+        p.arm();
+    }
     loop {
-        let sig = wait_signal();
+        let (sig, code) = wait_signal_info();
+        if sig == libc::SIGIO && code == libc::SI_TIMER {
+            if !pids.as_ref().is_some_and(Pids::refused) {
+                continue;
+            }
+            let limit = pids_value(spec.pids_max);
+            let msg = format!(
+                "herd: the task was ended: it reached its limit of {limit} processes (pids.max); a fork bomb?\n"
+            );
+            if let Some(e) = stderr.as_mut() {
+                let _ = std::io::Write::write_all(e, msg.as_bytes());
+            }
+            status.send(&format!("warn task ended at its pids.max ({limit})"));
+            // SAFETY: kill(-1) from pid 1 signals every other process of its namespace.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            continue;
+        }
         if sig != libc::SIGCHLD {
             // SAFETY: kill with our child's pid (not reaped yet) and a signal number.
             unsafe { libc::kill(task.as_raw(), sig) };
@@ -905,12 +1087,12 @@ fn pid1(
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == task => {
                     status.send(&format!("exit code {code}"));
-                    end_tree(status);
+                    end_tree(status, stderr.take());
                     exit(code);
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) if pid == task => {
                     status.send(&format!("exit signal {}", s as i32));
-                    end_tree(status);
+                    end_tree(status, stderr.take());
                     exit(128 + s as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -935,8 +1117,14 @@ fn check(ret: libc::c_int, what: impl FnOnce() -> String) -> Result<(), String> 
     }
 }
 
-/// Session, terminal, priority, limits, identity, umask and no_new_privs of the task.
-fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
+/// Session, terminal, priority, limits, identity, capabilities, umask, no_new_privs
+/// and the seccomp filter of the task.
+fn prepare_task(
+    spec: &WireSpec,
+    rootless: bool,
+    filter: &[seccompiler::sock_filter],
+    own_limits: &[(libc::__rlimit_resource_t, libc::rlimit)],
+) -> Result<(), String> {
     // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
     unsafe { libc::setsid() };
     if spec.tty && spec.console.is_none() {
@@ -958,53 +1146,33 @@ fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
             || "set nice 19".into(),
         )?;
     }
-    for &(res, soft, hard) in &spec.rlimits {
-        let mut lim = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
+    for (res, lim) in harden::clamp_rlimits(&spec.rlimits, spec.idle, own_limits) {
         // SAFETY: lim is a valid rlimit.
-        let set = |lim: &libc::rlimit| unsafe { libc::setrlimit(res as _, lim) };
-        if set(&lim) < 0 {
-            let err = std::io::Error::last_os_error();
-            let mut cur = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // Without CAP_SYS_RESOURCE (rootless mode, or root in a container) limits
-            // cannot be raised above ours: lower them to it.
-            // SAFETY: cur is a valid, writable rlimit.
-            let clamped = err.raw_os_error() == Some(libc::EPERM)
-                && unsafe { libc::getrlimit(res as _, &mut cur) } == 0
-                && {
-                    lim.rlim_max = lim.rlim_max.min(cur.rlim_max);
-                    lim.rlim_cur = lim.rlim_cur.min(lim.rlim_max);
-                    set(&lim) == 0
-                };
-            if !clamped {
-                return Err(format!("set rlimit {res} to {soft}/{hard}: {err}"));
-            }
-        }
+        check(unsafe { libc::setrlimit(res, &lim) }, || {
+            format!("set rlimit {res} to {}/{}", lim.rlim_cur, lim.rlim_max)
+        })?;
     }
-    if rootless {
-        if spec.uid != 0 || spec.gid != 0 {
-            unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
-                format!(
-                    "rootless: create the task's user namespace: {}",
-                    errno_str(e)
-                )
-            })?;
-            // Already denied by the outer namespace; writing it again is harmless.
-            let _ = fs::write("/proc/self/setgroups", "deny");
-            for (file, value) in [
-                ("/proc/self/uid_map", format!("{} 0 1", spec.uid)),
-                ("/proc/self/gid_map", format!("{} 0 1", spec.gid)),
-            ] {
-                fs::write(file, &value)
-                    .map_err(|e| format!("rootless: write {value:?} to {file}: {e}"))?;
-            }
+    if rootless && (spec.uid != 0 || spec.gid != 0) {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            format!(
+                "rootless: create the task's user namespace: {}",
+                errno_str(e)
+            )
+        })?;
+        // Already denied by the outer namespace; writing it again is harmless.
+        let _ = fs::write("/proc/self/setgroups", "deny");
+        for (file, value) in [
+            ("/proc/self/uid_map", format!("{} 0 1", spec.uid)),
+            ("/proc/self/gid_map", format!("{} 0 1", spec.gid)),
+        ] {
+            fs::write(file, &value)
+                .map_err(|e| format!("rootless: write {value:?} to {file}: {e}"))?;
         }
-    } else {
+        // The new user namespace gave the task a full bounding set again (pid 1
+        // emptied the one it inherited).
+        harden::limit_capabilities()?;
+    }
+    if !rootless {
         let groups: &[libc::gid_t] = &spec.groups;
         // SAFETY: groups is a valid slice of gid_t of the given length.
         check(
@@ -1022,6 +1190,7 @@ fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
             || format!("setuid {}", spec.uid),
         )?;
     }
+    harden::clear_capabilities()?;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(spec.umask & 0o777) };
     // SAFETY: integer arguments only.
@@ -1029,6 +1198,8 @@ fn prepare_task(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
         || "set no_new_privs".into(),
     )?;
+    // Last: nothing after it (the console, chdir, exec) needs a refused call.
+    harden::load(filter)?;
     Ok(())
 }
 
@@ -1098,8 +1269,14 @@ fn task(
     rootless: bool,
     _exec_w: OwnedFd,
     console: Option<RawFd>,
+    filter: &[seccompiler::sock_filter],
+    own_limits: &[(libc::__rlimit_resource_t, libc::rlimit)],
 ) -> ! {
-    if let Err(e) = prepare_task(spec, rootless) {
+    // Dumpable again (pid 1 is not, and a fork inherits that): the task's own /proc
+    // files belong to it, which a rootless task needs to write its uid_map.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    if let Err(e) = prepare_task(spec, rootless, filter, own_limits) {
         status.fail(&e);
     }
     if let (Some(sock), Some(size)) = (console, spec.console)

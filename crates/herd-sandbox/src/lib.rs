@@ -95,10 +95,18 @@
 //!   was given. Escape its cgroup's CPU quota and memory limit.
 //! * Outlive its pid 1: when the task's first process exits, everything it started dies.
 //!
-//! A task running as uid 0 in root mode keeps root's capabilities inside its
-//! namespaces: it could unmount the covers of hidden paths or leave its mount namespace's
-//! view of the helper by other means. The agent must only run uid-0 tasks for a submitter
-//! who is root on the workstation and trusted on the helper.
+//! * Hold any capability, whoever submitted it (root included: a task of uid 0 is still
+//!   uid 0, but cannot mount, unmount the covers of hidden paths, write `/proc/sys`,
+//!   renice below its nice or leave `SCHED_IDLE`), or make the system calls of the
+//!   seccomp filter (mounts, modules, kexec, bpf, keyrings, new user namespaces...);
+//!   see the `harden` module (`src/harden.rs`) for the lists and why.
+//! * Write the kernel's knobs in `/proc` ([`READ_ONLY_PROC`] are read-only) or read its
+//!   internals ([`MASKED_PROC`] are covered).
+//! * Set limits outside [`ALLOWED_RLIMITS`] or above the helper's own; real-time and
+//!   (when idle) nice limits are 0.
+//! * Hold more than [`SandboxSpec::pids_max`] processes: a task that reaches it is
+//!   ended, with a message on its stderr.
+//! * Reach pid 1's status pipe or gate through `/proc/1/fd`: pid 1 is not dumpable.
 //!
 //! # Rootless mode
 //!
@@ -201,6 +209,7 @@
 
 mod cgroup;
 mod error;
+mod harden;
 mod init;
 mod spawn;
 mod spec;
@@ -209,6 +218,7 @@ use std::path::Path;
 
 pub use cgroup::unescape as unescape_mountinfo;
 pub use error::SandboxError;
+pub use harden::{ALLOWED_RLIMITS, MASKED_PROC, READ_ONLY_PROC};
 pub use spawn::{Parked, Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
 
@@ -226,6 +236,9 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// Exit code of a task whose command is not found (as a shell does), and of the init
 /// when the working directory cannot be entered ([`SandboxError::Cwd`]).
 pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// The default [`SandboxSpec::pids_max`]: processes and threads a task tree may hold.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
 
 /// Every entry of the task's `/dev`, sorted.
 pub const DEV_ENTRIES: &[&str] = &[

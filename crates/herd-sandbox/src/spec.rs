@@ -84,6 +84,13 @@ pub struct SandboxSpec {
     /// (the helper's own stdio is `/dev/null`). `None` (the default): no terminal of the
     /// sandbox's own.
     pub console: Option<(u16, u16)>,
+    /// The most processes and threads the task's tree may hold at once: `pids.max` of
+    /// its cgroup (v2 `pids` controller, or the v1 `pids` hierarchy), only with
+    /// [`SandboxSpec::cgroup`]. A task that reaches it is ended, with a message on its
+    /// stderr (a fork bomb would otherwise spin at the limit). `None`: no limit.
+    /// Defaults to [`crate::DEFAULT_PIDS_MAX`]. A prepared init's group gets the
+    /// default when it is made, and the task's own value when it starts.
+    pub pids_max: Option<u64>,
 }
 
 impl SandboxSpec {
@@ -116,6 +123,7 @@ impl SandboxSpec {
             stdio: TaskStdio::default(),
             tty: false,
             console: None,
+            pids_max: Some(crate::DEFAULT_PIDS_MAX),
         }
     }
 }
@@ -187,6 +195,7 @@ pub(crate) struct WireSpec {
     pub idle: bool,
     pub tty: bool,
     pub console: Option<(u16, u16)>,
+    pub pids_max: Option<u64>,
     /// Only the root (`lower`, `upper`, `work`) is given: build it and park pid 1 until
     /// the task comes (see `Prepared::park`).
     pub parked: bool,
@@ -235,6 +244,7 @@ impl WireSpec {
             idle: spec.idle,
             tty: spec.tty,
             console: spec.console,
+            pids_max: spec.pids_max,
             parked: false,
         }
     }
