@@ -1,12 +1,17 @@
-//! `herd init` and `herd token`: cluster creation and join tokens.
+//! `herd init`, `herd token` and `herd remove`: cluster creation, join tokens and the
+//! registry of enrolled names.
 //!
-//! Both work directly on the state directory, whether or not an agent runs: the agent
-//! reads `tokens.toml` afresh for every enrollment, so a token made or revoked here
-//! takes effect at once.
+//! They work directly on the state directory, whether or not an agent runs: the agent
+//! reads `tokens.toml` and `nodes.toml` afresh for every enrollment, so a token made or
+//! revoked, or a name freed, here takes effect at once.
+//!
+//! A token made by `herd token` enrolls one node unless `--uses` says otherwise; the
+//! first token, printed by `herd init`, enrolls any number until it expires (it is how
+//! a whole cluster is usually brought up) unless `herd init --uses` limits it.
 
 use std::net::{IpAddr, SocketAddr};
 
-use herd_pki::{Ca, TokenRecord};
+use herd_pki::{Ca, NodeRecord, TokenRecord};
 use herd_proto::{Role, Token};
 
 use crate::state::{NODE_FILE_VERSION, NodeFile, StateDir};
@@ -17,6 +22,9 @@ pub const DEFAULT_PORT: u16 = 7420;
 
 /// Default lifetime of a join token: 24 hours.
 pub const DEFAULT_TOKEN_TTL: u64 = 24 * 3600;
+
+/// How many nodes a `herd token` token enrolls unless `--uses` says otherwise.
+pub const DEFAULT_TOKEN_USES: u64 = 1;
 
 /// Options of `herd init`.
 #[derive(Clone, Debug)]
@@ -31,8 +39,18 @@ pub struct InitOptions {
     pub ttl: Option<u64>,
 }
 
-/// Creates a cluster in `dir`; returns the first join token (granting `exec`).
+/// Creates a cluster in `dir`; returns the first join token (granting `exec`, for any
+/// number of nodes until it expires).
 pub fn init(dir: &StateDir, opts: &InitOptions) -> Result<Token, AgentError> {
+    init_with_uses(dir, opts, None)
+}
+
+/// [`init`], the first token enrolling at most `max_uses` nodes (`None`: any number).
+pub fn init_with_uses(
+    dir: &StateDir,
+    opts: &InitOptions,
+    max_uses: Option<u64>,
+) -> Result<Token, AgentError> {
     if dir.has_cluster() {
         let cluster = dir
             .node_file()
@@ -50,6 +68,16 @@ pub fn init(dir: &StateDir, opts: &InitOptions) -> Result<Token, AgentError> {
     dir.save_ca(&ca)?;
     dir.save_identity(&identity)?;
     dir.save_tokens(&Default::default())?;
+    // The CA's own node holds its name like any other.
+    let mut nodes = herd_pki::NodeRegistry::default();
+    nodes.register(NodeRecord {
+        name: opts.name.clone(),
+        key: herd_pki::key_fingerprint_of_cert(&identity.cert_der)?,
+        roles: vec![Role::Submit, Role::Exec],
+        enrolled: unix_now(),
+        token: None,
+    });
+    dir.save_nodes(&nodes)?;
     let nf = NodeFile {
         version: NODE_FILE_VERSION,
         cluster: opts.cluster.clone(),
@@ -59,11 +87,28 @@ pub fn init(dir: &StateDir, opts: &InitOptions) -> Result<Token, AgentError> {
     };
     // node.toml last: its presence is what marks the directory as initialised.
     dir.save_node_file(&nf)?;
-    issue_token(dir, &[Role::Exec], opts.ttl)
+    issue_token_with_uses(dir, &[Role::Exec], opts.ttl, max_uses)
 }
 
-/// Issues a new join token granting `roles`.
+/// Issues a new join token granting `roles`, for one node
+/// ([`DEFAULT_TOKEN_USES`]).
 pub fn issue_token(dir: &StateDir, roles: &[Role], ttl: Option<u64>) -> Result<Token, AgentError> {
+    issue_token_with_uses(dir, roles, ttl, Some(DEFAULT_TOKEN_USES))
+}
+
+/// Issues a new join token granting `roles`, valid for `ttl` seconds (`None`: for
+/// ever) and `max_uses` enrollments (`None`: any number).
+pub fn issue_token_with_uses(
+    dir: &StateDir,
+    roles: &[Role],
+    ttl: Option<u64>,
+    max_uses: Option<u64>,
+) -> Result<Token, AgentError> {
+    if max_uses == Some(0) {
+        return Err(AgentError::Usage(
+            "a token must allow at least one use".into(),
+        ));
+    }
     if !dir.has_cluster() {
         return Err(AgentError::NoCluster {
             dir: dir.root().to_path_buf(),
@@ -81,6 +126,7 @@ pub fn issue_token(dir: &StateDir, roles: &[Role], ttl: Option<u64>) -> Result<T
             roles,
             unix_now(),
             ttl,
+            max_uses,
             advertised_addrs(nf.listen),
         ))
     })
@@ -92,6 +138,51 @@ pub fn revoke_token(dir: &StateDir, prefix: &str) -> Result<String, AgentError> 
         return Err(AgentError::NotCa);
     }
     dir.update_tokens(|store| store.revoke(prefix).map_err(AgentError::Usage))
+}
+
+/// Frees the name `name` in the registry of enrolled nodes (`herd remove`), so that
+/// another node may enroll under it. Returns the record removed. The removed node's
+/// certificate stays valid until it expires (there is no revocation yet): remove a
+/// node only once it is gone for good.
+pub fn remove_node(dir: &StateDir, name: &str) -> Result<NodeRecord, AgentError> {
+    if !dir.has_ca() {
+        return Err(AgentError::NotCa);
+    }
+    let me = dir.node_file()?.name;
+    if name == me {
+        return Err(AgentError::Usage(format!(
+            "{name} is this node, the one holding the cluster CA: it cannot be removed"
+        )));
+    }
+    dir.update_nodes(|nodes| {
+        nodes.remove(name).ok_or_else(|| {
+            AgentError::Usage(format!(
+                "no node named {name:?} is enrolled (see `herd remove --list`)"
+            ))
+        })
+    })
+}
+
+/// Lists the enrolled nodes.
+pub fn list_nodes(dir: &StateDir) -> Result<Vec<NodeRecord>, AgentError> {
+    if !dir.has_ca() {
+        return Err(AgentError::NotCa);
+    }
+    Ok(dir.nodes()?.nodes)
+}
+
+/// Parses `--uses`: a positive count, or `unlimited` (`None`).
+pub fn parse_uses(s: &str) -> Result<Option<u64>, AgentError> {
+    let s = s.trim();
+    if s == "unlimited" {
+        return Ok(None);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(AgentError::Usage(format!(
+            "invalid --uses {s:?}: use a positive number or unlimited"
+        ))),
+    }
 }
 
 /// Lists the tokens.
@@ -201,6 +292,37 @@ mod tests {
         assert_eq!(list_tokens(&sd).unwrap().len(), 2);
         assert_eq!(revoke_token(&sd, &t1.id_hex()).unwrap(), t1.id_hex());
         assert!(list_tokens(&sd).unwrap()[0].revoked);
+        assert_eq!(list_tokens(&sd).unwrap()[0].max_uses, None);
+        assert_eq!(list_tokens(&sd).unwrap()[1].max_uses, Some(1));
+        let t3 = issue_token_with_uses(&sd, &[Role::Exec], None, Some(3)).unwrap();
+        assert_eq!(list_tokens(&sd).unwrap()[2].id, t3.id_hex());
+        assert_eq!(list_tokens(&sd).unwrap()[2].max_uses, Some(3));
+        assert!(issue_token_with_uses(&sd, &[Role::Exec], None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn the_ca_node_is_registered_and_cannot_be_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(d.path());
+        init(&sd, &opts()).unwrap();
+        let nodes = list_nodes(&sd).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, "ws");
+        let key = herd_pki::key_fingerprint_of_cert(&sd.identity().unwrap().cert_der).unwrap();
+        assert_eq!(nodes[0].key, key);
+        let err = remove_node(&sd, "ws").unwrap_err().to_string();
+        assert!(err.contains("cannot be removed"), "{err}");
+        let err = remove_node(&sd, "h7").unwrap_err().to_string();
+        assert!(err.contains("no node named"), "{err}");
+    }
+
+    #[test]
+    fn uses_parsing() {
+        assert_eq!(parse_uses("1").unwrap(), Some(1));
+        assert_eq!(parse_uses("unlimited").unwrap(), None);
+        assert!(parse_uses("0").is_err());
+        assert!(parse_uses("-1").is_err());
+        assert!(parse_uses("lots").is_err());
     }
 
     #[test]

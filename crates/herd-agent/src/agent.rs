@@ -28,6 +28,7 @@ use herd_proto::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::hook::{RunCall, RunHook};
 use crate::host::{self, Grant};
 use crate::local::{self, LocalCall};
 use crate::metrics::{self, Metrics};
@@ -68,6 +69,10 @@ pub struct AgentOptions {
     pub polite: PoliteConfig,
     /// Serve Prometheus metrics over HTTP here (see [`crate::metrics`]).
     pub metrics: Option<SocketAddr>,
+    /// Replaces how this node serves `PeerRequest::Run` (a test seam, not reachable
+    /// from the command line: tests that play a hostile helper, a node with a real exec
+    /// certificate that sends whatever the test says). `None`: the real sandbox.
+    pub run_hook: Option<RunHook>,
 }
 
 /// Everything that can happen to the agent.
@@ -819,7 +824,7 @@ impl Agent {
                     let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
                     let endpoint = self.endpoint.clone();
                     tokio::spawn(async move {
-                        let resp = drain_peer(endpoint, conn, addr, drain).await;
+                        let resp = drain_peer(endpoint, conn, addr, &node, drain).await;
                         let _ = call.reply.send(match resp {
                             Ok(()) => LocalResponse::Done,
                             Err(e) => LocalResponse::Error(format!("{node}: {e}")),
@@ -1064,7 +1069,12 @@ impl Agent {
                 self.queue.push_front(p);
                 continue;
             };
-            let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
+            // Only a connection whose certificate names the node placement chose.
+            let conn = self
+                .conns
+                .get(&addr)
+                .and_then(|c| c.conn.clone())
+                .filter(|c| net::peer_is(c, &n.name));
             let fut = task::run_remote(
                 p,
                 (n.name.clone(), addr, conn),
@@ -1141,16 +1151,12 @@ async fn drain_peer(
     endpoint: quinn::Endpoint,
     conn: Option<quinn::Connection>,
     addr: SocketAddr,
+    node: &str,
     drain: bool,
 ) -> Result<(), String> {
-    let conn = match conn.filter(|c| c.close_reason().is_none()) {
-        Some(c) => c,
-        None => endpoint
-            .connect(addr, herd_pki::SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?,
-    };
+    let conn = net::reuse_or_connect(&endpoint, conn, addr, node)
+        .await
+        .map_err(|e| e.to_string())?;
     match net::request::<_, PeerResponse>(&conn, &PeerRequest::Drain(drain)).await {
         Ok(PeerResponse::Pong { .. }) => Ok(()),
         Ok(PeerResponse::Error(e)) => Err(e.message),
@@ -1195,13 +1201,26 @@ struct Shared {
     helper: Arc<HelperCtx>,
     /// `herd drain`: take no new work.
     drained: std::sync::atomic::AtomicBool,
+    /// Serves tasks in place of the sandbox (tests; see [`AgentOptions::run_hook`]).
+    run_hook: Option<RunHook>,
+    /// Enrollments, rate-limited per source address (CA node).
+    enroll_gate: Arc<enroll::Gate>,
+    /// Connections accepted per IP address.
+    conn_limit: net::ConnLimit,
 }
 
 async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
     while let Some(incoming) = shared.endpoint.accept().await {
+        // Held until the connection ends: at most so many per IP address.
+        let Some(slot) = shared.conn_limit.admit(incoming.remote_address().ip()) else {
+            tracing::debug!(peer = %incoming.remote_address(), "refused a connection: too many from that address");
+            incoming.refuse();
+            continue;
+        };
         let events = events.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let remote = incoming.remote_address();
             let conn = match tokio::time::timeout(net::CONNECT_TIMEOUT, incoming).await {
                 Ok(Ok(c)) => c,
@@ -1213,6 +1232,7 @@ async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
             };
             match net::peer_of(&conn) {
                 Some(peer) => {
+                    let open = conn.clone();
                     spawn_readers(conn.clone(), remote, peer.clone(), events.clone(), shared);
                     let _ = events
                         .send(Event::Connected {
@@ -1221,6 +1241,7 @@ async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
                             peer,
                         })
                         .await;
+                    open.closed().await;
                 }
                 None => serve_unauthenticated(conn, shared).await,
             }
@@ -1238,7 +1259,8 @@ async fn serve_unauthenticated(conn: quinn::Connection, shared: Arc<Shared>) {
             .map_err(|e| e.to_string())?;
         let peers = shared.peers.borrow().clone();
         let dir = shared.dir.clone();
-        let resp = tokio::task::spawn_blocking(move || enroll::serve_enroll(&dir, req, peers))
+        let gate = shared.enroll_gate.clone();
+        let resp = tokio::task::spawn_blocking(move || gate.serve(&dir, req, peers, remote))
             .await
             .map_err(|e| e.to_string())?;
         net::write_frame(&mut send, &resp)
@@ -1321,7 +1343,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
 ) {
-    let req = match net::read_frame::<PeerRequest>(&mut recv).await {
+    let req = match net::read_request::<PeerRequest>(&mut recv).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(peer = %peer.name, "closing a connection that sent a bad request: {e}");
@@ -1395,6 +1417,18 @@ async fn serve_stream(
             let _ = net::write_frame(&mut send, &resp).await;
         }
         PeerRequest::Run { task, spec } => {
+            if let Some(hook) = &shared.run_hook {
+                let call = RunCall {
+                    conn,
+                    peer,
+                    send,
+                    recv,
+                    task,
+                    spec,
+                };
+                (hook.0)(call).await;
+                return;
+            }
             task::serve_run(conn, peer, send, recv, task, spec, shared.helper.clone()).await;
             return;
         }

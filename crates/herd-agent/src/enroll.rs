@@ -8,11 +8,23 @@
 //! `tokens.toml`, signs the request with the token's roles and answers with the
 //! certificate. Only then does the joining node write anything to its state
 //! directory, so a refused token enrolls nothing.
+//!
+//! On the CA node, an enrollment is accepted when the token is valid (its secret
+//! matches, it is neither revoked nor expired, and it has a use left) and the name is
+//! free in the registry of enrolled nodes (`nodes.toml`), or registered to the very
+//! key of the request (a retry whose answer was lost: no use is counted). Only an
+//! accepted enrollment writes anything (the token's use count, the name's record);
+//! a refusal writes nothing and is answered with its own reason. Refusals are
+//! rate-limited per source address ([`Limiter`], a token bucket) and logged at most
+//! once per [`LimiterConfig::warn_every`].
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use herd_proto::{PeerRequest, PeerResponse, RemoteError, RemoteErrorKind, Token};
+use herd_pki::{Claim, NodeRecord};
+use herd_proto::{PeerRequest, PeerResponse, RemoteError, RemoteErrorKind, Role, Token};
 
 use crate::state::{NODE_FILE_VERSION, NodeFile, StateDir};
 use crate::{AgentError, net, unix_now};
@@ -141,14 +153,31 @@ fn remote_to_error(e: RemoteError) -> AgentError {
     match e.kind {
         RemoteErrorKind::BadToken
         | RemoteErrorKind::TokenExpired
-        | RemoteErrorKind::TokenRevoked => AgentError::Token(e.message),
+        | RemoteErrorKind::TokenRevoked
+        | RemoteErrorKind::TokenUsed
+        | RemoteErrorKind::NameTaken => AgentError::Token(e.message),
         _ => AgentError::Net(format!("enrollment refused: {}", e.message)),
     }
 }
 
-/// Handles an enrollment request on the CA node. Blocking (file I/O); run it off the
-/// event loop. `peers` are live members to hand to the new node.
+/// Handles an enrollment request on the CA node, without rate limiting or logging of
+/// refusals (see [`Gate`] for both). Blocking (file I/O); run it off the event loop.
+/// `peers` are live members to hand to the new node.
 pub fn serve_enroll(dir: &StateDir, req: PeerRequest, peers: Vec<SocketAddr>) -> PeerResponse {
+    match decide(dir, req, peers) {
+        Ok(resp) => resp,
+        Err((kind, message)) => refuse(kind, &message),
+    }
+}
+
+/// An enrollment's refusal: its kind and the line the joining node shows.
+type Refusal = (RemoteErrorKind, String);
+
+fn decide(
+    dir: &StateDir,
+    req: PeerRequest,
+    peers: Vec<SocketAddr>,
+) -> Result<PeerResponse, Refusal> {
     let PeerRequest::Enroll {
         token_id,
         secret,
@@ -156,63 +185,137 @@ pub fn serve_enroll(dir: &StateDir, req: PeerRequest, peers: Vec<SocketAddr>) ->
         csr_der,
     } = req
     else {
-        return refuse(
+        return Err((
             RemoteErrorKind::BadRequest,
-            "only enrollment is allowed without a certificate",
-        );
+            "only enrollment is allowed without a certificate".into(),
+        ));
     };
     if herd_pki::check_name(&name).is_err() {
-        return refuse(
+        return Err((
             RemoteErrorKind::BadRequest,
-            &format!("invalid node name {name:?}"),
-        );
+            format!("invalid node name {name:?}"),
+        ));
     }
     if !dir.has_ca() {
-        return refuse(
+        return Err((
             RemoteErrorKind::Unavailable,
-            "this node does not hold the cluster CA; enroll through the node where `herd init` ran",
-        );
+            "this node does not hold the cluster CA; enroll through the node where `herd init` ran"
+                .into(),
+        ));
     }
-    let result = (|| {
-        let ca = dir.ca()?;
-        let redeemed =
-            dir.update_tokens(|store| Ok(store.redeem(&token_id, &secret, unix_now())))?;
-        let roles = match redeemed {
-            Ok(r) => r,
-            Err(kind) => return Ok(Err(kind)),
-        };
-        let cert_der = ca.sign_csr(&csr_der, &name, &roles)?;
-        Ok::<_, AgentError>(Ok(PeerResponse::Enrolled {
-            cert_der,
-            ca_der: ca.cert_der().to_vec(),
-            cluster: ca.cluster().to_string(),
-            roles,
-            peers,
-        }))
-    })();
-    match result {
-        Ok(Ok(resp)) => {
-            tracing::info!(node = %name, "enrolled a new node");
-            resp
+    let key = herd_pki::key_fingerprint_of_csr(&csr_der).map_err(|_| {
+        (
+            RemoteErrorKind::BadRequest,
+            "the certificate request is malformed or its signature is wrong".to_string(),
+        )
+    })?;
+    let internal = |e: AgentError| {
+        tracing::error!(node = %name, "enrollment failed: {e}");
+        (
+            RemoteErrorKind::BadRequest,
+            format!("enrollment failed: {e}"),
+        )
+    };
+    let ca = dir.ca().map_err(internal)?;
+    // A cluster made before the registry existed has no record of the CA's own node:
+    // its name is taken all the same.
+    let own = dir.node_file().map_err(internal)?.name;
+    let own_key = dir
+        .identity()
+        .ok()
+        .and_then(|id| herd_pki::key_fingerprint_of_cert(&id.cert_der).ok())
+        .unwrap_or_default();
+    let id = hex::encode(token_id);
+    let now = unix_now();
+    let outcome = dir.update_enrollment(|tokens, nodes| {
+        let mut claim = nodes.check(&name, &key);
+        if claim == Claim::Free && name == own && key != own_key {
+            claim = Claim::Taken(NodeRecord {
+                name: own.clone(),
+                key: own_key.clone(),
+                roles: vec![],
+                enrolled: 0,
+                token: None,
+            });
         }
-        Ok(Err(kind)) => {
-            let id = hex::encode(token_id);
+        let token_refusal = |tokens: &herd_pki::TokenStore, kind: RemoteErrorKind| {
             let msg = match kind {
                 RemoteErrorKind::TokenExpired => format!("join token {id} has expired"),
                 RemoteErrorKind::TokenRevoked => format!("join token {id} was revoked"),
+                RemoteErrorKind::TokenUsed => {
+                    let max = tokens
+                        .tokens
+                        .iter()
+                        .find(|t| t.id == id)
+                        .and_then(|t| t.max_uses)
+                        .unwrap_or(1);
+                    format!(
+                        "this token was already used: join token {id} allows {max} enrollment{} and had {}; make a new one with `herd token` on the cluster's first node",
+                        if max == 1 { "" } else { "s" },
+                        if max == 1 { "it" } else { "them" },
+                    )
+                }
                 _ => "join token refused: it is not a valid token of this cluster".to_string(),
             };
-            tracing::warn!(node = %name, token = %id, "refused enrollment: {msg}");
-            refuse(kind, &msg)
-        }
-        Err(e) => {
-            tracing::error!(node = %name, "enrollment failed: {e}");
-            refuse(
-                RemoteErrorKind::BadRequest,
-                &format!("enrollment failed: {e}"),
-            )
-        }
-    }
+            (kind, msg)
+        };
+        let (roles, changed) = match claim {
+            Claim::Taken(_) => {
+                // Say nothing about the token: the name is the problem either way, and
+                // an unknown token must not learn which names exist.
+                if let Err(kind) = tokens.verify(&token_id, &secret, now) {
+                    return Ok((Err(token_refusal(tokens, kind)), false));
+                }
+                return Ok((
+                    Err((
+                        RemoteErrorKind::NameTaken,
+                        format!(
+                            "the name {name:?} is taken: another node (another key) is enrolled as {name}; choose another --name, or, if that node is gone for good, run `herd remove {name}` on the cluster's first node"
+                        ),
+                    )),
+                    false,
+                ));
+            }
+            Claim::Same => match tokens.verify(&token_id, &secret, now) {
+                Ok(roles) => {
+                    let changed = nodes.nodes.iter_mut().any(|r| {
+                        let differ = r.name == name && r.roles != roles;
+                        if differ {
+                            r.roles = roles.clone();
+                        }
+                        differ
+                    });
+                    (roles, changed)
+                }
+                Err(kind) => return Ok((Err(token_refusal(tokens, kind)), false)),
+            },
+            Claim::Free => match tokens.redeem(&token_id, &secret, now) {
+                Ok(roles) => {
+                    nodes.register(NodeRecord {
+                        name: name.clone(),
+                        key: key.clone(),
+                        roles: roles.clone(),
+                        enrolled: now,
+                        token: Some(id.clone()),
+                    });
+                    (roles, true)
+                }
+                Err(kind) => return Ok((Err(token_refusal(tokens, kind)), false)),
+            },
+        };
+        // Signing before anything is written: a failure writes nothing either.
+        let cert_der = ca.sign_csr(&csr_der, &name, &roles)?;
+        Ok((Ok((cert_der, roles)), changed))
+    });
+    let (cert_der, roles): (Vec<u8>, Vec<Role>) = outcome.map_err(internal)??;
+    tracing::info!(node = %name, roles = %Role::join(&roles), "enrolled a node");
+    Ok(PeerResponse::Enrolled {
+        cert_der,
+        ca_der: ca.cert_der().to_vec(),
+        cluster: ca.cluster().to_string(),
+        roles,
+        peers,
+    })
 }
 
 fn refuse(kind: RemoteErrorKind, message: &str) -> PeerResponse {
@@ -220,4 +323,261 @@ fn refuse(kind: RemoteErrorKind, message: &str) -> PeerResponse {
         kind,
         message: message.to_string(),
     })
+}
+
+/// How refused enrollments are limited and logged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LimiterConfig {
+    /// Refusals an address may collect at once before it is refused unheard.
+    pub burst: u32,
+    /// One more refusal is allowed per this much time.
+    pub refill_every: Duration,
+    /// At most one warning per this much time (the others are counted in it).
+    pub warn_every: Duration,
+    /// Addresses tracked at most (the table of a flood from many addresses stays small).
+    pub max_addrs: usize,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        LimiterConfig {
+            burst: 5,
+            refill_every: Duration::from_secs(10),
+            warn_every: Duration::from_secs(10),
+            max_addrs: 4096,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// Refusals still allowed at `at` (fractional while refilling).
+    level: f64,
+    at: Duration,
+}
+
+/// A token bucket per source address over refused enrollments, and the log's pace.
+/// Sans-IO: `now` is any monotonic time (a [`Duration`] since an origin), passed in.
+#[derive(Debug)]
+pub struct Limiter {
+    cfg: LimiterConfig,
+    buckets: HashMap<IpAddr, Bucket>,
+    last_warn: Option<Duration>,
+    unlogged: u64,
+}
+
+impl Limiter {
+    /// A limiter with `cfg`.
+    pub fn new(cfg: LimiterConfig) -> Limiter {
+        Limiter {
+            cfg,
+            buckets: HashMap::new(),
+            last_warn: None,
+            unlogged: 0,
+        }
+    }
+
+    fn level(&self, b: &Bucket, now: Duration) -> f64 {
+        let refill =
+            now.saturating_sub(b.at).as_secs_f64() / self.cfg.refill_every.as_secs_f64().max(1e-9);
+        (b.level + refill).min(f64::from(self.cfg.burst))
+    }
+
+    /// Whether an enrollment from `ip` may be looked at now (it has refusals left).
+    pub fn allow(&self, ip: IpAddr, now: Duration) -> bool {
+        self.buckets
+            .get(&ip)
+            .is_none_or(|b| self.level(b, now) >= 1.0)
+    }
+
+    /// Counts one refusal of `ip` (also one refused unheard). Returns `Some(n)` when a
+    /// warning is due now, `n` being the refusals it stands for (this one included).
+    pub fn refused(&mut self, ip: IpAddr, now: Duration) -> Option<u64> {
+        let full = Bucket {
+            level: f64::from(self.cfg.burst),
+            at: now,
+        };
+        let b = self.buckets.get(&ip).copied().unwrap_or(full);
+        let level = (self.level(&b, now) - 1.0).max(0.0);
+        self.buckets.insert(ip, Bucket { level, at: now });
+        if self.buckets.len() > self.cfg.max_addrs {
+            self.shrink(now);
+        }
+        self.unlogged += 1;
+        if self
+            .last_warn
+            .is_none_or(|t| now.saturating_sub(t) >= self.cfg.warn_every)
+        {
+            self.last_warn = Some(now);
+            return Some(std::mem::take(&mut self.unlogged));
+        }
+        None
+    }
+
+    /// Forgets full buckets (they are as good as new), then the oldest ones.
+    fn shrink(&mut self, now: Duration) {
+        let burst = f64::from(self.cfg.burst);
+        let full: Vec<IpAddr> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| self.level(b, now) >= burst)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in full {
+            self.buckets.remove(&ip);
+        }
+        while self.buckets.len() > self.cfg.max_addrs {
+            let Some(oldest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.at)
+                .map(|(ip, _)| *ip)
+            else {
+                break;
+            };
+            self.buckets.remove(&oldest);
+        }
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// The CA node's door for enrollments: [`serve_enroll`] behind a [`Limiter`] per
+/// source address, refusals logged at most once per interval.
+pub struct Gate {
+    limiter: Mutex<Limiter>,
+    origin: Instant,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new(LimiterConfig::default())
+    }
+}
+
+impl Gate {
+    /// A gate with `cfg`.
+    pub fn new(cfg: LimiterConfig) -> Gate {
+        Gate {
+            limiter: Mutex::new(Limiter::new(cfg)),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Serves one enrollment request from `from`. Blocking (file I/O): run it off the
+    /// event loop.
+    pub fn serve(
+        &self,
+        dir: &StateDir,
+        req: PeerRequest,
+        peers: Vec<SocketAddr>,
+        from: SocketAddr,
+    ) -> PeerResponse {
+        let ip = from.ip();
+        let allowed = self
+            .limiter
+            .lock()
+            .map(|l| l.allow(ip, self.origin.elapsed()))
+            .unwrap_or(true);
+        let refusal = if allowed {
+            match decide(dir, req, peers) {
+                Ok(resp) => return resp,
+                Err(r) => r,
+            }
+        } else {
+            (
+                RemoteErrorKind::RateLimited,
+                format!("too many refused enrollments from {ip}: try again in a minute"),
+            )
+        };
+        let warn = self
+            .limiter
+            .lock()
+            .ok()
+            .and_then(|mut l| l.refused(ip, self.origin.elapsed()));
+        if let Some(n) = warn {
+            if n > 1 {
+                tracing::warn!(peer = %ip, "refused an enrollment: {} ({} refusals since the last warning)", refusal.1, n);
+            } else {
+                tracing::warn!(peer = %ip, "refused an enrollment: {}", refusal.1);
+            }
+        }
+        refuse(refusal.0, &refusal.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    fn s(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Steps of (time, address, `refused` is called, expected `allow` before, expected
+    /// warning).
+    #[test]
+    fn token_bucket_per_address() {
+        let cfg = LimiterConfig {
+            burst: 3,
+            refill_every: s(10.0),
+            warn_every: s(5.0),
+            max_addrs: 100,
+        };
+        let mut l = Limiter::new(cfg);
+        let table: &[(f64, u8, bool, Option<u64>)] = &[
+            // A fresh address is heard, and the first refusal warns at once.
+            (0.0, 1, true, Some(1)),
+            (0.1, 1, true, None),
+            (0.2, 1, true, None),
+            // Burst spent: refused unheard (still counted, not logged).
+            (0.3, 1, false, None),
+            // Another address has its own bucket; the log still waits.
+            (1.0, 2, true, None),
+            // The warning interval passed: one line for the 5 refusals since.
+            (5.0, 2, true, Some(5)),
+            // Still empty 9 s later (0.3 s + 10 s refills one); and a refusal while
+            // empty keeps it empty: a flood is heard again only once it pauses.
+            (9.0, 1, false, None),
+            (18.9, 1, false, Some(2)),
+            (28.9, 1, true, Some(1)),
+            (29.0, 1, false, None),
+            // Long quiet: the bucket is full again.
+            (100.0, 1, true, Some(2)),
+            (100.0, 1, true, None),
+            (100.0, 1, true, None),
+            (100.0, 1, false, None),
+        ];
+        for (i, &(t, a, allowed, warn)) in table.iter().enumerate() {
+            assert_eq!(l.allow(ip(a), s(t)), allowed, "step {i}: allow");
+            assert_eq!(l.refused(ip(a), s(t)), warn, "step {i}: warning");
+        }
+    }
+
+    #[test]
+    fn the_table_stays_small() {
+        let cfg = LimiterConfig {
+            burst: 2,
+            refill_every: s(10.0),
+            warn_every: s(5.0),
+            max_addrs: 4,
+        };
+        let mut l = Limiter::new(cfg);
+        for n in 0..50 {
+            l.refused(ip(n), s(f64::from(n)));
+            assert!(l.tracked() <= 4);
+        }
+        // The newest address is remembered.
+        l.refused(ip(49), s(49.5));
+        assert!(!l.allow(ip(49), s(49.6)));
+        // One seen long ago was forgotten: heard again.
+        assert!(l.allow(ip(0), s(49.6)));
+    }
 }

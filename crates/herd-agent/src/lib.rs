@@ -21,6 +21,7 @@
 //! * [`views`]: a helper's views of workstations, kept mounted between tasks and
 //!   validated before each.
 //! * [`fsserve`]: the workstation's file service and commits, run as the submitter.
+//! * [`hook`]: a test seam replacing how a helper serves tasks (hostile-helper tests).
 //!
 //! **Architecture invariant:** only this crate (and the binary above it) knows tokio
 //! and quinn; of the crates below it, only `herd-fs` and `herd-sandbox` touch the
@@ -35,6 +36,7 @@ pub mod config;
 pub mod discovery;
 pub mod enroll;
 pub mod fsserve;
+pub mod hook;
 pub mod host;
 pub mod local;
 pub mod metrics;
@@ -49,6 +51,7 @@ pub mod views;
 use std::path::{Path, PathBuf};
 
 pub use agent::{AgentOptions, run_agent};
+pub use hook::{RunCall, RunHook};
 
 /// Errors of the agent and of the CLI's requests to it.
 #[derive(Debug, thiserror::Error)]

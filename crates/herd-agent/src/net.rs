@@ -11,9 +11,25 @@
 //! big-endian length, then a `herd-proto` payload. A frame over
 //! [`herd_proto::MAX_FRAME`] or one that does not decode closes that stream (and the
 //! connection, for datagrams that do not decode), never the agent.
+//!
+//! **Bounds on a peer.** A frame's buffer grows as its bytes arrive (never allocated
+//! from the announced length); once a frame has started, each piece of it must follow
+//! within [`STALL_TIMEOUT`], and a request must arrive whole within
+//! [`REQUEST_TIMEOUT`] of its stream being opened ([`read_request`]). A connection may
+//! have [`MAX_STREAMS`] bidirectional streams open at once (no unidirectional ones),
+//! and the bytes it may have in flight unread are bounded by the receive windows
+//! ([`STREAM_WINDOW`] per stream, [`CONNECTION_WINDOW`] per connection). At most
+//! [`MAX_CONNS_PER_ADDR`] connections from one IP address are accepted at once
+//! ([`ConnLimit`]).
+//!
+//! **Whom a connection reaches.** A connection made for a task or a request to a named
+//! node goes through [`connect_to`] (or [`reuse_or_connect`]), which checks that the
+//! peer's certificate names that node and closes the connection if not: an address
+//! taken over by another node gets nothing.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +47,20 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Time allowed for a connection handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Once a frame started, how long the next piece of it may take.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may take to arrive whole on a stream the peer opened.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bidirectional streams a peer may have open on one connection at once.
+pub const MAX_STREAMS: u32 = 128;
+/// Bytes a peer may send ahead on one stream before it is read.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+/// Bytes a peer may send ahead on one connection, all streams together.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Connections accepted from one IP address at once.
+pub const MAX_CONNS_PER_ADDR: usize = 32;
+/// The most a frame's buffer grows by per read.
+const CHUNK: usize = 64 * 1024;
 
 fn transport(keep_alive: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -43,8 +73,11 @@ fn transport(keep_alive: bool) -> Arc<quinn::TransportConfig> {
         t.keep_alive_interval(Some(KEEP_ALIVE));
     }
     t.datagram_receive_buffer_size(Some(256 * 1024));
-    t.max_concurrent_bidi_streams(256u32.into());
-    t.max_concurrent_uni_streams(64u32.into());
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    // herd opens none.
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
     Arc::new(t)
 }
 
@@ -113,15 +146,35 @@ pub async fn write_frame<T: Serialize>(
     Ok(())
 }
 
-/// Reads one frame from a stream and decodes it. The length is checked before any
-/// allocation.
+/// Reads one frame from a stream and decodes it. The length is checked before
+/// anything is allocated, and the buffer grows as the payload arrives. Waiting for a
+/// frame to start is not bounded here (an answer may take its time); once it started,
+/// each piece must come within [`STALL_TIMEOUT`].
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, AgentError> {
+    let stalled = || {
+        AgentError::Net(format!(
+            "receive: the peer stopped sending in the middle of a frame ({} s)",
+            STALL_TIMEOUT.as_secs()
+        ))
+    };
+    let ended = || AgentError::Net("receive: the stream ended in the middle of a frame".into());
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| net_err("receive", e))?;
+    let mut got = 0;
+    while got < len.len() {
+        let read = recv.read(&mut len[got..]);
+        let n = if got == 0 {
+            read.await
+        } else {
+            tokio::time::timeout(STALL_TIMEOUT, read)
+                .await
+                .map_err(|_| stalled())?
+        }
+        .map_err(|e| net_err("receive", e))?
+        .ok_or_else(ended)?;
+        got += n;
+    }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(ProtoError::TooLarge {
@@ -130,11 +183,155 @@ pub async fn read_frame<T: DeserializeOwned>(
         }
         .into());
     }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf)
-        .await
-        .map_err(|e| net_err("receive", e))?;
+    let mut buf = Vec::with_capacity(len.min(CHUNK));
+    while buf.len() < len {
+        let want = (len - buf.len()).min(CHUNK);
+        let chunk = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(want, true))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| net_err("receive", e))?
+            .ok_or_else(ended)?;
+        buf.extend_from_slice(&chunk.bytes);
+    }
     Ok(herd_proto::decode(&buf)?)
+}
+
+/// Reads the request on a stream a peer opened: [`read_frame`], the whole frame due
+/// within [`REQUEST_TIMEOUT`].
+pub async fn read_request<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, AgentError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, read_frame(recv))
+        .await
+        .map_err(|_| {
+            AgentError::Net(format!(
+                "receive: no whole request within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
+/// Whether `conn`'s peer presented a certificate naming `name`.
+pub fn peer_is(conn: &quinn::Connection, name: &str) -> bool {
+    peer_of(conn).is_some_and(|p| p.name == name)
+}
+
+/// Checks that the peer of `conn` is the node `expected` (its certificate's name);
+/// if not, closes the connection and says whom it reached instead.
+pub fn check_peer(conn: &quinn::Connection, expected: &str) -> Result<(), AgentError> {
+    let addr = conn.remote_address();
+    match peer_of(conn) {
+        Some(p) if p.name == expected => Ok(()),
+        found => {
+            conn.close(4u32.into(), b"not the node asked for");
+            Err(AgentError::Net(match found {
+                Some(p) => format!(
+                    "the node at {addr} is {:?}, not {expected:?}: its certificate names another node",
+                    p.name
+                ),
+                None => format!("the node at {addr} presented no certificate"),
+            }))
+        }
+    }
+}
+
+/// Connects to the node `expected` at `addr` and checks, after the handshake, that the
+/// peer's certificate names it; a connection to any other node is closed and is an
+/// error. Bounded by [`CONNECT_TIMEOUT`].
+pub async fn connect_to(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    expected: &str,
+) -> Result<quinn::Connection, AgentError> {
+    let connecting = endpoint
+        .connect(addr, herd_pki::SERVER_NAME)
+        .map_err(|e| net_err("connect", e))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| AgentError::Net(format!("connect: {addr} did not answer in time")))?
+        .map_err(|e| net_err("connect", e))?;
+    check_peer(&conn, expected)?;
+    Ok(conn)
+}
+
+/// `cached` if it is open and its peer is `expected`, else a new connection through
+/// [`connect_to`]. A cached connection to another node is left alone (it may serve
+/// membership) but not used.
+pub async fn reuse_or_connect(
+    endpoint: &quinn::Endpoint,
+    cached: Option<quinn::Connection>,
+    addr: SocketAddr,
+    expected: &str,
+) -> Result<quinn::Connection, AgentError> {
+    if let Some(c) = cached.filter(|c| c.close_reason().is_none() && peer_is(c, expected)) {
+        return Ok(c);
+    }
+    connect_to(endpoint, addr, expected).await
+}
+
+/// Counts accepted connections per IP address, up to a limit.
+#[derive(Clone, Debug)]
+pub struct ConnLimit {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+#[derive(Debug)]
+pub struct ConnSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl ConnLimit {
+    /// At most `max` connections per IP address.
+    pub fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, if it has fewer than the limit.
+    pub fn admit(&self, ip: IpAddr) -> Option<ConnSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+
+    /// Connections from `ip` admitted and not yet dropped.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .map(|o| o.get(&ip).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Default for ConnLimit {
+    fn default() -> Self {
+        ConnLimit::new(MAX_CONNS_PER_ADDR)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Sends a request on a new stream of `conn` and waits for the one-frame answer.
@@ -154,4 +351,24 @@ pub async fn request<Q: Serialize, A: DeserializeOwned>(
 /// Sends a datagram if the connection allows it; returns whether it went out.
 pub fn send_datagram(conn: &quinn::Connection, data: Bytes) -> bool {
     conn.send_datagram(data).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_per_address_are_capped_and_given_back() {
+        let limit = ConnLimit::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = limit.admit(a).unwrap();
+        let _s2 = limit.admit(a).unwrap();
+        assert!(limit.admit(a).is_none());
+        let _s3 = limit.admit(b).unwrap();
+        drop(s1);
+        assert_eq!(limit.open_from(a), 1);
+        let _s4 = limit.admit(a).unwrap();
+        assert!(limit.admit(a).is_none());
+    }
 }

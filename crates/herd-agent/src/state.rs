@@ -10,6 +10,7 @@
 //! | `ca.crt`      | 0644 | the cluster CA certificate (DER)                         |
 //! | `ca.key`      | 0600 | the CA private key: only on the node that ran `herd init` |
 //! | `tokens.toml` | 0600 | join-token records: only beside `ca.key`                  |
+//! | `nodes.toml`  | 0600 | enrolled names and their keys: only beside `ca.key`      |
 //! | `agent.lock`  | 0600 | held (flock) by the running agent                        |
 //! | `agent.sock`  |      | the local agent's Unix socket                            |
 //!
@@ -24,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use herd_pki::{Ca, NodeIdentity, TokenStore};
+use herd_pki::{Ca, NodeIdentity, NodeRegistry, TokenStore};
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
@@ -263,6 +264,68 @@ impl StateDir {
         &self,
         f: impl FnOnce(&mut TokenStore) -> Result<R, AgentError>,
     ) -> Result<R, AgentError> {
+        let _lock = self.records_lock()?;
+        let mut store = self.tokens()?;
+        let r = f(&mut store)?;
+        self.save_tokens(&store)?;
+        Ok(r)
+    }
+
+    /// Reads `nodes.toml` (empty registry if absent).
+    pub fn nodes(&self) -> Result<NodeRegistry, AgentError> {
+        let p = self.path("nodes.toml");
+        if !p.exists() {
+            return Ok(NodeRegistry::default());
+        }
+        let text =
+            String::from_utf8(self.read("nodes.toml")?).map_err(|_| AgentError::Corrupt {
+                path: p.clone(),
+                why: "not UTF-8 text".into(),
+            })?;
+        NodeRegistry::from_toml(&text).map_err(|e| AgentError::Corrupt {
+            path: p,
+            why: e.message().to_string(),
+        })
+    }
+
+    /// Writes `nodes.toml`.
+    pub fn save_nodes(&self, nodes: &NodeRegistry) -> Result<(), AgentError> {
+        self.write("nodes.toml", nodes.to_toml().as_bytes(), 0o600)
+    }
+
+    /// Reads, changes and writes `nodes.toml` under the records lock (`herd remove`).
+    pub fn update_nodes<R>(
+        &self,
+        f: impl FnOnce(&mut NodeRegistry) -> Result<R, AgentError>,
+    ) -> Result<R, AgentError> {
+        let _lock = self.records_lock()?;
+        let mut nodes = self.nodes()?;
+        let r = f(&mut nodes)?;
+        self.save_nodes(&nodes)?;
+        Ok(r)
+    }
+
+    /// Reads the token records and the node registry under the records lock and hands
+    /// them to `f`, which says whether it changed them: only then are they written
+    /// (tokens first, so a crash between the two never gives a token an extra use).
+    /// An enrollment that is refused thus writes nothing at all.
+    pub fn update_enrollment<R>(
+        &self,
+        f: impl FnOnce(&mut TokenStore, &mut NodeRegistry) -> Result<(R, bool), AgentError>,
+    ) -> Result<R, AgentError> {
+        let _lock = self.records_lock()?;
+        let mut store = self.tokens()?;
+        let mut nodes = self.nodes()?;
+        let (r, changed) = f(&mut store, &mut nodes)?;
+        if changed {
+            self.save_tokens(&store)?;
+            self.save_nodes(&nodes)?;
+        }
+        Ok(r)
+    }
+
+    /// The exclusive lock over `tokens.toml` and `nodes.toml` (held until dropped).
+    fn records_lock(&self) -> Result<fs::File, AgentError> {
         let p = self.path("tokens.lock");
         let file = fs::OpenOptions::new()
             .write(true)
@@ -273,10 +336,7 @@ impl StateDir {
             .map_err(|e| AgentError::io(&p, e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| AgentError::io(&p, e.into()))?;
-        let mut store = self.tokens()?;
-        let r = f(&mut store)?;
-        self.save_tokens(&store)?;
-        Ok(r)
+        Ok(file)
     }
 
     /// Takes the agent lock, or says who holds it.

@@ -85,6 +85,7 @@ async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, Optio
         host_cgroup: None,
         polite: Default::default(),
         metrics,
+        run_hook: None,
     };
     let task = tokio::spawn(run_agent(opts, async {
         let _ = rx.await;
@@ -280,6 +281,7 @@ async fn second_agent_on_same_state_dir_is_refused() {
         host_cgroup: None,
         polite: Default::default(),
         metrics: None,
+        run_hook: None,
     };
     let err = start_must_fail(opts).await;
     assert!(matches!(err, AgentError::Locked { .. }), "{err}");
@@ -376,6 +378,7 @@ async fn metrics_are_served_and_a_taken_port_is_refused() {
         host_cgroup: None,
         polite: Default::default(),
         metrics: Some(addr),
+        run_hook: None,
     };
     let err = start_must_fail(opts).await;
     assert!(err.to_string().contains("cannot serve metrics on"), "{err}");

@@ -165,6 +165,35 @@ pub struct LoadReport {
     pub cache_misses: u64,
 }
 
+/// The most cores a load report may claim (larger claims are taken as this).
+pub const MAX_REPORTED_CPUS: f32 = 1024.0;
+/// The highest speed score a load report may claim (1.0 ≈ reference core).
+pub const MAX_REPORTED_SPEED: f32 = 16.0;
+
+impl LoadReport {
+    /// The report with every number brought into sane bounds: what another node says
+    /// about itself is believed only that far. `cpus` in `0..=`[`MAX_REPORTED_CPUS`],
+    /// `speed` in `0..=`[`MAX_REPORTED_SPEED`] (0 means unknown), loads in
+    /// `0..=`[`MAX_REPORTED_CPUS`], free memory at most the total; anything not a
+    /// finite number counts as 0. Applied to every report received
+    /// ([`Membership::nodes`], [`Membership::load_of`] only ever show clamped ones).
+    pub fn clamped(mut self) -> LoadReport {
+        let clamp = |x: f32, max: f32| {
+            if x.is_finite() {
+                x.clamp(0.0, max)
+            } else {
+                0.0
+            }
+        };
+        self.cpus = clamp(self.cpus, MAX_REPORTED_CPUS);
+        self.speed = clamp(self.speed, MAX_REPORTED_SPEED);
+        self.load = clamp(self.load, MAX_REPORTED_CPUS);
+        self.owner_load = clamp(self.owner_load, MAX_REPORTED_CPUS);
+        self.mem_free = self.mem_free.min(self.mem_total);
+        self
+    }
+}
+
 /// How this node currently sees another node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1041,7 +1041,8 @@ impl Membership {
         match item {
             Item::Load { name, report, .. } => {
                 if name != self.me.name {
-                    self.loads.insert(name.clone(), report);
+                    // Believed only within sane bounds: the one place reports come in.
+                    self.loads.insert(name.clone(), report.clamped());
                     self.push_event(Event::Load(name));
                 }
             }

@@ -294,6 +294,52 @@ fn load_reports_propagate_and_newer_replaces_older() {
 }
 
 #[test]
+fn reported_load_is_clamped_on_arrival() {
+    // A node claiming a million cores at a million times the reference speed is
+    // believed only up to the bounds.
+    let mut net = Net::joined(2);
+    let now = net.now;
+    net.m(1).set_load(
+        now,
+        LoadReport {
+            roles: vec!["exec".into()],
+            cpus: 1e6,
+            speed: 1e6,
+            load: f32::NAN,
+            owner_load: -3.0,
+            mem_total: 1 << 30,
+            mem_free: u64::MAX,
+            ..LoadReport::default()
+        },
+    );
+    net.pump(1);
+    net.run(Duration::from_secs(2));
+    let got = net.m(0).load_of("n1").cloned().expect("load arrived");
+    assert_eq!(got.cpus, crate::MAX_REPORTED_CPUS);
+    assert_eq!(got.speed, crate::MAX_REPORTED_SPEED);
+    assert_eq!((got.load, got.owner_load), (0.0, 0.0));
+    assert_eq!(got.mem_free, 1 << 30);
+    // The table of bounds, one report at a time.
+    let table: &[(f32, f32, f32, f32)] = &[
+        // (cpus, speed) reported -> believed
+        (8.0, 1.25, 8.0, 1.25),
+        (0.0, 0.0, 0.0, 0.0),
+        (-1.0, -1.0, 0.0, 0.0),
+        (f32::INFINITY, f32::NAN, 0.0, 0.0),
+        (2048.0, 17.0, 1024.0, 16.0),
+    ];
+    for &(cpus, speed, want_cpus, want_speed) in table {
+        let r = LoadReport {
+            cpus,
+            speed,
+            ..LoadReport::default()
+        }
+        .clamped();
+        assert_eq!((r.cpus, r.speed), (want_cpus, want_speed), "{cpus} {speed}");
+    }
+}
+
+#[test]
 fn late_joiner_gets_load_by_refresh() {
     let mut net = Net::joined(2);
     let now = net.now;

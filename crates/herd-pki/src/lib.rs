@@ -12,17 +12,23 @@
 //! connection. The joining node authenticates the *server* by the CA fingerprint in the
 //! token ([`enroll_client_config`]), so it never sends the token secret to an impostor.
 //!
-//! Token records ([`TokenStore`]) keep only a BLAKE3 hash of each secret, an expiry and
-//! a revoked flag; the store is plain data that the agent reads from and writes to
-//! `tokens.toml` in the CA node's state directory.
+//! Token records ([`TokenStore`]) keep only a BLAKE3 hash of each secret, an expiry, a
+//! revoked flag and how many uses are left; the store is plain data that the agent
+//! reads from and writes to `tokens.toml` in the CA node's state directory. The
+//! registry of enrolled names ([`NodeRegistry`], `nodes.toml`) binds each name to one
+//! public key, so that two nodes never hold certificates of the same name.
 //!
 //! **Architecture invariant:** this crate does no file or network I/O. It turns keys and
 //! certificates into bytes, checks bytes, and builds rustls configurations.
 
 #![deny(missing_docs)]
 
+mod registry;
 mod store;
 
+pub use registry::{
+    Claim, NodeRecord, NodeRegistry, key_fingerprint_of_cert, key_fingerprint_of_csr,
+};
 pub use store::{TokenRecord, TokenStore};
 
 use std::sync::Arc;

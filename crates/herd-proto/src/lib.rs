@@ -360,6 +360,12 @@ pub enum RemoteErrorKind {
     TokenExpired,
     /// The token was revoked.
     TokenRevoked,
+    /// The token was used as many times as it allows (`herd token --uses`).
+    TokenUsed,
+    /// Another node (another key) is enrolled under the name asked for.
+    NameTaken,
+    /// Too many refused requests from this address: try again later.
+    RateLimited,
     /// The caller's certificate lacks the role the request needs.
     Forbidden,
     /// This node cannot serve the request (for example it does not hold the CA key).

@@ -149,6 +149,9 @@ enum Command {
         /// Lifetime of the printed token (e.g. 30m, 24h, 7d, never)
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// How many nodes the printed token may enroll (a number, or unlimited)
+        #[arg(long, value_name = "N", default_value = "unlimited")]
+        uses: String,
     },
     /// Run this host's agent in the foreground (joining a cluster first with --join).
     Agent {
@@ -226,12 +229,28 @@ enum Command {
         /// Roles granted to nodes joining with it: exec, submit or submit,exec
         #[arg(long, default_value = "exec")]
         roles: String,
+        /// How many nodes may enroll with it (a number, or unlimited)
+        #[arg(long, value_name = "N", default_value = "1")]
+        uses: String,
         /// List the tokens instead
         #[arg(long, conflicts_with = "revoke")]
         list: bool,
         /// Revoke the token with this id (or unique id prefix)
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
+    },
+    /// Free an enrolled node's name so that another node may enroll under it (on the
+    /// node that ran `herd init`); its certificate stays valid, so remove only a node
+    /// gone for good.
+    Remove {
+        #[command(flatten)]
+        state: StateArg,
+        /// The node's name
+        #[arg(required_unless_present = "list")]
+        node: Option<String>,
+        /// List the enrolled names and their keys instead
+        #[arg(long, conflicts_with = "node")]
+        list: bool,
     },
     /// Show the cluster's nodes as the local agent sees them.
     Nodes {
@@ -456,11 +475,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
             listen,
             ttl,
+            uses,
         } => {
             let dir = state.dir(false);
             let ttl = admin::parse_ttl(&ttl)?;
+            let uses = admin::parse_uses(&uses)?;
             let name = name.unwrap_or_else(herd_agent::agent::default_name);
-            let token = admin::init(
+            let token = admin::init_with_uses(
                 &dir,
                 &InitOptions {
                     cluster: cluster.clone(),
@@ -468,6 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     listen,
                     ttl,
                 },
+                uses,
             )?;
             println!(
                 "created cluster {cluster:?} in {} (this node: {name})",
@@ -551,6 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 host_cgroup,
                 polite: polite_config,
                 metrics,
+                run_hook: None,
             };
             runtime()?.block_on(herd_agent::run_agent(opts, std::future::pending()))?;
             Ok(ExitCode::SUCCESS)
@@ -559,6 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state,
             ttl,
             roles,
+            uses,
             list,
             revoke,
         } => {
@@ -574,6 +598,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "revoked"
                     } else if t.expires.is_some_and(|e| now >= e) {
                         "expired"
+                    } else if t.used_up() {
+                        "used"
                     } else {
                         "valid"
                     };
@@ -587,7 +613,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Role::join(&t.roles),
                         st,
                         exp,
-                        t.uses
+                        match t.max_uses {
+                            Some(m) => format!("{}/{m}", t.uses),
+                            None => format!("{}/unlimited", t.uses),
+                        }
                     );
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -604,8 +633,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "invalid --roles {roles:?}: use exec, submit or submit,exec"
                     ))
                 })?;
-            let token = admin::issue_token(&dir, &roles, admin::parse_ttl(&ttl)?)?;
+            let token = admin::issue_token_with_uses(
+                &dir,
+                &roles,
+                admin::parse_ttl(&ttl)?,
+                admin::parse_uses(&uses)?,
+            )?;
             println!("{}", token.encode());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { state, node, list } => {
+            let dir = state.dir(false);
+            if list {
+                println!(
+                    "{:<24} {:<12} {:<20} KEY (SHA-256)",
+                    "NAME", "ROLES", "ENROLLED"
+                );
+                let now = herd_agent::unix_now();
+                for n in admin::list_nodes(&dir)? {
+                    println!(
+                        "{:<24} {:<12} {:<20} {}",
+                        n.name,
+                        Role::join(&n.roles),
+                        format!("{} ago", human_secs(now as i64 - n.enrolled as i64)),
+                        n.key
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let node = node.unwrap_or_default();
+            let rec = admin::remove_node(&dir, &node)?;
+            println!(
+                "removed {} (key {}): another node may now enroll under this name",
+                rec.name,
+                &rec.key[..16.min(rec.key.len())]
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Nodes { state, json } => {

@@ -1,0 +1,502 @@
+//! Who a node is, in-process on loopback: join tokens are used up, a name belongs to
+//! one key, refused enrollments cost the CA node nothing and are rate-limited, a
+//! connection for a named node reaches that node or nothing, and a peer's streams and
+//! connections are bounded. The multi-host side is in `crates/herd/tests/identity.rs`.
+//!
+//! Every test waits for the event that proves its point (an answer, a closed stream),
+//! never for time to pass.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use herd_agent::admin::{self, InitOptions};
+use herd_agent::state::StateDir;
+use herd_agent::{AgentError, AgentOptions, enroll, local, net, run_agent};
+use herd_proto::{LocalRequest, PeerRequest, PeerResponse, RemoteErrorKind, Role, Token};
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    ws: StateDir,
+    addr: SocketAddr,
+    token: Token,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
+}
+
+/// Starts the CA node's agent (`ws`), trying again for the two start failures that
+/// have nothing to do with these tests (see `loopback.rs`: a port taken in between, a
+/// lock held a moment by a forked child).
+async fn start_cluster() -> Cluster {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = StateDir::new(tmp.path().join("ws"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let token = admin::init(
+            &ws,
+            &InitOptions {
+                cluster: "lab".into(),
+                name: "ws".into(),
+                listen: addr,
+                ttl: Some(3600),
+            },
+        )
+        .unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = AgentOptions {
+            state: ws.clone(),
+            name: None,
+            listen: None,
+            advertise: None,
+            join: None,
+            peers: vec![],
+            cpus: Some(1.0),
+            memory: Some(1 << 30),
+            mdns: false,
+            cache_size: None,
+            host_cgroup: None,
+            polite: Default::default(),
+            metrics: None,
+            run_hook: None,
+        };
+        let task = tokio::spawn(run_agent(opts, async {
+            let _ = rx.await;
+        }));
+        let mut up = false;
+        for _ in 0..200 {
+            if task.is_finished() {
+                break;
+            }
+            if local::call(&ws, &LocalRequest::Status).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if up {
+            return Cluster {
+                _tmp: tmp,
+                ws,
+                addr,
+                token,
+                stop: Some(stop),
+                task: Some(task),
+            };
+        }
+        let e = match task.await {
+            Ok(Err(e)) => e,
+            other => panic!("the cluster's agent did not start: {other:?}"),
+        };
+        let own_pid = std::process::id().to_string();
+        let unrelated = matches!(&e, AgentError::Locked { pid, .. } if *pid == own_pid)
+            || e.to_string().contains("cannot listen on");
+        assert!(unrelated, "the cluster's agent failed to start: {e}");
+        last = e.to_string();
+    }
+    panic!("the cluster's agent did not start: {last}");
+}
+
+impl Cluster {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Sends one raw enrollment (a fresh connection, as a joining node does) and returns
+/// the answer.
+async fn raw_enroll(c: &Cluster, token: &Token, name: &str, csr: &[u8]) -> PeerResponse {
+    let ep = net::client_endpoint(any_port()).unwrap();
+    let cfg = net::enroll_client_config(token.ca_fingerprint).unwrap();
+    let conn = ep
+        .connect_with(cfg, c.addr, herd_pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let resp = net::request(
+        &conn,
+        &PeerRequest::Enroll {
+            token_id: token.id,
+            secret: token.secret,
+            name: name.into(),
+            csr_der: csr.to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    conn.close(0u32.into(), b"");
+    resp
+}
+
+fn refusal(resp: &PeerResponse) -> (RemoteErrorKind, String) {
+    match resp {
+        PeerResponse::Error(e) => (e.kind, e.message.clone()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_enrolls_as_many_nodes_as_it_allows() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| StateDir::new(tmp.path().join(n));
+
+    // `herd token` makes a single-use token.
+    let once = admin::issue_token(&c.ws, &[Role::Exec], None).unwrap();
+    enroll::enroll(&dir("h1"), &once, "h1", any_port(), &[])
+        .await
+        .unwrap();
+    let err = enroll::enroll(&dir("h2"), &once, "h2", any_port(), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("this token was already used"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("expired"), "{err}");
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(
+        !dir("h2").root().exists(),
+        "a refused token enrolls nothing"
+    );
+
+    // `--uses 2`.
+    let twice = admin::issue_token_with_uses(&c.ws, &[Role::Exec], None, Some(2)).unwrap();
+    for n in ["h3", "h4"] {
+        enroll::enroll(&dir(n), &twice, n, any_port(), &[])
+            .await
+            .unwrap();
+    }
+    let err = enroll::enroll(&dir("h5"), &twice, "h5", any_port(), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+    assert!(err.to_string().contains("allows 2 enrollments"), "{err}");
+
+    // `--uses unlimited`, and the first token of `herd init`.
+    let any = admin::issue_token_with_uses(&c.ws, &[Role::Exec], None, None).unwrap();
+    for (n, t) in [
+        ("h6", &any),
+        ("h7", &any),
+        ("h8", &c.token),
+        ("h9", &c.token),
+    ] {
+        enroll::enroll(&dir(n), t, n, any_port(), &[])
+            .await
+            .unwrap();
+    }
+
+    let uses: Vec<(u64, Option<u64>)> = admin::list_tokens(&c.ws)
+        .unwrap()
+        .iter()
+        .map(|t| (t.uses, t.max_uses))
+        .collect();
+    assert_eq!(
+        uses,
+        [(2, None), (1, Some(1)), (2, Some(2)), (2, None)],
+        "init's, once, twice, any"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_belongs_to_one_key_until_it_is_removed() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| StateDir::new(tmp.path().join(n));
+    let any = admin::issue_token_with_uses(&c.ws, &[Role::Exec], None, None).unwrap();
+
+    enroll::enroll(&dir("first"), &any, "h1", any_port(), &[])
+        .await
+        .unwrap();
+    // Another node (another key) asking for h1, or for the CA node's own name.
+    for taken in ["h1", "ws"] {
+        let err = enroll::enroll(&dir("second"), &any, taken, any_port(), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("the name \"{taken}\" is taken")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("herd remove"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        assert!(!dir("second").root().exists());
+    }
+    let names: Vec<String> = admin::list_nodes(&c.ws)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["ws", "h1"]);
+
+    // Freed by `herd remove`, the name can be taken by the new node.
+    let removed = admin::remove_node(&c.ws, "h1").unwrap();
+    let first_key =
+        herd_pki::key_fingerprint_of_cert(&dir("first").identity().unwrap().cert_der).unwrap();
+    assert_eq!(removed.key, first_key);
+    enroll::enroll(&dir("second"), &any, "h1", any_port(), &[])
+        .await
+        .unwrap();
+    let now = admin::list_nodes(&c.ws).unwrap();
+    let second_key =
+        herd_pki::key_fingerprint_of_cert(&dir("second").identity().unwrap().cert_der).unwrap();
+    assert_eq!(now.iter().find(|n| n.name == "h1").unwrap().key, second_key);
+
+    // The same key under the same name again (an enrollment whose answer was lost)
+    // is answered again, without using the single-use token up twice.
+    let once = admin::issue_token(&c.ws, &[Role::Exec], None).unwrap();
+    let (_key, csr) = herd_pki::make_csr("h2").unwrap();
+    for _ in 0..2 {
+        let resp = raw_enroll(&c, &once, "h2", &csr).await;
+        let PeerResponse::Enrolled { cert_der, .. } = resp else {
+            panic!("a retried enrollment must be answered: {resp:?}");
+        };
+        assert_eq!(herd_pki::peer_cert(&cert_der).unwrap().name, "h2");
+    }
+    let rec = admin::list_tokens(&c.ws)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == once.id_hex())
+        .unwrap();
+    assert_eq!(rec.uses, 1);
+    // A fresh key with that used token is refused as used, not as a taken name.
+    let (_key, other) = herd_pki::make_csr("h3").unwrap();
+    let (kind, msg) = refusal(&raw_enroll(&c, &once, "h3", &other).await);
+    assert_eq!(kind, RemoteErrorKind::TokenUsed, "{msg}");
+    c.stop().await;
+}
+
+/// The inode and modification time of a state file: a rewrite (temporary file,
+/// rename) changes the inode.
+fn stamp(p: &Path) -> (u64, i64, i64) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+#[tokio::test]
+async fn refused_enrollments_write_nothing_and_are_rate_limited() {
+    let c = start_cluster().await;
+    let tokens = c.ws.root().join("tokens.toml");
+    let nodes = c.ws.root().join("nodes.toml");
+    let before = (stamp(&tokens), stamp(&nodes));
+
+    let (_k, csr) = herd_pki::make_csr("x").unwrap();
+    let mut forged = c.token.clone();
+    forged.id = rand_id();
+    let used = admin::issue_token(&c.ws, &[Role::Exec], None).unwrap();
+    let before_used = {
+        // Use it up (a write, of course), then watch the refusals.
+        let t = tempfile::tempdir().unwrap();
+        enroll::enroll(
+            &StateDir::new(t.path().join("h1")),
+            &used,
+            "h1",
+            any_port(),
+            &[],
+        )
+        .await
+        .unwrap();
+        (stamp(&tokens), stamp(&nodes))
+    };
+    assert_ne!(before, before_used, "an accepted enrollment is written");
+
+    // Burst: each refusal says why, and writes nothing.
+    let mut kinds = Vec::new();
+    for i in 0..5 {
+        let (t, name) = if i % 2 == 0 {
+            (&forged, "x")
+        } else {
+            (&used, "y")
+        };
+        kinds.push(refusal(&raw_enroll(&c, t, name, &csr).await).0);
+        assert_eq!(
+            (stamp(&tokens), stamp(&nodes)),
+            before_used,
+            "refusal {i} rewrote a state file"
+        );
+    }
+    assert_eq!(
+        kinds,
+        [
+            RemoteErrorKind::BadToken,
+            RemoteErrorKind::TokenUsed,
+            RemoteErrorKind::BadToken,
+            RemoteErrorKind::TokenUsed,
+            RemoteErrorKind::BadToken,
+        ]
+    );
+    // Then this address is refused unheard, even with a good token.
+    let (kind, msg) = refusal(&raw_enroll(&c, &forged, "x", &csr).await);
+    assert_eq!(kind, RemoteErrorKind::RateLimited, "{msg}");
+    assert!(msg.contains("too many refused enrollments"), "{msg}");
+    let (kind, _) = refusal(&raw_enroll(&c, &c.token, "z", &csr).await);
+    assert_eq!(kind, RemoteErrorKind::RateLimited);
+    assert_eq!((stamp(&tokens), stamp(&nodes)), before_used);
+    c.stop().await;
+}
+
+fn rand_id() -> [u8; 8] {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    (t ^ 0x5a5a_5a5a_5a5a_5a5a).to_be_bytes()
+}
+
+/// Enrolls `name` and opens an endpoint with its identity: a real member of the
+/// cluster, as a peer.
+async fn member(c: &Cluster, tmp: &Path, name: &str) -> quinn::Endpoint {
+    let d = StateDir::new(tmp.join(name));
+    enroll::enroll(&d, &c.token, name, any_port(), &[])
+        .await
+        .unwrap();
+    net::endpoint(&d.identity().unwrap(), any_port()).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_for_a_named_node_reaches_that_node_or_nothing() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ep = member(&c, tmp.path(), "h1").await;
+
+    let conn = net::connect_to(&ep, c.addr, "ws").await.unwrap();
+    assert_eq!(net::peer_of(&conn).unwrap().name, "ws");
+
+    // Placement chose h2, whose address now answers as ws: refused, and closed.
+    let err = net::connect_to(&ep, c.addr, "h2").await.unwrap_err();
+    assert!(err.to_string().contains("not \"h2\""), "{err}");
+    let plain = ep
+        .connect(c.addr, herd_pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(net::check_peer(&plain, "h2").is_err());
+    assert!(
+        plain.close_reason().is_some(),
+        "a mismatch closes the connection"
+    );
+
+    // A cached connection to another node is not reused (and not closed: it may
+    // carry membership); a new one is checked like any other.
+    let err = net::reuse_or_connect(&ep, Some(conn.clone()), c.addr, "h2")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not \"h2\""), "{err}");
+    assert!(conn.close_reason().is_none());
+    let same = net::reuse_or_connect(&ep, Some(conn.clone()), c.addr, "ws")
+        .await
+        .unwrap();
+    assert_eq!(same.stable_id(), conn.stable_id());
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_s_streams_are_bounded_and_a_stalled_request_is_dropped() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ep = member(&c, tmp.path(), "h1").await;
+
+    // Streams: the agent lets a connection open MAX_STREAMS at once, no more.
+    let conn = net::connect_to(&ep, c.addr, "ws").await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..net::MAX_STREAMS {
+        let s = tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} must open"))
+            .unwrap();
+        held.push(s);
+    }
+    // The limit is the agent's transport parameter: the next open is pending at its
+    // very first poll (a zero timeout polls once).
+    assert!(
+        tokio::time::timeout(Duration::ZERO, conn.open_bi())
+            .await
+            .is_err(),
+        "stream {} opened beyond the limit",
+        net::MAX_STREAMS
+    );
+    // No unidirectional streams at all.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, conn.open_uni())
+            .await
+            .is_err()
+    );
+    drop(held);
+
+    // Half a frame announced as 1 MiB, then silence: the agent drops the stream (and
+    // the connection) instead of waiting for ever.
+    let conn = net::connect_to(&ep, c.addr, "ws").await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[herd_proto::PROTOCOL_VERSION; 10])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        net::REQUEST_TIMEOUT + Duration::from_secs(10),
+        recv.read_to_end(1 << 20),
+    )
+    .await
+    .expect("the agent must end a stalled request");
+    assert!(got.is_err() || got.unwrap().is_empty());
+    assert!(
+        started.elapsed() < net::REQUEST_TIMEOUT,
+        "cut by the stall timeout"
+    );
+    // The agent is fine.
+    let conn = net::connect_to(&ep, c.addr, "ws").await.unwrap();
+    let pong: PeerResponse = net::request(&conn, &PeerRequest::Ping).await.unwrap();
+    assert!(matches!(pong, PeerResponse::Pong { ref name } if name == "ws"));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ep = member(&c, tmp.path(), "h1").await;
+    let mut conns = Vec::new();
+    for i in 0..net::MAX_CONNS_PER_ADDR {
+        let conn = net::connect_to(&ep, c.addr, "ws")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        conns.push(conn);
+    }
+    let err = net::connect_to(&ep, c.addr, "ws").await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+
+    // One closes: its place is given back (once the agent sees it closed).
+    let gone = conns.pop().unwrap();
+    gone.close(0u32.into(), b"bye");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match net::connect_to(&ep, c.addr, "ws").await {
+            Ok(conn) => {
+                conns.push(conn);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the closed connection's place never came back: {e}"),
+        }
+    }
+    drop(conns);
+    c.stop().await;
+}
