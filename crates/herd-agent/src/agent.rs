@@ -249,10 +249,18 @@ pub async fn run_agent(
     }
     let exe = std::env::current_exe()
         .map_err(|e| AgentError::Net(format!("cannot find herd's own binary: {e}")))?;
+    // Commits a crash cut short are finished or undone, each as its user.
+    tokio::spawn({
+        let exe = exe.clone();
+        async move { crate::fsserve::recover_commits(&exe).await }
+    });
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
     hidden_everywhere.push(crate::state::SYSTEM_STATE_DIR.as_bytes().to_vec());
     let shared = Arc::new(Shared {
         drained: Default::default(),
+        enroll_gate: Default::default(),
+        conn_limit: Default::default(),
+        run_hook: opts.run_hook.clone(),
         me: nf.name.clone(),
         endpoint: endpoint.clone(),
         dir: Arc::new(dir.clone()),

@@ -184,6 +184,13 @@ pub fn serve_main(args: &[String]) -> i32 {
         eprintln!("herd: file service: {e}");
         return 1;
     }
+    // What a commit of this user cut short is finished or undone before any of the
+    // user's tasks reads a file.
+    if let Some(h) = user_home(id.uid)
+        && let Err(e) = herd_fs::changes::recover(Path::new("/"), &commit_log_dir(&h))
+    {
+        eprintln!("herd: file service: recovering commits cut short: {e}");
+    }
     let mut stdin = std::io::stdin().lock();
     let hidden: Vec<Vec<u8>> = match read_frame(&mut stdin)
         .ok()
@@ -302,12 +309,22 @@ impl<R: Read> Read for DataFrames<'_, R> {
     }
 }
 
-/// `herd __fs-commit --uid U --gid G --groups a,b --task T`: becomes the user, stages
-/// the change stream from stdin, commits on `Done`, prints a [`CommitReport`].
+/// `herd __fs-commit --uid U --gid G --groups a,b --task T [--writes PATH]...
+/// [--hide PATH]... [--log-dir DIR] [--max-files N] [--max-bytes N]`: becomes the
+/// user, finishes or undoes the commits a dead `__fs-commit` of the user left
+/// ([`herd_fs::changes::recover`]), stages the change stream from stdin inside the
+/// write scope, commits on `Done`, prints a [`CommitReport`].
 pub fn commit_main(args: &[String]) -> i32 {
     let Some(id) = Identity::from_args(args) else {
         eprintln!("herd: __fs-commit: bad arguments");
         return 2;
+    };
+    let cargs = match CommitArgs::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herd: __fs-commit: {e}");
+            return 2;
+        }
     };
     let task = args
         .iter()
@@ -315,27 +332,105 @@ pub fn commit_main(args: &[String]) -> i32 {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "task".into());
-    let mut report = CommitReport {
+    let fail = |e: String| CommitReport {
         applied: 0,
         conflicts: vec![],
-        error: None,
+        error: Some(e),
+        dropped: vec![],
+        stripped: vec![],
     };
-    if let Err(e) = id.become_user() {
-        report.error = Some(format!("file service: {e}"));
-    } else {
-        report = run_commit(&task, &mut std::io::stdin().lock());
+    let home = user_home(id.uid);
+    if args.iter().any(|a| a == "--recover") {
+        // Only what dead commits left (the agent's start): nothing on stdin.
+        let Some(log_dir) = cargs
+            .log_dir
+            .clone()
+            .or_else(|| home.as_deref().map(commit_log_dir))
+        else {
+            return 0;
+        };
+        if let Err(e) = id.become_user() {
+            eprintln!("herd: recovering commits of uid {}: {e}", id.uid);
+            return 1;
+        }
+        return match herd_fs::changes::recover(Path::new("/"), &log_dir) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("herd: recovering commits in {}: {e}", log_dir.display());
+                1
+            }
+        };
     }
+    let mut cargs = cargs;
+    let report = if let Err(e) = id.become_user() {
+        fail(format!("file service: {e}"))
+    } else {
+        // The user's own limits (`[commit]` in the config under the home
+        // /etc/passwd gives: the agent's environment is not the user's), unless the
+        // agent passed some.
+        if let Some(h) = &home {
+            let env = |k: &str| (k == "HOME").then(|| h.to_string_lossy().into_owned());
+            match crate::config::load(&env) {
+                Ok(c) => {
+                    cargs.max_files.get_or_insert(c.commit.max_files);
+                    cargs.max_bytes.get_or_insert(c.commit.max_bytes);
+                }
+                Err(e) => eprintln!("herd: {e} (the default commit limits apply)"),
+            }
+        }
+        let log_dir = cargs
+            .log_dir
+            .clone()
+            .or_else(|| home.as_deref().map(commit_log_dir));
+        match log_dir {
+            None => fail("no commit log directory: the user has no home directory in /etc/passwd (pass --log-dir)".into()),
+            Some(log_dir) => match herd_fs::changes::recover(Path::new("/"), &log_dir) {
+                Err(e) => fail(format!("cannot recover an earlier commit: {e} (nothing committed)")),
+                Ok(_) => run_commit(
+                    &task,
+                    &cargs,
+                    Path::new("/"),
+                    &log_dir,
+                    &mut std::io::stdin().lock(),
+                ),
+            },
+        }
+    };
     let ok = report.error.is_none();
     let _ = write_frame(&mut std::io::stdout().lock(), &report);
     if ok { 0 } else { 1 }
 }
 
-fn run_commit(task: &str, input: &mut impl Read) -> CommitReport {
-    let mut c = Committer::new("/", task);
+fn run_commit(
+    task: &str,
+    cargs: &CommitArgs,
+    root: &Path,
+    log_dir: &Path,
+    input: &mut impl Read,
+) -> CommitReport {
+    use herd_fs::changes::{Limits, Scope};
     let fail = |e: String| CommitReport {
         applied: 0,
         conflicts: vec![],
         error: Some(e),
+        dropped: vec![],
+        stripped: vec![],
+    };
+    let hidden = herd_fs::beneath::Hidden::new(root, cargs.hide.iter().cloned());
+    let scope = match Scope::new(root, &cargs.writes, hidden) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("{e} (nothing committed)")),
+    };
+    let mut limits = Limits::default();
+    if let Some(n) = cargs.max_files {
+        limits.max_files = n;
+    }
+    if let Some(n) = cargs.max_bytes {
+        limits.max_bytes = n;
+    }
+    let mut c = match Committer::new(root, task, scope, limits, log_dir) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e} (nothing committed)")),
     };
     loop {
         let frame = match read_frame(input) {
@@ -364,22 +459,24 @@ fn run_commit(task: &str, input: &mut impl Read) -> CommitReport {
             Err(e) => return fail(format!("bad change: {e}")),
         }
     }
+    let b = |p: PathBuf| p.into_os_string().into_encoded_bytes();
     match c.commit() {
         Ok(r) => CommitReport {
             applied: r.applied.len() as u64,
             conflicts: r
                 .conflicts
                 .into_iter()
-                .map(|(p, s)| {
-                    (
-                        p.into_os_string().into_encoded_bytes(),
-                        s.map(|s| s.into_os_string().into_encoded_bytes()),
-                    )
-                })
+                .map(|(p, s)| (b(p), s.map(b)))
                 .collect(),
             error: None,
+            dropped: r
+                .dropped
+                .into_iter()
+                .map(|(p, why)| (b(p), why.to_string()))
+                .collect(),
+            stripped: r.stripped.into_iter().map(b).collect(),
         },
-        Err(e) => fail(format!("commit failed part-way: {e}")),
+        Err(e) => fail(format!("commit failed: {e}")),
     }
 }
 
@@ -468,17 +565,158 @@ impl FsClient {
     }
 }
 
-/// Starts `exe __fs-commit` as `id` for `task`; feed it frames on stdin, read the
-/// report from stdout.
+/// What a task's commit may write, and its limits (`herd __fs-commit`'s arguments
+/// besides who and which task).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitArgs {
+    /// Writable roots (`--writes`, repeatable): nothing outside them is written.
+    pub writes: Vec<PathBuf>,
+    /// Hidden paths, never written even inside a root (`--hide`, repeatable).
+    pub hide: Vec<PathBuf>,
+    /// Where the commit's intent log goes (`--log-dir`; by default
+    /// `~/.local/state/herd/commits` of the user in `/etc/passwd`).
+    pub log_dir: Option<PathBuf>,
+    /// At most this many changes (`--max-files`).
+    pub max_files: Option<u64>,
+    /// At most this many bytes of file data (`--max-bytes`).
+    pub max_bytes: Option<u64>,
+}
+
+impl CommitArgs {
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        for (flag, paths) in [("--writes", &self.writes), ("--hide", &self.hide)] {
+            for p in paths {
+                out.push(flag.into());
+                out.push(p.clone().into_os_string());
+            }
+        }
+        if let Some(d) = &self.log_dir {
+            out.push("--log-dir".into());
+            out.push(d.clone().into_os_string());
+        }
+        for (flag, n) in [
+            ("--max-files", self.max_files),
+            ("--max-bytes", self.max_bytes),
+        ] {
+            if let Some(n) = n {
+                out.push(flag.into());
+                out.push(n.to_string().into());
+            }
+        }
+        out
+    }
+
+    fn from_args(args: &[String]) -> Result<CommitArgs, String> {
+        let mut c = CommitArgs::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{a} needs a value"))
+            };
+            // A hidden directory may come with a trailing slash; paths are plain.
+            let path = |v: String| PathBuf::from(v.trim_end_matches('/'));
+            let num = |v: String| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{a}: not a number: {v}"))
+            };
+            match a.as_str() {
+                "--writes" => c.writes.push(path(value()?)),
+                "--hide" => c.hide.push(path(value()?)),
+                "--log-dir" => c.log_dir = Some(PathBuf::from(value()?)),
+                "--max-files" => c.max_files = Some(num(value()?)?),
+                "--max-bytes" => c.max_bytes = Some(num(value()?)?),
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The home directory of `uid` in `/etc/passwd`, read directly rather than through NSS:
+/// a statically linked herd must not load the host's NSS modules.
+pub fn user_home(uid: u32) -> Option<PathBuf> {
+    passwd_home(&std::fs::read_to_string("/etc/passwd").ok()?, uid)
+}
+
+/// The home directory of `uid` in the text of `/etc/passwd`.
+pub fn passwd_home(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && f[5].starts_with('/'))
+            .then(|| PathBuf::from(f[5]))
+    })
+}
+
+/// Where a user's commits keep their intent logs: in the user's state under `home`
+/// (hidden from tasks, like all of `~/.local/state/herd`).
+pub fn commit_log_dir(home: &Path) -> PathBuf {
+    home.join(".local/state/herd/commits")
+}
+
+/// Finishes or undoes, for every user with a pending commit log, what a commit cut
+/// short left (the agent's start: a crash of the workstation or of the agent killed
+/// them). Each user's recovery runs as that user (`__fs-commit --recover`), with the
+/// primary group only; one needing more is recovered by that user's next commit.
+/// An agent that is not root recovers its own user's only.
+pub async fn recover_commits(exe: &Path) {
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+        return;
+    };
+    let me = nix::unistd::getuid().as_raw();
+    for l in passwd.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        let (Some(uid), Some(gid)) = (
+            f.get(2).and_then(|u| u.parse::<u32>().ok()),
+            f.get(3).and_then(|g| g.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        if (me != 0 && uid != me) || f.len() < 7 || !f[5].starts_with('/') {
+            continue;
+        }
+        let dir = commit_log_dir(Path::new(f[5]));
+        if !std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            continue;
+        }
+        let id = Identity {
+            uid,
+            gid,
+            groups: vec![gid],
+        };
+        let status = tokio::process::Command::new(exe)
+            .arg("__fs-commit")
+            .args(id.args())
+            .arg("--recover")
+            .stdin(Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => {
+                tracing::info!(uid, dir = %dir.display(), "recovered commits cut short")
+            }
+            other => {
+                tracing::warn!(uid, dir = %dir.display(), "could not recover commits cut short: {other:?}")
+            }
+        }
+    }
+}
+
+/// Starts `exe __fs-commit` as `id` for `task`, writing only as `commit` allows;
+/// feed it frames on stdin, read the report from stdout.
 pub fn start_commit(
     exe: &Path,
     id: &Identity,
     task: u64,
+    commit: &CommitArgs,
 ) -> Result<tokio::process::Child, AgentError> {
     tokio::process::Command::new(exe)
         .arg("__fs-commit")
         .args(id.args())
         .args(["--task", &format!("{task:016x}")])
+        .args(commit.args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -509,7 +747,13 @@ mod tests {
 
     #[test]
     fn commit_stream_ending_early_commits_nothing() {
-        let dir = tempfile::tempdir().unwrap();
+        // Not below /tmp: the file service treats it as the task's own.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let cargs = CommitArgs {
+            writes: vec![dir.path().to_path_buf()],
+            ..CommitArgs::default()
+        };
         let path = dir.path().join("f").into_os_string().into_encoded_bytes();
         let mut input = Vec::new();
         write_frame(
@@ -525,14 +769,54 @@ mod tests {
         .unwrap();
         write_frame(&mut input, &CommitFrame::Data(b"da".to_vec())).unwrap();
         write_frame(&mut input, &CommitFrame::Data(b"ta".to_vec())).unwrap();
-        // No Done: the helper died.
-        let r = run_commit("t", &mut &input[..]);
+        // No Done: the helper died. Nothing is left, staging and log included.
+        let r = run_commit("t", &cargs, Path::new("/"), logs.path(), &mut &input[..]);
         assert!(r.error.is_some());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(logs.path()).unwrap().count(), 0);
         // With Done it lands.
         write_frame(&mut input, &CommitFrame::Done).unwrap();
-        let r = run_commit("t", &mut &input[..]);
+        let r = run_commit("t", &cargs, Path::new("/"), logs.path(), &mut &input[..]);
         assert_eq!(r.error, None);
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"data");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Outside the write scope: dropped and reported, not written.
+        let other = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut input = Vec::new();
+        let outside = other.path().join("g").into_os_string().into_encoded_bytes();
+        write_frame(
+            &mut input,
+            &CommitFrame::Change(herd_proto::fs::Change::File {
+                path: outside.clone(),
+                mode: 0o644,
+                mtime_ns: 0,
+                size: 1,
+                base: herd_proto::fs::Base::Absent,
+            }),
+        )
+        .unwrap();
+        write_frame(&mut input, &CommitFrame::Data(b"x".to_vec())).unwrap();
+        write_frame(&mut input, &CommitFrame::Done).unwrap();
+        let r = run_commit("t2", &cargs, Path::new("/"), logs.path(), &mut &input[..]);
+        assert_eq!(r.error, None);
+        assert_eq!(
+            r.dropped,
+            vec![(outside, "outside the write scope".to_string())]
+        );
+        assert!(!other.path().join("g").exists());
+        // The scope and limits reach the commit process as they were given.
+        let c = CommitArgs {
+            writes: vec!["/home/u/proj".into(), "/tmp/x".into()],
+            hide: vec!["/home/u/.ssh".into()],
+            log_dir: Some("/home/u/.local/state/herd/commits".into()),
+            max_files: Some(10),
+            max_bytes: Some(20),
+        };
+        let args: Vec<String> = c
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(CommitArgs::from_args(&args), Ok(c));
     }
 }

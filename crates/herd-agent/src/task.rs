@@ -32,7 +32,7 @@ use herd_proto::{PeerRequest, RunEvent, RunSpec, TaskInput, TaskOutput, TaskSpec
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use crate::fsserve::{FsClient, Identity, start_commit};
+use crate::fsserve::{FsClient, Identity, passwd_home, start_commit};
 use crate::host::Grant;
 use crate::metrics::{Attempt, Metrics};
 use crate::{AgentError, net};
@@ -48,6 +48,9 @@ struct Entry {
     fs: Arc<FsClient>,
 }
 
+/// A file service's key: the identity it acts as and the paths it hides.
+type ServiceKey = (Identity, Vec<Vec<u8>>);
+
 /// The workstation's running tasks and its per-user file services.
 pub struct Tasks {
     /// Tasks sent to helpers so far.
@@ -61,7 +64,7 @@ pub struct Tasks {
     running: Mutex<HashMap<u64, Entry>>,
     /// One file service per identity and hidden list: what a task may read is decided
     /// by its own list, never by an earlier task's.
-    services: tokio::sync::Mutex<HashMap<(Identity, Vec<Vec<u8>>), Arc<FsClient>>>,
+    services: tokio::sync::Mutex<HashMap<ServiceKey, Arc<FsClient>>>,
 }
 
 impl Tasks {
@@ -154,15 +157,6 @@ impl Tasks {
         self.metrics.fs_answered(&resp);
         resp
     }
-}
-
-/// The home directory of `uid` in the text of `/etc/passwd`.
-fn passwd_home(passwd: &str, uid: u32) -> Option<PathBuf> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && f[5].starts_with('/'))
-            .then(|| PathBuf::from(f[5]))
-    })
 }
 
 /// Secret paths under each user's home, hidden from tasks by default: never served,
@@ -404,16 +398,27 @@ async fn drive(
         );
     }
     let unreachable = |e: String| Stop::Lost(format!("cannot reach the helper {name} ({e})"));
-    let conn = match conn.filter(|c| c.close_reason().is_none()) {
-        Some(c) => c,
-        None => endpoint
-            .connect(addr, herd_pki::SERVER_NAME)
-            .map_err(|e| unreachable(e.to_string()))?
-            .await
-            .map_err(|e| unreachable(e.to_string()))?,
-    };
+    // Only to the node placement chose: a connection whose certificate names another
+    // node (an address taken over) is closed, and the task goes nowhere.
+    let conn = net::reuse_or_connect(&endpoint, conn, addr, name)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     let lost_msg = |e: String| Stop::Lost(format!("lost the helper {name} ({e})"));
     let (mut send, recv) = conn.open_bi().await.map_err(|e| lost_msg(e.to_string()))?;
+    // The task may write below its working directory and the directories it was
+    // given (`--writes`, `[run] writable`), nowhere hidden: the committer checks,
+    // whatever the helper sends.
+    let commit_args = crate::fsserve::CommitArgs {
+        writes: std::iter::once(&spec.cwd)
+            .chain(&spec.writes)
+            .map(|w| PathBuf::from(std::ffi::OsStr::from_bytes(w)))
+            .collect(),
+        hide: hidden
+            .iter()
+            .map(|h| PathBuf::from(std::ffi::OsStr::from_bytes(h)))
+            .collect(),
+        ..Default::default()
+    };
     let req = PeerRequest::Run {
         task,
         spec: TaskSpec {
@@ -436,7 +441,7 @@ async fn drive(
         tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
     )> = None;
     let fatal = Stop::Fatal;
-    loop {
+    let result = async { loop {
         tokio::select! {
             why = &mut halt => {
                 // The node is gone or the task is killed: give it up (resetting the
@@ -465,7 +470,7 @@ async fn drive(
                     }
                     TaskOutput::Change(ch) => {
                         if commit.is_none() {
-                            let mut child = start_commit(&tasks.exe, &id, task).map_err(|e| fatal(e.to_string()))?;
+                            let mut child = start_commit(&tasks.exe, &id, task, &commit_args).map_err(|e| fatal(e.to_string()))?;
                             let stdin = child.stdin.take().ok_or_else(|| fatal("commit process has no stdin".into()))?;
                             commit = Some((child, tokio_util::codec::FramedWrite::new(stdin, herd_proto::codec())));
                         }
@@ -489,6 +494,20 @@ async fn drive(
                             }
                             if !report.conflicts.is_empty() {
                                 send_event(cli, &RunEvent::Conflicts(report.conflicts)).await;
+                            }
+                            if !report.dropped.is_empty() || !report.stripped.is_empty() {
+                                tracing::info!(
+                                    task = format!("{task:016x}"),
+                                    node = %name,
+                                    dropped = report.dropped.len(),
+                                    stripped = report.stripped.len(),
+                                    "changes of the task not written as sent"
+                                );
+                                send_event(cli, &RunEvent::NotWritten {
+                                    dropped: report.dropped,
+                                    stripped: report.stripped,
+                                })
+                                .await;
                             }
                         }
                         if code.is_some() {
@@ -542,6 +561,30 @@ async fn drive(
                 }
             }
         }
+    } }
+    .await;
+    // A commit still open here did not get its `Done`: nothing of it is applied.
+    if let Some((child, w)) = commit.take() {
+        abort_commit(child, w).await;
+    }
+    result
+}
+
+/// Ends a commit process whose change set will not be complete: its input ends
+/// before `Done`, so it rolls its staging back and exits. Waited for (so that nothing
+/// of the task is left once `herd run` hears it failed), killed only if it hangs; a
+/// killed one's staging is undone by the next commit's recovery.
+async fn abort_commit(
+    mut child: tokio::process::Child,
+    w: tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+) {
+    drop(w);
+    if tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a commit process did not end within 60 s of its input: killed");
+        let _ = child.kill().await;
     }
 }
 

@@ -282,4 +282,9 @@ pub struct CommitReport {
     pub conflicts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Why the commit failed (then nothing was committed).
     pub error: Option<String>,
+    /// Changes not applied (outside the write scope, hidden, through a symbolic
+    /// link, ...): the path and why, as text.
+    pub dropped: Vec<(Vec<u8>, String)>,
+    /// Paths whose setuid, setgid or sticky bits were dropped.
+    pub stripped: Vec<Vec<u8>>,
 }

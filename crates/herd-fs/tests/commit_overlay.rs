@@ -1,6 +1,8 @@
 //! A task's changes made through a real overlayfs, scanned from the upper layer and
-//! committed to a copy of the lower layer: the copy must end up exactly like the
-//! merged view. Needs root (overlay mounts, whiteouts); fails, never skips, without.
+//! committed (with a write scope, staging and an intent log) to a copy of the lower
+//! layer: the copy must end up exactly like the merged view. Needs root (overlay
+//! mounts, whiteouts); fails, never skips, without. (The same tests as
+//! `tests/changes.rs`, on the scoped committer's API.)
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use herd_fs::changes::{Committer, Scanned, scan};
+use herd_fs::changes::{Committer, Limits, Scanned, Scope, scan};
 use herd_fs::source::attr_of;
 use herd_proto::fs::{Base, Change};
 
@@ -118,8 +120,17 @@ fn base_from(lower: PathBuf) -> impl Fn(&Path) -> Base {
     }
 }
 
+/// A committer writing anywhere below `ws` (its own root), its log in a temporary
+/// directory kept as long as the committer.
+fn committer(ws: &Path, task: &str) -> (Committer, tempfile::TempDir) {
+    let logs = tempfile::tempdir().unwrap();
+    let scope = Scope::new(ws, &[PathBuf::from("/")], Default::default()).unwrap();
+    let c = Committer::new(ws, task, scope, Limits::default(), logs.path()).unwrap();
+    (c, logs)
+}
+
 fn commit_to(ws: &Path, task: &str, changes: &[Scanned]) -> herd_fs::changes::Report {
-    let mut c = Committer::new(ws, task);
+    let (mut c, _logs) = committer(ws, task);
     for s in changes {
         match &s.data {
             Some(p) => {
@@ -251,7 +262,7 @@ fn an_aborted_commit_leaves_nothing_behind() {
     copy_tree(&ov.lower, ws.path());
     let changes = scan(&ov.upper, &base_from(ws.path().to_path_buf())).unwrap();
     let before = snapshot(ws.path());
-    let mut c = Committer::new(ws.path(), "t3");
+    let (mut c, _logs) = committer(ws.path(), "t3");
     // Stage half of the changes, as if the helper died in the middle of sending them.
     for s in changes.iter().take(changes.len() / 2 + 1) {
         match &s.data {
@@ -265,7 +276,7 @@ fn an_aborted_commit_leaves_nothing_behind() {
     assert_eq!(snapshot(ws.path()), before);
 
     // Data that ends early is refused.
-    let mut c = Committer::new(ws.path(), "t4");
+    let (mut c, _logs4) = committer(ws.path(), "t4");
     let short = Change::File {
         path: b"/short".to_vec(),
         mode: 0o644,
@@ -281,7 +292,7 @@ fn an_aborted_commit_leaves_nothing_behind() {
 #[test]
 fn changes_with_dotdot_or_relative_paths_are_refused() {
     let ws = tempfile::tempdir().unwrap();
-    let mut c = Committer::new(ws.path(), "t5");
+    let (mut c, _logs) = committer(ws.path(), "t5");
     for bad in [
         &b"/../etc/passwd"[..],
         b"relative",
