@@ -99,6 +99,7 @@ pub mod cluster;
 mod cmd;
 mod error;
 mod host;
+pub mod hostile;
 mod mntns;
 mod rootfs;
 mod spawn;
