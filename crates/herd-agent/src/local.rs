@@ -19,7 +19,7 @@ use crate::AgentError;
 use crate::state::StateDir;
 
 /// A CLI connection after its first frame.
-pub type CliStream = Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>;
+pub type CliStream = Framed<UnixStream, herd_proto::Codec>;
 
 /// A request from the CLI as the main loop sees it.
 pub struct LocalCall {

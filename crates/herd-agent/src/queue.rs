@@ -15,12 +15,12 @@ use std::time::Instant;
 use herd_proto::RunSpec;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 use crate::task::Caller;
 
 /// `herd run`'s connection to the agent.
-pub type Cli = Framed<UnixStream, LengthDelimitedCodec>;
+pub type Cli = Framed<UnixStream, herd_proto::Codec>;
 
 /// Executables remembered per node as warm (bounded).
 const MAX_WARM: usize = 256;

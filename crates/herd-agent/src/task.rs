@@ -30,7 +30,7 @@ use herd_pki::PeerCert;
 use herd_proto::fs::{CommitFrame, CommitReport, FsRequest, FsResponse};
 use herd_proto::{PeerRequest, RunEvent, RunSpec, TaskInput, TaskOutput, TaskSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 use crate::fsserve::{FsClient, Identity, passwd_home, start_commit};
 use crate::host::Grant;
@@ -438,7 +438,7 @@ async fn drive(
     let mut code: Option<i32> = None;
     let mut commit: Option<(
         tokio::process::Child,
-        tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+        tokio_util::codec::FramedWrite<tokio::process::ChildStdin, herd_proto::Codec>,
     )> = None;
     let fatal = Stop::Fatal;
     let result = async { loop {
@@ -576,7 +576,7 @@ async fn drive(
 /// killed one's staging is undone by the next commit's recovery.
 async fn abort_commit(
     mut child: tokio::process::Child,
-    w: tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+    w: tokio_util::codec::FramedWrite<tokio::process::ChildStdin, herd_proto::Codec>,
 ) {
     drop(w);
     if tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
@@ -589,7 +589,7 @@ async fn abort_commit(
 }
 
 async fn feed(
-    w: &mut tokio_util::codec::FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>,
+    w: &mut tokio_util::codec::FramedWrite<tokio::process::ChildStdin, herd_proto::Codec>,
     f: &CommitFrame,
 ) -> Result<(), String> {
     let b = herd_proto::encode(f).map_err(|e| e.to_string())?;

@@ -99,14 +99,58 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
     Ok(postcard::from_bytes(rest)?)
 }
 
-/// A length-delimited codec configured with herd's framing limits, for
-/// `tokio_util::codec::Framed` over any byte stream.
-pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
-    tokio_util::codec::LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(MAX_FRAME)
-        .new_codec()
+/// herd's framing as a codec for `tokio_util::codec::Framed` over any byte stream.
+pub fn codec() -> Codec {
+    Codec
+}
+
+/// herd's framing (a 4-byte big-endian length, then the payload) as a tokio codec.
+/// Unlike tokio's `LengthDelimitedCodec`, it never reserves the length a frame
+/// announces: a peer announcing [`MAX_FRAME`] on many streams makes the receiver hold
+/// only the bytes that actually arrived (the framed reader's buffer grows as they do).
+/// Longer announcements are refused before any of the frame is read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Codec;
+
+impl tokio_util::codec::Decoder for Codec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        let Some(head) = src.get(..4) else {
+            return Ok(None);
+        };
+        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if n > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a frame of {n} bytes announced (at most {MAX_FRAME})"),
+            ));
+        }
+        if src.len() < 4 + n {
+            return Ok(None);
+        }
+        let mut frame = src.split_to(4 + n);
+        let _ = frame.split_to(4);
+        Ok(Some(frame))
+    }
+}
+
+impl tokio_util::codec::Encoder<Bytes> for Codec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        if item.len() > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a frame of {} bytes (at most {MAX_FRAME})", item.len()),
+            ));
+        }
+        dst.reserve(4 + item.len());
+        dst.put_u32(item.len() as u32);
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
 }
 
 /// A role a node's certificate grants it.
@@ -600,6 +644,29 @@ mod tests {
         let bytes = encode(&req).unwrap();
         assert_eq!(bytes[0], PROTOCOL_VERSION);
         assert_eq!(decode::<PeerRequest>(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn the_codec_holds_only_what_arrived_of_an_announced_frame() {
+        use tokio_util::codec::{Decoder, Encoder};
+        let mut c = codec();
+        // A peer announces the largest frame and sends ten bytes of it.
+        let mut src = BytesMut::new();
+        src.put_u32(MAX_FRAME as u32);
+        src.extend_from_slice(&[7; 10]);
+        assert_eq!(c.decode(&mut src).unwrap(), None);
+        assert!(src.capacity() < 4096, "reserved {} bytes", src.capacity());
+        // Longer than allowed: refused at once.
+        let mut big = BytesMut::new();
+        big.put_u32(MAX_FRAME as u32 + 1);
+        assert!(c.decode(&mut big).is_err());
+        // Frames round-trip, two in one buffer.
+        let mut dst = BytesMut::new();
+        c.encode(Bytes::from_static(b"one"), &mut dst).unwrap();
+        c.encode(Bytes::from_static(b""), &mut dst).unwrap();
+        assert_eq!(c.decode(&mut dst).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(c.decode(&mut dst).unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(c.decode(&mut dst).unwrap(), None);
     }
 
     #[test]
