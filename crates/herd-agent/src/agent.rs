@@ -779,7 +779,8 @@ impl Agent {
             LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(
                 &self.sched_nodes(&self.membership.nodes()),
             )),
-            LocalRequest::Ps => LocalResponse::Ps(self.queue.list()),
+            // Another user's command line is theirs to show (root sees all).
+            LocalRequest::Ps => LocalResponse::Ps(self.queue.list(call.uid)),
             LocalRequest::Kill(job) => match self.queue.owner(job) {
                 None => LocalResponse::Error(format!("no task {job} here (see `herd ps`)")),
                 Some(uid) if uid != call.uid && call.uid != 0 => LocalResponse::Error(format!(

@@ -22,6 +22,9 @@ use crate::task::Caller;
 /// `herd run`'s connection to the agent.
 pub type Cli = Framed<UnixStream, herd_proto::Codec>;
 
+/// What `herd ps` shows instead of another user's command line.
+pub const HIDDEN_COMMAND: &str = "(another user's task)";
+
 /// Executables remembered per node as warm (bounded).
 const MAX_WARM: usize = 256;
 
@@ -241,14 +244,24 @@ impl Queue {
         rx
     }
 
-    /// The tasks as `herd ps` shows them: running, then queued in order.
-    pub fn list(&self) -> Vec<herd_proto::TaskInfo> {
+    /// The tasks as `herd ps` shows them to `viewer` (a uid): running, then queued in
+    /// order. Root sees every command line; another user sees their own, and only
+    /// that the others' tasks exist ([`HIDDEN_COMMAND`]): a command line can carry
+    /// what its user would not show (a token, a password from the environment).
+    pub fn list(&self, viewer: u32) -> Vec<herd_proto::TaskInfo> {
+        let shown = |uid: u32, command: String| {
+            if viewer == 0 || viewer == uid {
+                command
+            } else {
+                HIDDEN_COMMAND.to_string()
+            }
+        };
         let mut out: Vec<herd_proto::TaskInfo> = self
             .active
             .iter()
             .map(|(id, a)| herd_proto::TaskInfo {
                 id: *id,
-                command: a.command.clone(),
+                command: shown(a.uid, a.command.clone()),
                 uid: a.uid,
                 state: "running".into(),
                 node: Some(a.node.clone()),
@@ -259,7 +272,7 @@ impl Queue {
         out.sort_by_key(|t| t.id);
         out.extend(self.pending.iter().map(|p| herd_proto::TaskInfo {
             id: p.job,
-            command: p.command(),
+            command: shown(p.caller.uid, p.command()),
             uid: p.caller.uid,
             state: "queued".into(),
             node: None,
@@ -396,8 +409,20 @@ mod tests {
         let running = pending(1, &["gcc", "-c", "a.c"]);
         let _halt = q.start(&running, "h1", 1.0, true);
         q.push(pending(2, &["xz", "big"]));
-        let ps = q.list();
+        let ps = q.list(0);
         assert_eq!(ps.len(), 2);
+        let own: Vec<_> = q.list(1000).into_iter().map(|t| t.command).collect();
+        assert_eq!(
+            own,
+            ["gcc -c a.c", "xz big"],
+            "the submitter sees its own in full"
+        );
+        let other = q.list(1001);
+        assert!(
+            other
+                .iter()
+                .all(|t| t.command == HIDDEN_COMMAND && t.uid == 1000)
+        );
         assert_eq!(
             (ps[0].id, ps[0].state.as_str(), ps[0].node.as_deref()),
             (1, "running", Some("h1"))
