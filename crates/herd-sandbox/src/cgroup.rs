@@ -55,12 +55,17 @@ pub fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
+        let escape = (b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let d = |c: u8| c - b'0';
-            out.push(d(b[i + 1]) * 64 + d(b[i + 2]) * 8 + d(b[i + 3]));
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
+        .then(|| {
+            let d = |c: u8| u32::from(c - b'0');
+            d(b[i + 1]) * 64 + d(b[i + 2]) * 8 + d(b[i + 3])
+        });
+        // `\400` to `\777` are not bytes (found by the `sandbox_spec` fuzz target: the
+        // sum overflowed): taken as written, like any other text.
+        if let Some(byte) = escape.and_then(|v| u8::try_from(v).ok()) {
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);
@@ -501,6 +506,14 @@ pub(crate) fn remove(groups: &[Group]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone_and_non_bytes_kept_as_written() {
+        assert_eq!(unescape(r"/a\040b\011c\134d"), "/a b\tc\\d");
+        // Above \377 no byte: as written (this overflowed and panicked before).
+        assert_eq!(unescape(r"\447"), r"\447");
+        assert_eq!(unescape(r"x\777y\04"), r"x\777y\04");
+    }
 
     const HYBRID: &str = "\
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
