@@ -377,11 +377,15 @@ async fn drive(
     // The runtime directory the task's environment names, when it is not the usual one.
     if let Some((_, d)) = spec.env.iter().find(|(k, _)| k == b"XDG_RUNTIME_DIR")
         && d.starts_with(b"/")
-        && !hidden.contains(d)
     {
         let mut d = d.clone();
+        while d.len() > 1 && d.ends_with(b"/") {
+            d.pop();
+        }
         d.push(b'/');
-        hidden.push(d);
+        if !hidden.contains(&d) {
+            hidden.push(d);
+        }
     }
     hidden.extend(spec.hide.iter().cloned());
     let fs = tasks
