@@ -11,107 +11,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herd_agent::admin::{self, InitOptions};
+use herd_agent::admin;
 use herd_agent::state::StateDir;
-use herd_agent::{AgentError, AgentOptions, enroll, local, net, run_agent};
-use herd_proto::{LocalRequest, PeerRequest, PeerResponse, RemoteErrorKind, Role, Token};
+use herd_agent::{enroll, net};
+use herd_proto::{PeerRequest, PeerResponse, RemoteErrorKind, Role, Token};
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-struct Cluster {
-    _tmp: tempfile::TempDir,
-    ws: StateDir,
-    addr: SocketAddr,
-    token: Token,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
-}
-
-/// Starts the CA node's agent (`ws`), trying again for the two start failures that
-/// have nothing to do with these tests (see `loopback.rs`: a port taken in between, a
-/// lock held a moment by a forked child).
-async fn start_cluster() -> Cluster {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let tmp = tempfile::tempdir().unwrap();
-        let ws = StateDir::new(tmp.path().join("ws"));
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let token = admin::init(
-            &ws,
-            &InitOptions {
-                cluster: "lab".into(),
-                name: "ws".into(),
-                listen: addr,
-                ttl: Some(3600),
-            },
-        )
-        .unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = AgentOptions {
-            state: ws.clone(),
-            name: None,
-            listen: None,
-            advertise: None,
-            join: None,
-            peers: vec![],
-            cpus: Some(1.0),
-            memory: Some(1 << 30),
-            mdns: false,
-            cache_size: None,
-            host_cgroup: None,
-            polite: Default::default(),
-            metrics: None,
-            run_hook: None,
-        };
-        let task = tokio::spawn(run_agent(opts, async {
-            let _ = rx.await;
-        }));
-        let mut up = false;
-        for _ in 0..200 {
-            if task.is_finished() {
-                break;
-            }
-            if local::call(&ws, &LocalRequest::Status).await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if up {
-            return Cluster {
-                _tmp: tmp,
-                ws,
-                addr,
-                token,
-                stop: Some(stop),
-                task: Some(task),
-            };
-        }
-        let e = match task.await {
-            Ok(Err(e)) => e,
-            other => panic!("the cluster's agent did not start: {other:?}"),
-        };
-        let own_pid = std::process::id().to_string();
-        let unrelated = matches!(&e, AgentError::Locked { pid, .. } if *pid == own_pid)
-            || e.to_string().contains("cannot listen on");
-        assert!(unrelated, "the cluster's agent failed to start: {e}");
-        last = e.to_string();
-    }
-    panic!("the cluster's agent did not start: {last}");
-}
-
-impl Cluster {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
+use common::*;
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()

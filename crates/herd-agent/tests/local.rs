@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use herd_agent::admin::{self, InitOptions};
-use herd_agent::state::StateDir;
-use herd_agent::{AgentError, AgentOptions, local, run_agent};
+use herd_agent::local;
 use herd_proto::{LocalRequest, LocalResponse, RunEvent, RunSpec};
 use tokio_util::codec::Framed;
 
@@ -26,102 +24,20 @@ const NOBODY: u32 = 65534;
 /// One test at a time (process-wide limits, CPU time).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Agent {
-    tmp: tempfile::TempDir,
-    ws: StateDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
-}
+mod common;
 
-impl Agent {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap()).await;
-        drop(self.tmp);
+use common::*;
+
+/// Lets every user reach the agent's socket, as the system agent's is.
+fn open_to_all(agent: &Cluster) {
+    for p in [agent.tmp.path(), agent.ws.root()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-
-    /// Lets every user reach the socket, as the system agent's is.
-    fn open_to_all(&self) {
-        for p in [self.tmp.path(), self.ws.root()] {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        std::fs::set_permissions(
-            self.ws.socket_path(),
-            std::fs::Permissions::from_mode(0o666),
-        )
-        .unwrap();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a workstation agent (one core to lend); tries again when the picked port was
-/// taken meanwhile.
-async fn start_agent() -> Agent {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let tmp = tempfile::tempdir().unwrap();
-        let ws = StateDir::new(tmp.path().join("ws"));
-        let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        admin::init(
-            &ws,
-            &InitOptions {
-                cluster: "lab".into(),
-                name: "ws".into(),
-                listen,
-                ttl: Some(3600),
-            },
-        )
-        .unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = AgentOptions {
-            state: ws.clone(),
-            name: None,
-            listen: None,
-            advertise: None,
-            join: None,
-            peers: vec![],
-            cpus: Some(1.0),
-            memory: Some(1 << 30),
-            mdns: false,
-            cache_size: None,
-            host_cgroup: None,
-            polite: Default::default(),
-            metrics: None,
-            run_hook: None,
-        };
-        let task = tokio::spawn(run_agent(opts, async {
-            let _ = rx.await;
-        }));
-        for _ in 0..400 {
-            if task.is_finished() {
-                break;
-            }
-            if local::call(&ws, &LocalRequest::Status).await.is_ok() {
-                return Agent {
-                    tmp,
-                    ws,
-                    stop: Some(stop),
-                    task: Some(task),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        match task.await {
-            Ok(Err(e)) => {
-                eprintln!("the agent exited at start, trying again: {e}");
-                last = e.to_string();
-            }
-            other => panic!("the agent did not start: {other:?}"),
-        }
-    }
-    panic!("the agent did not start: {last}");
+    std::fs::set_permissions(
+        agent.ws.socket_path(),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
 }
 
 /// Runs `f` on a thread of its own whose effective uid is `uid` meanwhile (only that
@@ -221,8 +137,8 @@ async fn submit(
 #[tokio::test]
 async fn ps_shows_other_users_tasks_without_their_command_lines() {
     let _serial = SERIAL.lock().await;
-    let agent = start_agent().await;
-    agent.open_to_all();
+    let agent = start_cluster().await;
+    open_to_all(&agent);
     let path = agent.ws.socket_path();
 
     let _root_task = submit(
@@ -293,14 +209,14 @@ async fn ps_shows_other_users_tasks_without_their_command_lines() {
         third.iter().all(|t| t.command == "(another user's task)"),
         "{third:?}"
     );
-    agent.stop().await;
+    agent.stop_within().await;
 }
 
 #[tokio::test]
 async fn a_user_holding_idle_connections_is_capped_and_others_are_served() {
     let _serial = SERIAL.lock().await;
-    let agent = start_agent().await;
-    agent.open_to_all();
+    let agent = start_cluster().await;
+    open_to_all(&agent);
     let path = agent.ws.socket_path();
 
     let started = Instant::now();
@@ -388,7 +304,7 @@ async fn a_user_holding_idle_connections_is_capped_and_others_are_served() {
     .await
     .unwrap();
     assert_eq!(answers, 64);
-    agent.stop().await;
+    agent.stop_within().await;
 }
 
 /// CPU time (user + system) this process used so far.
@@ -433,7 +349,7 @@ fn highest_fd() -> u64 {
 #[tokio::test]
 async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     let _serial = SERIAL.lock().await;
-    let agent = start_agent().await;
+    let agent = start_cluster().await;
     let path: PathBuf = agent.ws.socket_path();
     // The clients' sockets are made before the limit is lowered; connecting them takes
     // no descriptor.
@@ -501,5 +417,5 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(socks);
-    agent.stop().await;
+    agent.stop_within().await;
 }

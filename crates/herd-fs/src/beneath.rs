@@ -422,7 +422,13 @@ impl Tree {
             let st = dir.stat;
             return Ok((dir, None, st));
         };
-        let at = components(path)?.len() - 1;
+        let st = self.lstat_in(&dir, name, components(path)?.len() - 1)?;
+        Ok((dir, Some(name), st))
+    }
+
+    /// `lstat` of entry `name` of a directory reached by a walk, which is component
+    /// `at` of the path asked about; a hidden object is refused.
+    pub fn lstat_in(&self, dir: &Reached, name: &OsStr, at: usize) -> Result<Stat, Stop> {
         let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
             if e == rustix::io::Errno::NOENT {
                 Stop::Missing { at }
@@ -433,7 +439,7 @@ impl Tree {
         if self.hidden.covers_object(object(&st)) {
             return Err(Stop::Hidden { at });
         }
-        Ok((dir, Some(name), st))
+        Ok(st)
     }
 
     /// `lstat` of `path` (never following it), refusing what [`Tree::parent_of`]
@@ -443,18 +449,7 @@ impl Tree {
         let Some(name) = name else {
             return Ok(dir.stat);
         };
-        let comps = components(path)?.len();
-        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                Stop::Missing { at: comps - 1 }
-            } else {
-                Stop::Io(errno(e))
-            }
-        })?;
-        if self.hidden.covers_object(object(&st)) {
-            return Err(Stop::Hidden { at: comps - 1 });
-        }
-        Ok(st)
+        self.lstat_in(&dir, name, components(path)?.len() - 1)
     }
 }
 

@@ -222,17 +222,7 @@ impl Served {
             let st = dir.stat;
             return Ok((dir, None, st));
         };
-        let at = components(path)?.len() - 1;
-        let st = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
-            if e == rustix::io::Errno::NOENT {
-                Stop::Missing { at }
-            } else {
-                Stop::Io(e.raw_os_error())
-            }
-        })?;
-        if self.tree.hidden().covers_object((st.st_dev, st.st_ino)) {
-            return Err(Stop::Hidden { at });
-        }
+        let st = self.tree.lstat_in(&dir, name, components(path)?.len() - 1)?;
         Ok((dir, Some(name), st))
     }
 }
