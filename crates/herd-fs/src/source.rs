@@ -222,7 +222,9 @@ impl Served {
             let st = dir.stat;
             return Ok((dir, None, st));
         };
-        let st = self.tree.lstat_in(&dir, name, components(path)?.len() - 1)?;
+        let st = self
+            .tree
+            .lstat_in(&dir, name, components(path)?.len() - 1)?;
         Ok((dir, Some(name), st))
     }
 }

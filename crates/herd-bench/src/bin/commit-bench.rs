@@ -187,7 +187,11 @@ fn main() -> anyhow::Result<()> {
         make_tree(&src, files, size)?;
         let (mut herd, mut cp) = (Vec::new(), Vec::new());
         // A small commit's time is mostly its syncs: more runs for a stable median.
-        let n = if files == 1 && size < 1 << 20 { runs.max(21) } else { runs };
+        let n = if files == 1 && size < 1 << 20 {
+            runs.max(21)
+        } else {
+            runs
+        };
         for run in 0..n {
             herd.push(herd_commit(&base, &src, run)?);
             cp.push(cp_a(&base, &src, run)?);
