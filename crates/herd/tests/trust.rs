@@ -569,19 +569,37 @@ fn a_helper_cannot_plant_a_set_id_file() {
     let bed = Bed::hostile();
     let home = Home::new();
     let target = home.h("proj/suid-sh");
-    bed.attack(
+    let outside = home.h("suid-sh");
+    let out = bed.attack(
         &home,
-        &hostile::commit(0, vec![file(&target, 0o6755, Base::Absent, b"#!/bin/sh\n")]),
-    );
-    if target.exists() {
-        let m = mode(&target);
-        assert_eq!(
-            m & 0o6000,
+        &hostile::commit(
             0,
-            "proj/suid-sh has no set-user-ID or set-group-ID bit ({m:o})"
-        );
-        assert_eq!(m, 0o755, "proj/suid-sh keeps its other permission bits");
-    }
+            vec![
+                file(&target, 0o6755, Base::Absent, b"#!/bin/sh\n"),
+                file(&outside, 0o6755, Base::Absent, b"#!/bin/sh\n"),
+            ],
+        ),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // In the project the file is the task's to write, without its set-id bits.
+    let m = mode(&target);
+    assert_eq!(
+        m & 0o6000,
+        0,
+        "proj/suid-sh has no set-user-ID or set-group-ID bit ({m:o})"
+    );
+    assert_eq!(m, 0o755, "proj/suid-sh keeps its other permission bits");
+    assert!(
+        text(&out.stderr).contains("set-user-ID, set-group-ID and sticky bits")
+            && text(&out.stderr).contains("proj/suid-sh"),
+        "herd run says the bits were dropped: {}",
+        text(&out.stderr)
+    );
+    // Outside it, nothing.
+    assert!(
+        !outside.exists(),
+        "~/suid-sh (outside the scope) is not written"
+    );
 }
 
 #[test]
