@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use herd_fs::journal::Journal;
-use herd_fs::{LocalSource, Source};
+use herd_fs::LocalSource;
 use herd_proto::fs::{Attr, FsCall, FsRequest, FsResponse, Version};
 use libfuzzer_sys::fuzz_target;
 
@@ -223,29 +223,6 @@ fn check(w: &World, req: &FsRequest, resp: &FsResponse) {
     }
 }
 
-/// `herd_agent::fsserve::answer`, which is private.
-fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
-    let path = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
-    let r = match req {
-        FsRequest::Stat { path: p } => src.stat(&path(&p)).map(FsResponse::Attr),
-        FsRequest::List { path: p } => src.list(&path(&p)).map(FsResponse::Entries),
-        FsRequest::Read {
-            path: p,
-            offset,
-            len,
-        } => src.read(&path(&p), offset, len).map(FsResponse::Data),
-        FsRequest::ReadLink { path: p } => src
-            .readlink(&path(&p))
-            .map(|t| FsResponse::Target(t.into_os_string().into_encoded_bytes())),
-        FsRequest::Prefetch { path: p } => Ok(FsResponse::Bundle(src.prefetch_closure(&path(&p)))),
-        FsRequest::Validate { items } => journal
-            .validate(src, &items)
-            .map(FsResponse::Stale)
-            .ok_or(libc::EIO),
-    };
-    r.unwrap_or_else(FsResponse::Errno)
-}
-
 fn path(w: &World, u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     Ok(match u.int_in_range(0u8..=9)? {
         0 => Vec::<u8>::arbitrary(u)?.into_iter().take(256).collect(),
@@ -336,7 +313,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for (req, refresh) in reqs {
-        let resp = answer(&src, &journal, req.clone());
+        let resp = herd_agent::fsserve::answer(&src, &journal, req.clone());
         check(w, &req, &resp);
         if refresh && src.refresh_hidden(true) {
             journal.forget();

@@ -140,7 +140,7 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
 /// A `--writes` directory as the workstation resolves it: relative to `cwd`, its links
 /// followed (the user named it; a task sees and writes the link's target). One that
 /// does not exist yet is taken as written, made absolute.
-fn write_root(cwd: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+pub fn write_root(cwd: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
     let abs = cwd.join(p);
     std::fs::canonicalize(&abs).unwrap_or(abs)
 }

@@ -134,7 +134,9 @@ fn write_frame(w: &mut impl Write, msg: &impl serde::Serialize) -> std::io::Resu
     w.flush()
 }
 
-fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
+/// The file service's answer to one question (public for the `fs_question` fuzz
+/// target, which asks it what a peer would).
+pub fn answer(src: &LocalSource, journal: &Journal, req: FsRequest) -> FsResponse {
     let path = |b: &[u8]| PathBuf::from(OsStr::from_bytes(b));
     let r = match req {
         FsRequest::Stat { path: p } => src.stat(&path(&p)).map(FsResponse::Attr),
@@ -344,13 +346,13 @@ pub fn commit_main(args: &[String]) -> i32 {
         stripped: vec![],
     };
     let home = user_home(id.uid);
+    let log_dir = cargs
+        .log_dir
+        .clone()
+        .or_else(|| home.as_deref().map(commit_log_dir));
     if args.iter().any(|a| a == "--recover") {
         // Only what dead commits left (the agent's start): nothing on stdin.
-        let Some(log_dir) = cargs
-            .log_dir
-            .clone()
-            .or_else(|| home.as_deref().map(commit_log_dir))
-        else {
+        let Some(log_dir) = log_dir else {
             return 0;
         };
         if let Err(e) = id.become_user() {
@@ -382,10 +384,6 @@ pub fn commit_main(args: &[String]) -> i32 {
                 Err(e) => eprintln!("herd: {e} (the default commit limits apply)"),
             }
         }
-        let log_dir = cargs
-            .log_dir
-            .clone()
-            .or_else(|| home.as_deref().map(commit_log_dir));
         match log_dir {
             None => fail("no commit log directory: the user has no home directory in /etc/passwd (pass --log-dir)".into()),
             Some(log_dir) => match herd_fs::changes::recover(Path::new("/"), &log_dir) {
@@ -647,10 +645,18 @@ pub fn user_home(uid: u32) -> Option<PathBuf> {
 
 /// The home directory of `uid` in the text of `/etc/passwd`.
 pub fn passwd_home(passwd: &str, uid: u32) -> Option<PathBuf> {
-    passwd.lines().find_map(|l| {
+    passwd_users(passwd).find_map(|(u, _, home)| (u == uid).then_some(home))
+}
+
+/// The users of the text of `/etc/passwd` with an absolute home: uid, primary gid,
+/// home.
+fn passwd_users(passwd: &str) -> impl Iterator<Item = (u32, u32, PathBuf)> + '_ {
+    passwd.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) && f[5].starts_with('/'))
-            .then(|| PathBuf::from(f[5]))
+        if f.len() < 7 || !f[5].starts_with('/') {
+            return None;
+        }
+        Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5])))
     })
 }
 
@@ -670,18 +676,11 @@ pub async fn recover_commits(exe: &Path) {
         return;
     };
     let me = nix::unistd::getuid().as_raw();
-    for l in passwd.lines() {
-        let f: Vec<&str> = l.split(':').collect();
-        let (Some(uid), Some(gid)) = (
-            f.get(2).and_then(|u| u.parse::<u32>().ok()),
-            f.get(3).and_then(|g| g.parse::<u32>().ok()),
-        ) else {
-            continue;
-        };
-        if (me != 0 && uid != me) || f.len() < 7 || !f[5].starts_with('/') {
+    for (uid, gid, home) in passwd_users(&passwd) {
+        if me != 0 && uid != me {
             continue;
         }
-        let dir = commit_log_dir(Path::new(f[5]));
+        let dir = commit_log_dir(&home);
         if !std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
             continue;
         }

@@ -6,48 +6,23 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use herd_sandbox::{CgroupSpec, SandboxError, SandboxSpec, StdioFd, TaskExit, TaskStdio, spawn};
-use tempfile::TempDir;
+use herd_sandbox::{CgroupSpec, SandboxSpec, StdioFd, TaskExit, TaskStdio, spawn};
 
-const INIT: &str = env!("CARGO_BIN_EXE_herd-sandbox-init");
-const RUN: &str = env!("CARGO_BIN_EXE_herd-sandbox-run");
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the sandbox tests must run as root");
-}
-
-struct Layers {
-    dir: TempDir,
-}
+use common::*;
 
 impl Layers {
     fn new() -> Layers {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("herd-sandbox-hardening")
-            .tempdir_in("/tmp")
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::create_dir(dir.path().join("upper")).unwrap();
-        fs::create_dir(dir.path().join("work")).unwrap();
-        Layers { dir }
-    }
-    fn upper(&self) -> PathBuf {
-        self.dir.path().join("upper")
-    }
-    fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
+        Layers::new_in("herd-sandbox-hardening")
     }
     /// `sh -c script` over the host's root, as `uid`.
     fn spec(&self, uid: u32, script: &str) -> SandboxSpec {
@@ -61,58 +36,6 @@ impl Layers {
         spec.gid = uid;
         spec
     }
-}
-
-impl Drop for Layers {
-    fn drop(&mut self) {
-        let _ = Command::new("chmod")
-            .arg("-R")
-            .arg("u+rwx")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-struct Output {
-    exit: TaskExit,
-    stdout: String,
-    stderr: String,
-}
-
-fn pipe() -> (std::io::PipeReader, Arc<OwnedFd>) {
-    let (r, w) = std::io::pipe().unwrap();
-    (r, Arc::new(OwnedFd::from(w)))
-}
-
-fn reader(mut r: std::io::PipeReader) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut s = String::new();
-        r.read_to_string(&mut s).unwrap();
-        s
-    })
-}
-
-fn try_run(mut spec: SandboxSpec) -> Result<Output, SandboxError> {
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    spec.stdio = TaskStdio {
-        stdin: StdioFd::Null,
-        stdout: StdioFd::Fd(out_w),
-        stderr: StdioFd::Fd(err_w),
-    };
-    let sandbox = spawn(Path::new(INIT), &spec)?;
-    drop(spec);
-    let (out, err) = (reader(out_r), reader(err_r));
-    let exit = sandbox.wait()?;
-    Ok(Output {
-        exit,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    })
-}
-
-fn run(spec: SandboxSpec) -> Output {
-    try_run(spec).unwrap_or_else(|e| panic!("sandbox: {e}"))
 }
 
 fn unique(tag: &str) -> String {

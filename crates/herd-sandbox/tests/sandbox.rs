@@ -19,42 +19,14 @@ use herd_sandbox::{
     CgroupSpec, DEV_ENTRIES, Mode, SandboxError, SandboxSpec, StdioFd, TaskExit, TaskStdio, probe,
     spawn,
 };
-use tempfile::TempDir;
 
-const INIT: &str = env!("CARGO_BIN_EXE_herd-sandbox-init");
-const RUN: &str = env!("CARGO_BIN_EXE_herd-sandbox-run");
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the sandbox tests must run as root (they mount, unshare and set uids)"
-    );
-}
-
-/// A scratch directory under /tmp holding `upper` and `work` (and whatever else).
-struct Layers {
-    dir: TempDir,
-}
+use common::*;
 
 impl Layers {
     fn new() -> Layers {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("herd-sandbox-test")
-            .tempdir_in("/tmp")
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::create_dir(dir.path().join("upper")).unwrap();
-        fs::create_dir(dir.path().join("work")).unwrap();
-        Layers { dir }
-    }
-    fn upper(&self) -> PathBuf {
-        self.dir.path().join("upper")
-    }
-    fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
+        Layers::new_in("herd-sandbox-test")
     }
     /// A spec with lower `lower` running `sh -c script` as nobody.
     fn spec(&self, lower: &Path, script: &str) -> SandboxSpec {
@@ -64,17 +36,6 @@ impl Layers {
             self.work(),
             argv(&["/bin/sh", "-c", script]),
         )
-    }
-}
-
-impl Drop for Layers {
-    fn drop(&mut self) {
-        // overlayfs leaves a mode-000 work/work directory.
-        let _ = Command::new("chmod")
-            .arg("-R")
-            .arg("u+rwx")
-            .arg(self.dir.path())
-            .status();
     }
 }
 
@@ -118,45 +79,6 @@ fn minimal_root(base: &Path, owner: u32, files: &[(&str, &str)]) -> PathBuf {
         .status()
         .unwrap();
     root
-}
-
-struct Output {
-    exit: TaskExit,
-    stdout: String,
-    stderr: String,
-}
-
-fn pipe() -> (std::io::PipeReader, Arc<OwnedFd>) {
-    let (r, w) = std::io::pipe().unwrap();
-    (r, Arc::new(OwnedFd::from(w)))
-}
-
-fn reader(mut r: std::io::PipeReader) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut s = String::new();
-        r.read_to_string(&mut s).unwrap();
-        s
-    })
-}
-
-/// Runs the spec to the end, capturing stdout and stderr.
-fn run(mut spec: SandboxSpec) -> Output {
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    spec.stdio = TaskStdio {
-        stdin: StdioFd::Null,
-        stdout: StdioFd::Fd(out_w),
-        stderr: StdioFd::Fd(err_w),
-    };
-    let sandbox = spawn(Path::new(INIT), &spec).unwrap_or_else(|e| panic!("spawn: {e}"));
-    drop(spec);
-    let (out, err) = (reader(out_r), reader(err_r));
-    let exit = sandbox.wait().unwrap();
-    Output {
-        exit,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
 }
 
 fn run_ok(spec: SandboxSpec) -> String {

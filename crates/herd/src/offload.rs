@@ -153,11 +153,7 @@ pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow
     let cwd = std::env::current_dir()?;
     let mut roots = shell_writes();
     roots.push(cwd.clone());
-    roots.extend(
-        writes
-            .iter()
-            .map(|w| std::fs::canonicalize(cwd.join(w)).unwrap_or(cwd.join(w))),
-    );
+    roots.extend(writes.iter().map(|w| client::write_root(&cwd, w)));
     let mut writes_env = Vec::new();
     for r in roots {
         writes_env.extend_from_slice(r.as_os_str().as_bytes());
