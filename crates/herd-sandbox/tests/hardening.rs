@@ -504,7 +504,10 @@ fn a_fork_bomb_is_ended_with_a_message_and_the_helper_goes_on() {
     let l = Layers::new();
     let mut spec = l.spec(
         65534,
-        "echo started; (f() { f | f & }; f) 2>/dev/null; sleep 100",
+        // The bomb runs in the background and the task's own process becomes `sleep`:
+        // a shell that waited for the bomb would exit by itself (status 2) the moment
+        // one of its forks is refused, before the limit is seen.
+        "echo started; (f() { f | f & }; f) 2>/dev/null & exec sleep 100",
     );
     spec.cgroup = Some(CgroupSpec {
         parent: None,
