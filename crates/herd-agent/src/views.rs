@@ -321,7 +321,8 @@ impl ViewPool {
             crate::task::make_tasks_dir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
             std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
             let view = View::new(src)
-                .map_err(|e| format!("the workstation's files are not reachable: {e:?}"))?;
+                .map_err(|e| format!("the workstation's files are not reachable: {e:?}"))?
+                .with_ids(task_ids());
             let seen = view.seen();
             let m = herd_fs::mount(view, &d)
                 .map_err(|e| format!("cannot mount the workstation's files: {e}"))?;
@@ -557,5 +558,18 @@ pub fn clean_stale(root: &Path) {
         for e in rd.flatten() {
             let _ = std::fs::remove_dir(e.path());
         }
+    }
+}
+
+/// How a view presents owners: shifted into the ids a root helper's task namespace
+/// maps (`herd_sandbox::TASK_ID_BASE`); as they are for a rootless helper, whose task
+/// maps only the submitter's ids.
+fn task_ids() -> herd_fs::IdShift {
+    match herd_sandbox::Mode::current() {
+        herd_sandbox::Mode::Root => herd_fs::IdShift {
+            base: herd_sandbox::TASK_ID_BASE,
+            count: herd_sandbox::TASK_ID_COUNT,
+        },
+        herd_sandbox::Mode::Rootless => herd_fs::IdShift::NONE,
     }
 }

@@ -41,4 +41,4 @@ pub mod source;
 pub mod view;
 
 pub use source::{LocalSource, Source};
-pub use view::{Mounted, Seen, View, mount};
+pub use view::{IdShift, Mounted, Seen, View, mount};

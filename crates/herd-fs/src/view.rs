@@ -69,11 +69,39 @@ impl Table {
     }
 }
 
+/// How a view presents owners: the workstation's uid or gid `id` as `base + id`, and
+/// an id at or past `count` as `base + 65534` (the overflow id, "nobody"). A root
+/// helper's task runs in a user namespace mapping its ids `0..count` to
+/// `base..base + count` (herd-sandbox's `TASK_ID_BASE`), so the task sees the
+/// workstation's owners while no file of the view belongs to a user of the helper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdShift {
+    /// Where id 0 lands.
+    pub base: u32,
+    /// How many ids are shifted.
+    pub count: u32,
+}
+
+impl IdShift {
+    /// Owners as the workstation has them.
+    pub const NONE: IdShift = IdShift {
+        base: 0,
+        count: u32::MAX,
+    };
+
+    /// The id the view shows for the workstation's `id`.
+    pub fn present(self, id: u32) -> u32 {
+        let id = if id < self.count { id } else { 65534 };
+        self.base.saturating_add(id)
+    }
+}
+
 /// A read-only FUSE filesystem over a [`Source`].
 pub struct View<S: Source> {
     src: Arc<S>,
     table: Arc<Mutex<Table>>,
     questions: Arc<AtomicU64>,
+    ids: IdShift,
 }
 
 impl<S: Source> View<S> {
@@ -96,7 +124,14 @@ impl<S: Source> View<S> {
             src: Arc::new(src),
             table: Arc::new(Mutex::new(table)),
             questions: Arc::new(AtomicU64::new(1)),
+            ids: IdShift::NONE,
         })
+    }
+
+    /// Presents owners shifted by `ids` (see [`IdShift`]).
+    pub fn with_ids(mut self, ids: IdShift) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// A counter of the questions this view asks its source (one was asked to make
@@ -172,7 +207,7 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
-fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+fn file_attr(ino: u64, a: &Attr, ids: IdShift) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: a.size,
@@ -184,8 +219,8 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
         kind: kind(a.kind),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: ids.present(a.uid),
+        gid: ids.present(a.gid),
         rdev: a.rdev as u32,
         blksize: 4096,
         flags: 0,
@@ -209,7 +244,7 @@ fn reply_absent(reply: ReplyEntry) {
         mtime_ns: 0,
         ctime_ns: 0,
     };
-    reply.entry(&TTL, &file_attr(0, &none), Generation(0));
+    reply.entry(&TTL, &file_attr(0, &none, IdShift::NONE), Generation(0));
 }
 
 impl<S: Source> Filesystem for View<S> {
@@ -224,7 +259,7 @@ impl<S: Source> Filesystem for View<S> {
             Some((ino, t.nodes.get(&ino)?.attr))
         });
         if let Some((ino, attr)) = known {
-            return reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
+            return reply.entry(&TTL, &file_attr(ino, &attr, self.ids), Generation(0));
         }
         // The parent was listed and the name is not in it: it does not exist.
         let listed = self
@@ -245,7 +280,7 @@ impl<S: Source> Filesystem for View<S> {
                     Ok(mut t) => t.intern(path, attr),
                     Err(_) => return reply.error(Errno::EIO),
                 };
-                reply.entry(&TTL, &file_attr(ino, &attr), Generation(0));
+                reply.entry(&TTL, &file_attr(ino, &attr, self.ids), Generation(0));
             }
             Err(libc::ENOENT) => {
                 if let Ok(mut t) = self.table.lock() {
@@ -259,7 +294,7 @@ impl<S: Source> Filesystem for View<S> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino) {
-            Some((_, attr)) => reply.attr(&TTL, &file_attr(ino.0, &attr)),
+            Some((_, attr)) => reply.attr(&TTL, &file_attr(ino.0, &attr, self.ids)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -585,4 +620,24 @@ pub fn mount<S: Source>(view: View<S>, mountpoint: &Path) -> std::io::Result<Mou
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdShift;
+
+    #[test]
+    fn ids_shift_into_the_task_range_and_overflow_past_it() {
+        let shift = IdShift {
+            base: 1 << 31,
+            count: (1 << 31) - 1,
+        };
+        assert_eq!(shift.present(0), 1 << 31);
+        assert_eq!(shift.present(1000), (1 << 31) + 1000);
+        assert_eq!(shift.present((1 << 31) - 2), u32::MAX - 1);
+        assert_eq!(shift.present((1 << 31) - 1), (1 << 31) + 65534);
+        assert_eq!(shift.present(u32::MAX), (1 << 31) + 65534);
+        assert_eq!(IdShift::NONE.present(1000), 1000);
+        assert_eq!(IdShift::NONE.present(u32::MAX), 65534);
+    }
 }

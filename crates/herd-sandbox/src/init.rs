@@ -601,6 +601,17 @@ fn match_root_attributes(lower: &Path, upper: &Path, rootless: bool) -> Result<(
     Ok(())
 }
 
+/// Mount options of a tmpfs the task sees, owned by the task's root: as root, the
+/// namespace's root is `TASK_ID_BASE` on the helper (rootless, the mounter's uid is).
+fn owned(opts: &str, rootless: bool) -> String {
+    if rootless {
+        opts.to_owned()
+    } else {
+        let base = crate::TASK_ID_BASE;
+        format!("{opts},uid={base},gid={base}")
+    }
+}
+
 /// Builds the task's root at `work` (overlay + /proc + /tmp + /dev) and pivots into it.
 fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     mount(
@@ -669,7 +680,7 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         &tmp,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        Some(&owned("mode=1777", rootless)),
     )?;
 
     let dev = root.join("dev");
@@ -679,7 +690,7 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=755,size=64k"),
+        Some(&owned("mode=755,size=64k", rootless)),
     )?;
     for name in DEVICES {
         let target = dev.join(name);
@@ -694,6 +705,9 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
             if made == 0 {
                 fs::set_permissions(&target, fs::Permissions::from_mode(0o666))
                     .map_err(|e| format!("chmod {}: {e}", target.display()))?;
+                let base = Some(crate::TASK_ID_BASE);
+                std::os::unix::fs::chown(&target, base, base)
+                    .map_err(|e| format!("chown {}: {e}", target.display()))?;
                 continue;
             }
         }
@@ -709,16 +723,20 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(|e| format!("create {}: {e}", pts.display()))?;
     let pts_opts = if rootless {
-        "newinstance,ptmxmode=0666,mode=0620"
+        "newinstance,ptmxmode=0666,mode=0620".to_owned()
     } else {
-        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+        // The task's tty group (5) as the task's namespace maps it.
+        format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={}",
+            crate::TASK_ID_BASE + 5
+        )
     };
     mnt(
         "devpts",
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(pts_opts),
+        Some(&pts_opts),
     )?;
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| format!("create {}: {e}", shm.display()))?;
@@ -727,7 +745,7 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
+        Some(&owned("mode=1777", rootless)),
     )?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -740,12 +758,58 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     }
 
     std::env::set_current_dir(&root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    if !rootless {
+        leave_chroot()?;
+    }
     nix::unistd::pivot_root(".", ".")
         .map_err(|e| format!("pivot_root {}: {}", root.display(), errno_str(e)))?;
     umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| format!("detach the helper's root: {}", errno_str(e)))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
+}
+
+/// An agent confined to a chroot directory (a real way to run a helper) makes every
+/// process it starts "chrooted", and the kernel refuses a user namespace to a chrooted
+/// process. In pid 1's own mount namespace, as root, this climbs out of that chroot to
+/// the namespace's real root and comes back to the working directory (the task's root,
+/// about to be pivoted to, after which the helper's whole tree is detached): the task's
+/// root then takes the namespace root's place, and the task may have a user namespace.
+/// Without a chroot it changes nothing.
+fn leave_chroot() -> Result<(), String> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let open = |p: &std::ffi::CStr| -> Result<OwnedFd, String> {
+        // SAFETY: a NUL-terminated path and integer flags.
+        let fd = unsafe { libc::open(p.as_ptr(), flags) };
+        check(fd, || format!("leave the agent's chroot: open {p:?}"))?;
+        // SAFETY: the kernel just returned this descriptor to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let here = open(c".")?;
+    let old = open(c"/")?;
+    let step =
+        |ret: libc::c_int, what: &str| check(ret, || format!("leave the agent's chroot: {what}"));
+    // SAFETY (this block): NUL-terminated paths, descriptors we own, and stat buffers
+    // valid for the calls' duration.
+    unsafe {
+        step(libc::chroot(c".".as_ptr()), "chroot .")?;
+        step(libc::fchdir(old.as_raw_fd()), "fchdir /")?;
+        loop {
+            let mut a: libc::stat = std::mem::zeroed();
+            let mut b: libc::stat = std::mem::zeroed();
+            step(libc::stat(c".".as_ptr(), &mut a), "stat .")?;
+            step(libc::stat(c"..".as_ptr(), &mut b), "stat ..")?;
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
+                break;
+            }
+            step(libc::chdir(c"..".as_ptr()), "chdir ..")?;
+        }
+        step(
+            libc::chroot(c".".as_ptr()),
+            "chroot to the namespace's root",
+        )?;
+        step(libc::fchdir(here.as_raw_fd()), "back to the task's root")
+    }
 }
 
 /// Makes the kernel's knobs in the task's fresh /proc read-only and covers what shows
@@ -1020,25 +1084,33 @@ fn pid1(
         Ok(p) => p,
         Err(e) => status.fail(&e),
     };
+    let userns = if rootless {
+        None
+    } else {
+        match IdHandshake::new() {
+            Ok(h) => Some(h),
+            Err(e) => status.fail(&e),
+        }
+    };
     // SAFETY: single-threaded process.
     let task = match unsafe { fork() } {
         Err(e) => status.fail(&format!("fork task: {}", errno_str(e))),
         Ok(ForkResult::Child) => {
             drop(exec_r);
-            task(
-                spec,
-                status,
-                rootless,
-                exec_w,
-                console,
-                &filter,
-                &own_limits,
-            )
+            let userns = userns.map(IdHandshake::task_side);
+            task(spec, status, exec_w, console, &filter, &own_limits, userns)
         }
         Ok(ForkResult::Parent { child }) => child,
     };
     close_ours(console);
     drop(exec_w);
+    if let Some(h) = userns
+        && let Err(e) = h.map(task)
+    {
+        // SAFETY: kill with our unreaped child's pid.
+        unsafe { libc::kill(task.as_raw(), libc::SIGKILL) };
+        status.fail(&e);
+    }
     // Wait until the task has exec'd (or failed): its copy of the pipe closes then.
     let mut sink = [0u8; 16];
     let mut exec_r = fs::File::from(exec_r);
@@ -1102,6 +1174,83 @@ fn pid1(
     }
 }
 
+/// The pipes over which a root helper's task, once in a user namespace of its own, has
+/// pid 1 write that namespace's id maps: a range can only be mapped from the parent
+/// namespace, with `CAP_SETUID` there.
+struct IdHandshake {
+    unshared: (OwnedFd, OwnedFd),
+    mapped: (OwnedFd, OwnedFd),
+}
+
+/// The task's ends of an [`IdHandshake`].
+pub(crate) struct TaskIds {
+    unshared: OwnedFd,
+    mapped: OwnedFd,
+}
+
+impl IdHandshake {
+    fn new() -> Result<IdHandshake, String> {
+        Ok(IdHandshake {
+            unshared: pipe()?,
+            mapped: pipe()?,
+        })
+    }
+
+    fn task_side(self) -> TaskIds {
+        TaskIds {
+            unshared: self.unshared.1,
+            mapped: self.mapped.0,
+        }
+    }
+
+    /// Pid 1's side: waits until `task` is in its user namespace, then maps it. A task
+    /// that failed before (its end closed) is left to report its own failure.
+    fn map(self, task: Pid) -> Result<(), String> {
+        let IdHandshake { unshared, mapped } = self;
+        drop(unshared.1);
+        drop(mapped.0);
+        let mut byte = [0u8; 1];
+        if !matches!(fs::File::from(unshared.0).read(&mut byte), Ok(1)) {
+            return Ok(());
+        }
+        let range = format!("0 {} {}", crate::TASK_ID_BASE, crate::TASK_ID_COUNT);
+        for file in ["uid_map", "gid_map"] {
+            let path = format!("/proc/{}/{file}", task.as_raw());
+            fs::write(&path, &range)
+                .map_err(|e| format!("map the task's ids: write {range:?} to {path}: {e}"))?;
+        }
+        std::io::Write::write_all(&mut fs::File::from(mapped.1), b"m")
+            .map_err(|e| format!("tell the task its ids are mapped: {e}"))
+    }
+}
+
+impl TaskIds {
+    /// The task's side: a new user namespace, mapped by pid 1.
+    fn enter(self, spec: &WireSpec) -> Result<(), String> {
+        let outside = spec
+            .groups
+            .iter()
+            .chain([&spec.uid, &spec.gid])
+            .find(|&&id| id >= crate::TASK_ID_COUNT);
+        if let Some(id) = outside {
+            return Err(format!(
+                "id {id} of the submitter cannot be mapped into a task (at most {})",
+                crate::TASK_ID_COUNT - 1
+            ));
+        }
+        unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("create the task's user namespace: {}", errno_str(e)))?;
+        std::io::Write::write_all(&mut fs::File::from(self.unshared), b"u")
+            .map_err(|e| format!("tell pid 1 the task's user namespace exists: {e}"))?;
+        let mut byte = [0u8; 1];
+        if !matches!(fs::File::from(self.mapped).read(&mut byte), Ok(1)) {
+            return Err("pid 1 did not map the task's ids".into());
+        }
+        // The new namespace gave the task a full bounding set again.
+        harden::limit_capabilities()
+    }
+}
+
 fn cstr(b: &[u8]) -> CString {
     // Interior NULs cannot be passed to exec; cut there (the kernel would too).
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
@@ -1121,10 +1270,11 @@ fn check(ret: libc::c_int, what: impl FnOnce() -> String) -> Result<(), String> 
 /// and the seccomp filter of the task.
 fn prepare_task(
     spec: &WireSpec,
-    rootless: bool,
     filter: &[seccompiler::sock_filter],
     own_limits: &[(libc::__rlimit_resource_t, libc::rlimit)],
+    userns: Option<TaskIds>,
 ) -> Result<(), String> {
+    let rootless = userns.is_none();
     // SAFETY: setsid has no preconditions (it fails harmlessly for a group leader).
     unsafe { libc::setsid() };
     if spec.tty && spec.console.is_none() {
@@ -1171,6 +1321,12 @@ fn prepare_task(
         // The new user namespace gave the task a full bounding set again (pid 1
         // emptied the one it inherited).
         harden::limit_capabilities()?;
+    }
+    if let Some(ids) = userns {
+        // Root helper: the task's own user namespace, its ids shifted out of the
+        // helper's (see `TASK_ID_BASE`). Its uid 0, if the submitter is root, is root
+        // only over what that namespace owns: nothing but itself.
+        ids.enter(spec)?;
     }
     if !rootless {
         let groups: &[libc::gid_t] = &spec.groups;
@@ -1263,20 +1419,22 @@ fn open_console(sock: RawFd, (rows, cols): (u16, u16)) -> Result<(), String> {
     Ok(())
 }
 
+/// `userns`: as root, the task's side of the handshake for its user namespace (rootless
+/// tasks have theirs from the supervisor).
 fn task(
     spec: &WireSpec,
     status: Status,
-    rootless: bool,
     _exec_w: OwnedFd,
     console: Option<RawFd>,
     filter: &[seccompiler::sock_filter],
     own_limits: &[(libc::__rlimit_resource_t, libc::rlimit)],
+    userns: Option<TaskIds>,
 ) -> ! {
     // Dumpable again (pid 1 is not, and a fork inherits that): the task's own /proc
     // files belong to it, which a rootless task needs to write its uid_map.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    if let Err(e) = prepare_task(spec, rootless, filter, own_limits) {
+    if let Err(e) = prepare_task(spec, filter, own_limits, userns) {
         status.fail(&e);
     }
     if let (Some(sock), Some(size)) = (console, spec.console)

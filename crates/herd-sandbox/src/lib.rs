@@ -58,7 +58,8 @@
 //!    them, says `ended` and exits, so a task's background tree never outlives it.
 //! 3. **Task**: a new session (`setsid`; with [`SandboxSpec::tty`] its stdin becomes the
 //!    controlling terminal), `SCHED_IDLE` and nice 19 when [`SandboxSpec::idle`], the
-//!    resource limits, the submitter's groups, gid and uid, the umask,
+//!    resource limits, as root a user namespace of its own (below), the submitter's
+//!    groups, gid and uid, the umask,
 //!    `PR_SET_NO_NEW_PRIVS`, with [`SandboxSpec::console`] a terminal of its own (see
 //!    *Terminals* below), `chdir(cwd)`, every descriptor but 0, 1 and 2 closed on exec,
 //!    default signal dispositions, and `execve` with a `PATH` search like a shell's
@@ -95,6 +96,14 @@
 //!   was given. Escape its cgroup's CPU quota and memory limit.
 //! * Outlive its pid 1: when the task's first process exits, everything it started dies.
 //!
+//! * Be anybody on the helper. As root, the task enters a user namespace of its own
+//!   (pid 1 writes its maps) mapping its ids `0..TASK_ID_COUNT` to [`TASK_ID_BASE`] and
+//!   up: the submitter's uid 0 is uid 2^31 on the helper, and files of the helper's own
+//!   users show as the overflow id. The lower layer is expected to present its owners
+//!   shifted the same way (herd's FUSE view does). A helper confined to a chroot
+//!   directory still gets this: pid 1 leaves the chroot inside its own mount namespace
+//!   before it pivots into the task's root (the kernel refuses user namespaces to a
+//!   chrooted process). Rootless, the namespaces described under *Rootless* do this.
 //! * Hold any capability, whoever submitted it (root included: a task of uid 0 is still
 //!   uid 0, but cannot mount, unmount the covers of hidden paths, write `/proc/sys`,
 //!   renice below its nice or leave `SCHED_IDLE`), or make the system calls of the
@@ -239,6 +248,16 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// The default [`SandboxSpec::pids_max`]: processes and threads a task tree may hold.
 pub const DEFAULT_PIDS_MAX: u64 = 4096;
+
+/// Where a root helper's tasks live: the task's user namespace maps its uids and gids
+/// `0..TASK_ID_COUNT` to `TASK_ID_BASE..` on the helper (2^31 up to 2^32 - 2), a range
+/// no account or container manager uses. The submitter's root is uid 2^31 on the
+/// helper, with no capability there. The FUSE view presents the workstation's owners
+/// shifted the same way (herd-fs `IdShift`), so the task sees them as they are.
+pub const TASK_ID_BASE: u32 = 1 << 31;
+
+/// How many ids a root helper's task namespace maps (see [`TASK_ID_BASE`]).
+pub const TASK_ID_COUNT: u32 = (1 << 31) - 1;
 
 /// Every entry of the task's `/dev`, sorted.
 pub const DEV_ENTRIES: &[&str] = &[

@@ -119,8 +119,17 @@ fn processes_with(marker: &str) -> Vec<u32> {
 fn writes_land_in_upper_and_not_in_lower() {
     let l = Layers::new();
     let name = unique("write");
+    // Owned by the task's root (the workstation's root, as a root helper's view shows it).
+    let lower = minimal_root(
+        l.dir.path(),
+        herd_sandbox::TASK_ID_BASE,
+        &[
+            ("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
+            ("var/tmp/.keep", ""),
+        ],
+    );
     let mut spec = l.spec(
-        Path::new("/"),
+        &lower,
         &format!("echo hello > /var/tmp/{name} && echo root > /etc/{name}"),
     );
     spec.uid = 0;
@@ -134,8 +143,38 @@ fn writes_land_in_upper_and_not_in_lower() {
         fs::read_to_string(l.upper().join("etc").join(&name)).unwrap(),
         "root\n"
     );
-    assert!(!Path::new("/var/tmp").join(&name).exists());
+    assert!(!lower.join("var/tmp").join(&name).exists());
+    assert!(!lower.join("etc").join(&name).exists());
+}
+
+/// The attack: a task submitted as root, on a root helper, tries to act as the helper's
+/// root. Its uid 0 is the helper's `TASK_ID_BASE`: the helper's own root-owned files
+/// (the lower here is the helper's `/`) are not its own, whatever its uid says.
+#[test]
+fn a_root_task_is_not_the_helpers_root() {
+    let l = Layers::new();
+    let name = unique("rootwrite");
+    let script = format!(
+        "id -u; cat /proc/self/uid_map; stat -c %u /etc/passwd; \
+         {{ echo x > /etc/{name}; }} 2>/dev/null || echo refused-etc; \
+         {{ echo x >> /etc/passwd; }} 2>/dev/null || echo refused-passwd; \
+         echo x > /var/tmp/{name} && stat -c %u /var/tmp/{name}"
+    );
+    let mut spec = l.spec(Path::new("/"), &script);
+    spec.uid = 0;
+    spec.gid = 0;
+    let out = run_ok(spec);
+    let base = herd_sandbox::TASK_ID_BASE;
+    let count = herd_sandbox::TASK_ID_COUNT;
+    let want = format!(
+        "0\n{:>10} {:>10} {:>10}\n65534\nrefused-etc\nrefused-passwd\n0\n",
+        0, base, count
+    );
+    assert_eq!(out, want);
     assert!(!Path::new("/etc").join(&name).exists());
+    // On the helper, the file the task wrote belongs to the task's range, not to root.
+    let made = fs::symlink_metadata(l.upper().join("var/tmp").join(&name)).unwrap();
+    assert_eq!((made.uid(), made.gid()), (base, base));
 }
 
 #[test]
@@ -174,6 +213,9 @@ fn deletes_and_renames_appear_as_whiteouts_in_upper() {
     fs::create_dir_all(&data).unwrap();
     fs::write(data.join("a"), "a\n").unwrap();
     fs::write(data.join("b"), "b\n").unwrap();
+    // The task's root owns it (see `TASK_ID_BASE`).
+    let base = Some(herd_sandbox::TASK_ID_BASE);
+    chown(&data, base, base).unwrap();
     let d = data.display();
     let mut spec = l.spec(
         Path::new("/"),
