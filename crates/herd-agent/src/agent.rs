@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub cpus: Option<f32>,
     /// Bytes of memory granted to herd.
     pub memory: Option<u64>,
+    /// Bytes of disk each task may write (default: half the free space of the tasks'
+    /// file system at start; see [`crate::host::disk_grant`]).
+    pub disk: Option<u64>,
     /// Announce and discover peers on the LAN by mDNS.
     pub mdns: bool,
     /// Bytes of workstation files the helper keeps cached (default 4 GiB).
@@ -226,6 +229,8 @@ pub async fn run_agent(
     tokio::spawn(local::serve(socket, local_tx));
     task::make_tasks_dir(&dir.root().join("tasks"))
         .map_err(|e| AgentError::io(&dir.root().join("tasks"), e))?;
+    let mut grant = grant;
+    grant.disk = host::disk_grant(opts.disk, &dir.root().join("tasks"));
     let views_dir = dir.root().join("tasks").join("views");
     {
         let d = views_dir.clone();
@@ -370,6 +375,7 @@ pub async fn run_agent(
         %advertise,
         cpus = agent.grant.cpus,
         memory = agent.grant.memory,
+        disk = agent.grant.disk,
         speed,
         "agent started"
     );

@@ -158,6 +158,9 @@ pub struct Grant {
     pub cpus: f32,
     /// Bytes of memory.
     pub memory: u64,
+    /// Bytes a task may write to the helper's disk (its upper layer), see
+    /// [`disk_grant`].
+    pub disk: u64,
 }
 
 impl Grant {
@@ -170,7 +173,58 @@ impl Grant {
         let avail = mem_available();
         let avail = cgroup_memory_limit().map_or(avail, |l| l.min(avail));
         let memory = memory.unwrap_or(avail / 10 * 8);
-        Grant { cpus, memory }
+        Grant {
+            cpus,
+            memory,
+            disk: u64::MAX,
+        }
+    }
+}
+
+/// The disk a task may fill with its writes: `explicit` (`--disk`), or half of what is
+/// free at start on the file system holding the tasks' layers (`tasks`).
+pub fn disk_grant(explicit: Option<u64>, tasks: &std::path::Path) -> u64 {
+    explicit.unwrap_or_else(|| {
+        rustix::fs::statvfs(tasks)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize) / 2)
+            .unwrap_or(u64::MAX)
+    })
+}
+
+/// Bytes of disk a directory tree takes (allocated blocks, links not followed, each
+/// name counted).
+pub fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            total = total.saturating_add(md.blocks().saturating_mul(512));
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// A size for people: `512B`, `1.5K`, `3.2G`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
     }
 }
 

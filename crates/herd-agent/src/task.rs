@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use herd_fs::View;
@@ -991,6 +992,61 @@ pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a running task was stopped for its writes.
+enum DiskOver {
+    /// Its upper layer took this many bytes, more than the grant.
+    Grant { used: u64, grant: u64 },
+    /// The helper's file system under it had less than [`DISK_RESERVE`] free.
+    Full,
+}
+
+impl DiskOver {
+    fn message(&self, node: &str) -> String {
+        match self {
+            DiskOver::Grant { used, grant } => format!(
+                "the task was stopped: its files on the helper {node} took {}, over the {} of disk the helper grants a task (herd agent --disk); nothing was committed",
+                crate::host::human_bytes(*used),
+                crate::host::human_bytes(*grant)
+            ),
+            DiskOver::Full => format!(
+                "the task was stopped: the helper {node} ran out of disk space for the task's files; nothing was committed"
+            ),
+        }
+    }
+}
+
+/// Watches a running task's upper layer, on the blocking pool, and resolves once it
+/// takes more than `grant` bytes or the file system under it is nearly full. Checked
+/// every 200 ms, less often when a walk takes long (a twentieth of the time walking at
+/// most, and every 5 s at least): a task can overshoot by what it writes in between.
+async fn watch_disk(upper: PathBuf, grant: u64) -> DiskOver {
+    const FIRST: Duration = Duration::from_millis(200);
+    let mut pause = FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        let up = upper.clone();
+        let t = Instant::now();
+        let measured = tokio::task::spawn_blocking(move || {
+            let free = rustix::fs::statvfs(&up)
+                .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+                .unwrap_or(u64::MAX);
+            (crate::host::disk_usage(&up), free)
+        })
+        .await;
+        let Ok((used, free)) = measured else {
+            continue;
+        };
+        tracing::debug!(upper = %upper.display(), used, free, grant, "task disk");
+        if used > grant {
+            return DiskOver::Grant { used, grant };
+        }
+        if free < DISK_RESERVE {
+            return DiskOver::Full;
+        }
+        pause = (t.elapsed() * 20).clamp(FIRST, Duration::from_secs(5));
+    }
+}
+
 async fn out(send: &mut quinn::SendStream, o: &TaskOutput) -> Result<(), AgentError> {
     net::write_frame(send, o).await
 }
@@ -1329,6 +1385,8 @@ async fn run_here(
     let (mut out_open, mut err_open, mut exit) = (true, stderr.is_some(), None);
     let mut obuf = vec![0u8; 64 * 1024];
     let mut ebuf = vec![0u8; 64 * 1024];
+    let disk = watch_disk(upper.clone(), ctx.grant.disk);
+    tokio::pin!(disk);
     loop {
         if exit.is_some() && !out_open && !err_open {
             break;
@@ -1364,6 +1422,15 @@ async fn run_here(
                     stdin = None;
                 }
             },
+            over = &mut disk, if exit.is_none() => {
+                handle.kill_tree();
+                let _ = (&mut waiter).await;
+                drop_view(view.take()).await;
+                let message = over.message(&ctx.name);
+                tracing::warn!(task = format!("{task:016x}"), "stopped: {message}");
+                out(send, &TaskOutput::Failed { message, code: 255 }).await?;
+                return Ok(());
+            }
             Ok(reason) = &mut evicted, if exit.is_none() => {
                 handle.kill_tree();
                 let _ = (&mut waiter).await;

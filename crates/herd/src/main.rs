@@ -181,6 +181,11 @@ enum Command {
         /// Memory granted to herd, e.g. 4G [default: 80% of the memory available at start]
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Disk each task may fill with its writes on this host, e.g. 10G; a task over
+        /// it is stopped and nothing of it is committed [default: half the free space
+        /// of the state directory's file system at start]
+        #[arg(long, value_name = "SIZE")]
+        disk: Option<String>,
         /// Do not announce or discover peers on the LAN by mDNS
         #[arg(long)]
         no_mdns: bool,
@@ -509,6 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             peers,
             cpus,
             memory,
+            disk,
             no_mdns,
             cache_size,
             host_cgroup,
@@ -551,6 +557,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?),
                 None => None,
             };
+            let disk = match disk {
+                Some(d) => Some(host::parse_size(&d).ok_or_else(|| {
+                    AgentError::Usage(format!("invalid --disk {d:?}: use e.g. 512M or 10G"))
+                })?),
+                None => None,
+            };
             if let Some(c) = cpus
                 && !(c >= 0.0 && c.is_finite())
             {
@@ -568,6 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 peers,
                 cpus,
                 memory,
+                disk,
                 mdns: !no_mdns,
                 cache_size: Some(cache_size),
                 host_cgroup,
@@ -864,21 +877,6 @@ fn human_secs(s: i64) -> String {
     }
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b}B")
-    } else {
-        format!("{v:.1}{}", UNITS[i])
-    }
-}
-
 fn print_nodes(nodes: &[NodeInfo]) {
     println!(
         "{:<16} {:<21} {:<8} {:<12} {:>5} {:>6} {:>5} {:>8} {:>5}",
@@ -899,7 +897,7 @@ fn print_nodes(nodes: &[NodeInfo]) {
             n.cpus,
             n.speed,
             n.load,
-            human_bytes(n.mem_free),
+            host::human_bytes(n.mem_free),
             n.tasks
         );
     }

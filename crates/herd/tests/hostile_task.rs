@@ -26,6 +26,11 @@ struct Cluster {
 impl Cluster {
     /// The workstation lends no cores: every task runs on h1.
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// As [`Cluster::start`], with more arguments for h1's agent.
+    fn start_with(h1_args: &[&str]) -> Cluster {
         let mut bed = Testbed::new().expect("the testbed needs root");
         bed.add_host(HostSpec::real_fs("ws")).unwrap();
         bed.add_host(HostSpec::minimal("h1", herd_bin())).unwrap();
@@ -34,9 +39,12 @@ impl Cluster {
             Node::new(bed.host("h1"), herd_bin()),
         );
         let token = ws.init();
+        let listen = h1.listen();
+        let mut h1_argv = vec!["--join", &token, "--name", "h1", "--listen", &listen];
+        h1_argv.extend_from_slice(h1_args);
         let agents = Agents(vec![
             ws.agent(&["--no-mdns", "--cpus", "0"]),
-            h1.join(&token),
+            h1.agent(&h1_argv),
         ]);
         wait_for("h1 alive at ws", CONVERGE, || all_see(&[ws], "h1", "alive"));
         let project = tempfile::Builder::new()
@@ -277,5 +285,35 @@ fn a_task_cannot_reach_or_mount_a_cgroup_file_system() {
             "{key}: {v}"
         );
     }
+    c.still_serves();
+}
+
+#[test]
+fn a_task_over_its_disk_grant_is_stopped_and_nothing_is_committed() {
+    let c = Cluster::start_with(&["--disk", "8M"]);
+    // Well over the grant at once, then a wait the stop cuts short: the old helper let
+    // it finish and committed the 64 MiB.
+    let out = c.sh("echo small > small.txt; head -c 64M /dev/zero > big.bin; sleep 30");
+    assert_eq!(out.status.code(), Some(255));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the task was stopped") && err.contains("over the 8.0M of disk"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was committed"), "{err}");
+    for name in ["small.txt", "big.bin"] {
+        assert!(
+            !c.project.path().join(name).exists(),
+            "{name} was committed"
+        );
+    }
+    // Under the grant, the same helper writes and commits.
+    ok(&c.sh("head -c 1M /dev/zero > fits.bin"));
+    assert_eq!(
+        std::fs::metadata(c.project.path().join("fits.bin"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
     c.still_serves();
 }

@@ -89,6 +89,7 @@ async fn try_start_cluster(metrics: Option<SocketAddr>) -> Result<Cluster, Optio
         peers: vec![],
         cpus: Some(1.0),
         memory: Some(1 << 30),
+        disk: None,
         mdns: false,
         cache_size: None,
         host_cgroup: None,

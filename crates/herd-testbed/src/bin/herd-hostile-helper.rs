@@ -118,6 +118,7 @@ fn main() -> ExitCode {
         peers: flags.peers,
         cpus: None,
         memory: None,
+        disk: None,
         mdns: false,
         cache_size: None,
         host_cgroup: flags.host_cgroup,
