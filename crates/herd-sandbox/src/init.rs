@@ -1132,22 +1132,30 @@ fn pid1(
     if let Some(p) = &pids {
         p.arm();
     }
+    // Says, once, that the task ran into its process limit.
+    let mut told = false;
+    let mut tell_pids_limit = |stderr: &mut Option<fs::File>| {
+        if told || !pids.as_ref().is_some_and(Pids::refused) {
+            return false;
+        }
+        told = true;
+        let limit = pids_value(spec.pids_max);
+        let msg = format!(
+            "herd: the task was ended: it reached its limit of {limit} processes (pids.max); a fork bomb?\n"
+        );
+        if let Some(e) = stderr.as_mut() {
+            let _ = std::io::Write::write_all(e, msg.as_bytes());
+        }
+        status.send(&format!("warn task ended at its pids.max ({limit})"));
+        true
+    };
     loop {
         let (sig, code) = wait_signal_info();
         if sig == libc::SIGIO && code == libc::SI_TIMER {
-            if !pids.as_ref().is_some_and(Pids::refused) {
-                continue;
+            if tell_pids_limit(&mut stderr) {
+                // SAFETY: kill(-1) from pid 1 signals every other process of its namespace.
+                unsafe { libc::kill(-1, libc::SIGKILL) };
             }
-            let limit = pids_value(spec.pids_max);
-            let msg = format!(
-                "herd: the task was ended: it reached its limit of {limit} processes (pids.max); a fork bomb?\n"
-            );
-            if let Some(e) = stderr.as_mut() {
-                let _ = std::io::Write::write_all(e, msg.as_bytes());
-            }
-            status.send(&format!("warn task ended at its pids.max ({limit})"));
-            // SAFETY: kill(-1) from pid 1 signals every other process of its namespace.
-            unsafe { libc::kill(-1, libc::SIGKILL) };
             continue;
         }
         if sig != libc::SIGCHLD {
@@ -1158,11 +1166,15 @@ fn pid1(
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == task => {
+                    // The task may have ended because a fork was refused, before the
+                    // timer saw it.
+                    tell_pids_limit(&mut stderr);
                     status.send(&format!("exit code {code}"));
                     end_tree(status, stderr.take());
                     exit(code);
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) if pid == task => {
+                    tell_pids_limit(&mut stderr);
                     status.send(&format!("exit signal {}", s as i32));
                     end_tree(status, stderr.take());
                     exit(128 + s as i32);

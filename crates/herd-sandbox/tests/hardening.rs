@@ -547,6 +547,40 @@ fn a_fork_bomb_is_ended_with_a_message_and_the_helper_goes_on() {
     assert_eq!(out.stdout, "fine\n");
 }
 
+/// A shell that runs into the limit and exits at once (its fork refused) ends before
+/// pid 1's timer looks: the message must come all the same.
+#[test]
+fn a_task_that_exits_when_its_fork_is_refused_is_told_why() {
+    let l = Layers::new();
+    let mut spec = l.spec(
+        65534,
+        "i=0; while [ $i -lt 40 ]; do sleep 100 & i=$((i+1)); done; wait",
+    );
+    spec.cgroup = Some(CgroupSpec {
+        parent: None,
+        name: unique("forkrefused"),
+        cpus: None,
+        memory: Some(256 << 20),
+    });
+    spec.pids_max = Some(8);
+    let (err_r, err_w) = pipe();
+    spec.stdio = TaskStdio {
+        stdin: StdioFd::Null,
+        stdout: StdioFd::Null,
+        stderr: StdioFd::Fd(err_w),
+    };
+    let sandbox = spawn(Path::new(INIT), &spec).unwrap();
+    drop(spec);
+    let err = reader(err_r);
+    let exit = sandbox.wait().unwrap();
+    let err = err.join().unwrap();
+    assert_ne!(exit, TaskExit::Exited(0), "{err}");
+    assert!(
+        err.contains("herd: the task was ended: it reached its limit of 8 processes"),
+        "{exit:?}: {err}"
+    );
+}
+
 #[test]
 fn a_task_cgroup_gets_the_default_pids_limit() {
     let l = Layers::new();
