@@ -935,7 +935,9 @@ impl Agent {
                 let (cpus, speed, owner_load) = if local {
                     (self.grant.cpus, self.speed, load.owner_load)
                 } else {
-                    (load.cpus, load.speed, load.owner_load)
+                    // A peer's claimed speed, scaled by what its run times showed.
+                    let measured = self.queue.est.speed_factor(&n.id.name);
+                    (load.cpus, load.speed * measured, load.owner_load)
                 };
                 herd_sched::Node {
                     accepting: n.state == NodeState::Alive
@@ -1056,7 +1058,7 @@ impl Agent {
             // A run that fetches the executable first, or on a slot the owner's load
             // slowed by an uncertain amount, says little about the job's work.
             let sure = n.is_warm(&p.exe) && n.effective_cpus() >= 0.9 * n.cpus;
-            let lost = self.queue.start(&p, &n.name, rate, sure);
+            let lost = self.queue.start(&p, &n.name, n.local, rate, sure);
             let (job, events) = (p.job, self.events.clone());
             if n.local {
                 // The client runs it: its CPU is herd's, not the owner's.

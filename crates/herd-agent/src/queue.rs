@@ -82,6 +82,8 @@ pub enum Halt {
 /// A task running somewhere.
 struct Active {
     node: String,
+    /// The node is the workstation itself (its speed is trusted).
+    local: bool,
     exe: String,
     command: String,
     uid: u32,
@@ -219,6 +221,7 @@ impl Queue {
         &mut self,
         p: &Pending,
         node: &str,
+        local: bool,
         rate: f32,
         sure: bool,
     ) -> oneshot::Receiver<Halt> {
@@ -231,6 +234,7 @@ impl Queue {
             p.job,
             Active {
                 node: node.to_string(),
+                local,
                 exe: p.exe.clone(),
                 command: p.command(),
                 uid: p.caller.uid,
@@ -307,7 +311,9 @@ impl Queue {
             *self.ended_since_report.entry(a.node.clone()).or_default() += 1;
             if completed {
                 if a.sure {
-                    self.est.record(&a.exe, a.started.elapsed(), a.rate);
+                    let node = (!a.local).then_some(a.node.as_str());
+                    self.est
+                        .record_on(node, &a.exe, a.started.elapsed(), a.rate);
                 } else {
                     self.est.record_unsure(&a.exe, a.started.elapsed(), a.rate);
                 }
@@ -407,7 +413,7 @@ mod tests {
     async fn others_do_not_count_our_ended_tasks_and_ps_lists_everything() {
         let mut q = Queue::default();
         let running = pending(1, &["gcc", "-c", "a.c"]);
-        let _halt = q.start(&running, "h1", 1.0, true);
+        let _halt = q.start(&running, "h1", false, 1.0, true);
         q.push(pending(2, &["xz", "big"]));
         let ps = q.list(0);
         assert_eq!(ps.len(), 2);
@@ -445,8 +451,8 @@ mod tests {
     #[tokio::test]
     async fn kill_and_loss_reach_the_driver_once() {
         let mut q = Queue::default();
-        let mut h1 = q.start(&pending(1, &["a"]), "h1", 1.0, true);
-        let mut h2 = q.start(&pending(2, &["b"]), "h2", 1.0, true);
+        let mut h1 = q.start(&pending(1, &["a"]), "h1", false, 1.0, true);
+        let mut h2 = q.start(&pending(2, &["b"]), "h2", false, 1.0, true);
         assert!(q.kill(1));
         assert!(!q.kill(1), "already being stopped");
         q.lose_node("h2", "it is dead");

@@ -20,11 +20,32 @@ use std::time::Duration;
 /// the first ordinary sample, which replaces them, and are ignored after it. Mixing them
 /// in would inflate the estimate and, worse, the spread, and placement would then keep
 /// slow nodes idle for fear of a tail that is not there.
+///
+/// A node's speed is its own claim, and a node may lie (or be slower than it measured
+/// itself at start: throttled, shared). So run times also calibrate nodes
+/// ([`Estimator::record_on`]): a node's run of an executable whose work other nodes (or
+/// the workstation, which is trusted) measured tells how fast it really is, and its
+/// [`Estimator::speed_factor`] (at most 1: a claim is never believed upward) scales
+/// its claimed speed for placement and for the work its later runs teach. The reference
+/// is the median of the other nodes' own measures of that executable, so one node
+/// claiming a thousandfold speed neither gets the batch for long nor inflates the
+/// estimates everyone else is judged by.
 #[derive(Clone, Debug)]
 pub struct Estimator {
     alpha: f64,
     per_exe: HashMap<String, Entry>,
+    /// Per executable, each node's own measure of its work (mean of its sure samples,
+    /// at its calibrated rate); the workstation's under [`TRUSTED`].
+    per_node: HashMap<String, HashMap<String, (f64, u64)>>,
+    /// Per remote node, the factor its claimed speed is scaled by.
+    factors: HashMap<String, f64>,
 }
+
+/// The key of the workstation's own runs in the per-node measures.
+const TRUSTED: &str = "";
+
+/// The least a node's speed factor can fall to.
+pub const MIN_SPEED_FACTOR: f32 = 1.0 / 1024.0;
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -63,7 +84,67 @@ impl Estimator {
         Self {
             alpha,
             per_exe: HashMap::new(),
+            per_node: HashMap::new(),
+            factors: HashMap::new(),
         }
+    }
+
+    /// Records a fair run of `exe` for `runtime` on a slot of `rate` reference cores
+    /// as the node's calibrated speed claims (`node`: `None` for the workstation
+    /// itself, whose speed is its own measure and trusted), calibrating the node first
+    /// (see the type's docs), then learning the work at the corrected rate.
+    pub fn record_on(&mut self, node: Option<&str>, exe: &str, runtime: Duration, rate: f32) {
+        let secs = runtime.as_secs_f64();
+        let rate64 = f64::from(rate);
+        if !(rate64.is_finite() && rate64 > 0.0 && secs.is_finite() && secs > 0.0) {
+            return;
+        }
+        let key = node.unwrap_or(TRUSTED);
+        let mut corrected = rate64;
+        if let Some(node) = node {
+            let mut others: Vec<f64> = self
+                .per_node
+                .get(exe)
+                .into_iter()
+                .flatten()
+                .filter(|(n, _)| n.as_str() != node)
+                .map(|(_, &(w, _))| w)
+                .collect();
+            if !others.is_empty() {
+                others.sort_by(f64::total_cmp);
+                let reference = others[others.len() / 2];
+                // What the slot really delivered, against what its claim said.
+                let ratio = reference / secs / rate64;
+                let old = self.factors.get(node).copied().unwrap_or(1.0);
+                let n = self
+                    .per_node
+                    .get(exe)
+                    .and_then(|m| m.get(node))
+                    .map_or(0, |e| e.1);
+                let a = (1.0 / (n + 1) as f64).max(0.3);
+                let new = (old + a * (old * ratio - old)).clamp(f64::from(MIN_SPEED_FACTOR), 1.0);
+                if new.is_finite() {
+                    self.factors.insert(node.to_owned(), new);
+                    corrected = rate64 * new / old;
+                }
+            }
+        }
+        let work = secs * corrected;
+        let e = self
+            .per_node
+            .entry(exe.to_owned())
+            .or_default()
+            .entry(key.to_owned())
+            .or_insert((work, 0));
+        e.1 += 1;
+        e.0 += (work - e.0) / e.1 as f64;
+        self.add(exe, runtime, corrected as f32, false);
+    }
+
+    /// The factor placement scales `node`'s claimed speed by: 1 until its runs showed
+    /// it slower than it claims, never more than 1, at least [`MIN_SPEED_FACTOR`].
+    pub fn speed_factor(&self, node: &str) -> f32 {
+        self.factors.get(node).map_or(1.0, |&f| f as f32)
     }
 
     /// Records that a task of `exe` ran for `runtime` on a slot delivering `rate`
@@ -138,6 +219,49 @@ mod tests {
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_node_claiming_a_thousandfold_speed_is_calibrated_down_by_its_run_times() {
+        let mut e = Estimator::new();
+        // The workstation (trusted) measured 2 s of work per job.
+        e.record_on(None, "cc1", secs(2.0), 1.0);
+        // honest claims 1.0 and takes 2 s; liar claims 1000 and also takes 2 s.
+        e.record_on(Some("honest"), "cc1", secs(2.0), 1.0);
+        assert_eq!(e.speed_factor("honest"), 1.0);
+        let mut claimed = 1000.0_f32;
+        for _ in 0..12 {
+            let rate = claimed * e.speed_factor("liar");
+            e.record_on(Some("liar"), "cc1", secs(2.0), rate);
+            claimed = 1000.0;
+        }
+        let effective = 1000.0 * e.speed_factor("liar");
+        assert!((0.8..=1.25).contains(&effective), "{effective}");
+        // The work estimate stays near the truth for everyone else.
+        let w = e.estimate("cc1").unwrap().as_secs_f64();
+        assert!(w < 100.0, "{w}");
+        assert_eq!(e.speed_factor("honest"), 1.0);
+    }
+
+    #[test]
+    fn a_claim_is_never_believed_upward_and_no_reference_means_no_change() {
+        let mut e = Estimator::new();
+        // Nobody else measured it: nothing to calibrate against.
+        e.record_on(Some("a"), "x", secs(1.0), 1.0);
+        assert_eq!(e.speed_factor("a"), 1.0);
+        // b runs it ten times faster than it claims: still 1.
+        e.record_on(Some("b"), "x", secs(0.1), 1.0);
+        assert_eq!(e.speed_factor("b"), 1.0);
+        // A node slower than it claims by half converges near 0.5.
+        for _ in 0..20 {
+            let rate = e.speed_factor("c");
+            e.record_on(Some("c"), "x", secs(2.0), rate);
+        }
+        let f = e.speed_factor("c");
+        assert!((0.4..=0.6).contains(&f), "{f}");
+        // The floor holds for nonsense.
+        e.record_on(Some("d"), "x", secs(1e9), 1.0);
+        assert!(e.speed_factor("d") >= MIN_SPEED_FACTOR);
     }
 
     #[test]
