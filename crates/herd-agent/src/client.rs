@@ -10,6 +10,8 @@
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
 use herd_proto::{LocalRequest, RunEvent, RunSpec, TaskInput, TaskOutput};
@@ -392,22 +394,7 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
     match first {
         RunEvent::Placed { node } => outcome.node = Some(node),
         RunEvent::RunHere { node } => {
-            outcome.node = Some(node.clone());
-            let code = run_here(&spec, &node, &mut io).await;
-            outcome.code = code.unwrap_or_else(|e| {
-                let m = e;
-                write_to(&mut io.stderr, format!("herd: {m}\n").as_bytes(), true);
-                outcome.error = Some(m);
-                if outcome
-                    .error
-                    .as_deref()
-                    .is_some_and(|m| m.contains("not found"))
-                {
-                    127
-                } else {
-                    126
-                }
-            });
+            run_here_into(&spec, &node, &mut io, &mut outcome).await;
             if let Ok(b) = herd_proto::encode(&TaskInput::LocalDone(outcome.code)) {
                 let _ = framed.send(b).await;
             }
@@ -420,9 +407,13 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
     let (mut sink, mut events) = framed.split();
     let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<TaskInput>(16);
 
+    // Whether any of this process's stdin was read for the task: a re-run here could
+    // not see it again.
+    let stdin_read = Arc::new(AtomicBool::new(false));
     if io.stdin && !stdin_is_null() {
         // stdin, in a task of its own (reading blocks a thread).
         let stdin_tx = in_tx.clone();
+        let read = stdin_read.clone();
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; 64 * 1024];
@@ -433,6 +424,7 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
                         return;
                     }
                     Ok(n) => {
+                        read.store(true, Ordering::SeqCst);
                         if stdin_tx
                             .send(TaskInput::Stdin(buf[..n].to_vec()))
                             .await
@@ -518,7 +510,27 @@ pub async fn run_io(dir: &StateDir, spec: RunSpec, mut io: Io) -> Outcome {
                 outcome.error = Some(message);
                 return outcome;
             }
-            RunEvent::Output(_) | RunEvent::Placed { .. } | RunEvent::RunHere { .. } => {}
+            RunEvent::RunHere { node } => {
+                // A re-run placed on the workstation itself after a lost attempt: run it
+                // here, as when placement chose this node first, and say how it ended.
+                drop(_raw);
+                if stdin_read.load(Ordering::SeqCst) {
+                    let m = "the task's stdin was already read for the lost attempt; it cannot run again".to_owned();
+                    write_to(&mut io.stderr, format!("herd: {m}\n").as_bytes(), true);
+                    outcome.code = EXIT_HERD;
+                    outcome.error = Some(m);
+                } else {
+                    run_here_into(&spec, &node, &mut io, &mut outcome).await;
+                }
+                let _ = ctl_tx.send(TaskInput::LocalDone(outcome.code)).await;
+                // Let the sender task pass it on: the agent ends the job and closes
+                // the connection.
+                drop(ctl_tx);
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await;
+                return outcome;
+            }
+            RunEvent::Output(_) | RunEvent::Placed { .. } => {}
             RunEvent::Retrying { node, reason } => {
                 // The lost attempt's output is discarded where it was captured.
                 rewind(&mut io.stdout);
@@ -589,6 +601,20 @@ async fn cancelled(cancel: &mut Option<tokio::sync::watch::Receiver<bool>>) {
 /// Runs the task on this machine, directly as the calling user: what placement chose
 /// when the workstation finishes it soonest. Same files, same identity, same limits,
 /// no sandbox (writes land at once rather than at exit).
+/// Runs the task here ([`run_here`]) and records how it ended in `outcome`: its code,
+/// or 127 / 126 with the error written to stderr.
+async fn run_here_into(spec: &RunSpec, node: &str, io: &mut Io, outcome: &mut Outcome) {
+    outcome.node = Some(node.to_owned());
+    match run_here(spec, node, io).await {
+        Ok(code) => outcome.code = code,
+        Err(m) => {
+            write_to(&mut io.stderr, format!("herd: {m}\n").as_bytes(), true);
+            outcome.code = if m.contains("not found") { 127 } else { 126 };
+            outcome.error = Some(m);
+        }
+    }
+}
+
 async fn run_here(spec: &RunSpec, node: &str, io: &mut Io) -> Result<i32, String> {
     use std::ffi::OsString;
     use std::process::Stdio;

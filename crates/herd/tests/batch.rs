@@ -519,6 +519,54 @@ fn a_batch_loses_nothing_when_a_helper_is_killed_midway() {
     assert!(files_with(c.project.path(), "herd-").is_empty());
 }
 
+/// The hang found under faults: a task lost with its helper was placed again on the
+/// workstation itself, and `herd map`'s client, past its first placement, ignored the
+/// "run it here" and waited for ever. Here the workstation lends one core and the only
+/// helper is killed while it runs a job, so the re-run can only land on the
+/// workstation.
+#[test]
+fn a_task_lost_with_its_helper_runs_again_on_the_workstation_itself() {
+    let c = Cluster::start(&["--cpus", "1"], &[("h1", 1.0)]);
+    let args: Vec<String> = (1..=3).map(|i| i.to_string()).collect();
+    let mut argv = vec![
+        "-j",
+        "3",
+        "echo start {}; sleep 2; echo {} $HERD_NODE > out.{}; echo end {}",
+        ":::",
+    ];
+    argv.extend(args.iter().map(String::as_str));
+    let mut child = map_cmd(&c, &argv).spawn().unwrap();
+    wait_for("h1 runs a job", CONVERGE, || {
+        c.ws().nodes().is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["name"] == "h1" && n["tasks"].as_u64().unwrap_or(0) > 0)
+        })
+    });
+    c.bed.host("h1").kill_all().unwrap();
+    // The batch ends (it hung before): every job ran once to its end, on ws at last.
+    let ended = herd_testbed::cluster::time_until(Duration::from_secs(120), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if ended.is_none() {
+        let _ = child.kill();
+        let ps = c.output("ps", &[]);
+        panic!("herd map hung; herd ps:\n{}", text(&ps.stdout));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = ok(&out);
+    for a in &args {
+        let ends = stdout.lines().filter(|l| *l == format!("end {a}")).count();
+        assert_eq!(ends, 1, "job {a}: {stdout}");
+        let file = std::fs::read_to_string(c.p(&format!("out.{a}"))).unwrap();
+        assert!(file.starts_with(&format!("{a} ")), "{file}");
+    }
+    assert!(
+        (1..=3).any(|a| std::fs::read_to_string(c.p(&format!("out.{a}")))
+            .is_ok_and(|f| f.trim().ends_with(" ws"))),
+        "no job ran on the workstation"
+    );
+}
+
 /// A CPU-bound process standing for the host owner's own work, in the host's cgroups.
 struct OwnerLoad(Child);
 
