@@ -614,6 +614,18 @@ fn owned(opts: &str, rootless: bool) -> String {
 
 /// Builds the task's root at `work` (overlay + /proc + /tmp + /dev) and pivots into it.
 fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
+    let lower = absolute(&path(&spec.lower), "lower")?;
+    let upper = absolute(&path(&spec.upper), "upper")?;
+    let work = absolute(&path(&spec.work), "work")?;
+    // As root, from the namespace's real root (see `leave_chroot`): the layers' paths
+    // are then below the agent's old root.
+    let (lower, upper, work) = if rootless {
+        (lower, upper, work)
+    } else {
+        let old_root = leave_chroot(&work)?;
+        let under = |p: &Path| old_root.join(p.strip_prefix("/").unwrap_or(p));
+        (under(&lower), under(&upper), under(&work))
+    };
     mount(
         None::<&str>,
         "/",
@@ -622,9 +634,6 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("make mounts private: {}", errno_str(e)))?;
-    let lower = absolute(&path(&spec.lower), "lower")?;
-    let upper = absolute(&path(&spec.upper), "upper")?;
-    let work = absolute(&path(&spec.work), "work")?;
     match_root_attributes(&lower, &upper, rootless)?;
     let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -758,9 +767,6 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     }
 
     std::env::set_current_dir(&root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
-    if !rootless {
-        leave_chroot()?;
-    }
     nix::unistd::pivot_root(".", ".")
         .map_err(|e| format!("pivot_root {}: {}", root.display(), errno_str(e)))?;
     umount2(".", MntFlags::MNT_DETACH)
@@ -769,30 +775,28 @@ fn build_root(spec: &WireSpec, rootless: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// An agent confined to a chroot directory (a real way to run a helper) makes every
-/// process it starts "chrooted", and the kernel refuses a user namespace to a chrooted
-/// process. In pid 1's own mount namespace, as root, this climbs out of that chroot to
-/// the namespace's real root and comes back to the working directory (the task's root,
-/// about to be pivoted to, after which the helper's whole tree is detached): the task's
-/// root then takes the namespace root's place, and the task may have a user namespace.
-/// Without a chroot it changes nothing.
-fn leave_chroot() -> Result<(), String> {
+/// An agent confined to a chroot directory (a real way to run a helper: NAS boxes run
+/// Debian in one) makes every process it starts "chrooted": the kernel refuses such a
+/// process a user namespace, and the chroot directory need not even be a mount point
+/// (then `/` cannot be made private, nor pivoted from). In pid 1's own mount namespace,
+/// as root, this climbs out of the chroot to the namespace's real root (through
+/// `below`, any directory under the current root) and returns where the old root is
+/// from there (`/` when there was no chroot). The task's root later takes the real
+/// root's place by `pivot_root`, and the helper's whole tree is detached.
+fn leave_chroot(below: &Path) -> Result<PathBuf, String> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-    let open = |p: &std::ffi::CStr| -> Result<OwnedFd, String> {
-        // SAFETY: a NUL-terminated path and integer flags.
-        let fd = unsafe { libc::open(p.as_ptr(), flags) };
-        check(fd, || format!("leave the agent's chroot: open {p:?}"))?;
-        // SAFETY: the kernel just returned this descriptor to us.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    let here = open(c".")?;
-    let old = open(c"/")?;
+    // SAFETY: a NUL-terminated path and integer flags.
+    let fd = unsafe { libc::open(c"/".as_ptr(), flags) };
+    check(fd, || "leave the agent's chroot: open /".into())?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    let old = unsafe { OwnedFd::from_raw_fd(fd) };
+    let below = cstr(below.as_os_str().as_encoded_bytes());
     let step =
         |ret: libc::c_int, what: &str| check(ret, || format!("leave the agent's chroot: {what}"));
-    // SAFETY (this block): NUL-terminated paths, descriptors we own, and stat buffers
+    // SAFETY (this block): NUL-terminated paths, a descriptor we own, and stat buffers
     // valid for the calls' duration.
     unsafe {
-        step(libc::chroot(c".".as_ptr()), "chroot .")?;
+        step(libc::chroot(below.as_ptr()), "chroot below /")?;
         step(libc::fchdir(old.as_raw_fd()), "fchdir /")?;
         loop {
             let mut a: libc::stat = std::mem::zeroed();
@@ -808,8 +812,12 @@ fn leave_chroot() -> Result<(), String> {
             libc::chroot(c".".as_ptr()),
             "chroot to the namespace's root",
         )?;
-        step(libc::fchdir(here.as_raw_fd()), "back to the task's root")
+        step(libc::fchdir(old.as_raw_fd()), "back to the old root")?;
     }
+    let old_root = std::env::current_dir()
+        .map_err(|e| format!("leave the agent's chroot: where the old root is: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(old_root)
 }
 
 /// Makes the kernel's knobs in the task's fresh /proc read-only and covers what shows

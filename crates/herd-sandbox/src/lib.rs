@@ -101,9 +101,9 @@
 //!   up: the submitter's uid 0 is uid 2^31 on the helper, and files of the helper's own
 //!   users show as the overflow id. The lower layer is expected to present its owners
 //!   shifted the same way (herd's FUSE view does). A helper confined to a chroot
-//!   directory still gets this: pid 1 leaves the chroot inside its own mount namespace
-//!   before it pivots into the task's root (the kernel refuses user namespaces to a
-//!   chrooted process). Rootless, the namespaces described under *Rootless* do this.
+//!   directory, a mount point or not, still gets this: pid 1 leaves the chroot inside
+//!   its own mount namespace before it builds the task's root and pivots into it (the
+//!   kernel refuses user namespaces to a chrooted process). Rootless, the namespaces described under *Rootless* do this.
 //! * Hold any capability, whoever submitted it (root included: a task of uid 0 is still
 //!   uid 0, but cannot mount, unmount the covers of hidden paths, write `/proc/sys`,
 //!   renice below its nice or leave `SCHED_IDLE`), or make the system calls of the

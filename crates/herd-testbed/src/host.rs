@@ -40,6 +40,10 @@ pub struct HostSpec {
     pub bandwidth_mbit: Option<u32>,
     /// Memory limit in bytes (swap is not allowed past it where the kernel lets us say so).
     pub memory_limit: Option<u64>,
+    /// A minimal host's root is a plain directory, not a mount point of its own (as on a
+    /// NAS that runs Debian in a chroot); by default it is bind-mounted onto itself, as
+    /// a container's root is.
+    pub plain_chroot: bool,
 }
 
 impl HostSpec {
@@ -51,6 +55,7 @@ impl HostSpec {
             cpu_quota: None,
             bandwidth_mbit: None,
             memory_limit: None,
+            plain_chroot: false,
         }
     }
 
@@ -62,6 +67,12 @@ impl HostSpec {
             },
             ..HostSpec::real_fs(name)
         }
+    }
+
+    /// Makes a minimal host's root a plain chroot directory (see [`HostSpec::plain_chroot`]).
+    pub fn plain_chroot(mut self) -> Self {
+        self.plain_chroot = true;
+        self
     }
 
     /// Sets the CPU quota, in CPUs.

@@ -329,7 +329,12 @@ impl Testbed {
         fs::create_dir_all(&log_dir).map_err(|e| Error::io("create directory", &log_dir, e))?;
         let ns_dir = mntns::ns_dir(&self.id);
         let mntns_path = ns_dir.join(format!("{name}.mnt"));
-        mntns::create(&mntns_path, &ns_dir, root_dir.as_deref())?;
+        mntns::create(
+            &mntns_path,
+            &ns_dir,
+            root_dir.as_deref(),
+            !spec.plain_chroot,
+        )?;
 
         let placement = Arc::new(Placement {
             host: name.to_owned(),

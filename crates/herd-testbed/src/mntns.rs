@@ -74,8 +74,13 @@ const HOLDER_STEPS: &[&str] = &[
 
 /// Creates the mount namespace of a host and pins it at `file` (inside a directory
 /// prepared by [`prepare_dir`]). With `minimal_root`, mounts the root's `/proc`, `/dev`
-/// and `/sys` inside it.
-pub(crate) fn create(file: &Path, dir: &Path, minimal_root: Option<&Path>) -> Result<(), Error> {
+/// and `/sys` inside it, and with `root_mount` makes the root a mount of its own.
+pub(crate) fn create(
+    file: &Path,
+    dir: &Path,
+    minimal_root: Option<&Path>,
+    root_mount: bool,
+) -> Result<(), Error> {
     fs::write(file, "").map_err(|e| Error::io("create", file, e))?;
     let dir_c = cstr(dir)?;
     let minimal = match minimal_root {
@@ -156,7 +161,7 @@ pub(crate) fn create(file: &Path, dir: &Path, minimal_root: Option<&Path>) -> Re
                 // The root is a mount of its own, as a container's is: a process
                 // chrooted there sees `/` as a mount point (sandboxes need that).
                 let bind = libc::MS_BIND | libc::MS_REC;
-                if raw_mount(root_dir.as_ptr(), root_dir.as_ptr(), null, bind) != 0 {
+                if root_mount && raw_mount(root_dir.as_ptr(), root_dir.as_ptr(), null, bind) != 0 {
                     fail(6);
                 }
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

@@ -31,9 +31,14 @@ impl Cluster {
 
     /// As [`Cluster::start`], with more arguments for h1's agent.
     fn start_with(h1_args: &[&str]) -> Cluster {
+        Cluster::start_on(HostSpec::minimal("h1", herd_bin()), h1_args)
+    }
+
+    /// As [`Cluster::start_with`], with h1 as `h1`.
+    fn start_on(h1: HostSpec, h1_args: &[&str]) -> Cluster {
         let mut bed = Testbed::new().expect("the testbed needs root");
         bed.add_host(HostSpec::real_fs("ws")).unwrap();
-        bed.add_host(HostSpec::minimal("h1", herd_bin())).unwrap();
+        bed.add_host(h1).unwrap();
         let (ws, h1) = (
             Node::new(bed.host("ws"), herd_bin()),
             Node::new(bed.host("h1"), herd_bin()),
@@ -314,6 +319,34 @@ fn a_task_over_its_disk_grant_is_stopped_and_nothing_is_committed() {
             .unwrap()
             .len(),
         1 << 20
+    );
+    c.still_serves();
+}
+
+/// A helper run from a plain chroot directory (not a mount point, as on a NAS that runs
+/// Debian in one): the kernel refuses user namespaces to chrooted processes and `/`
+/// there cannot be made private or pivoted from, so its probe failed ("make mounts
+/// private: Invalid argument"). Its tasks run, in their own user namespace.
+#[test]
+fn a_helper_in_a_plain_chroot_directory_runs_sandboxed_tasks() {
+    let c = Cluster::start_on(HostSpec::minimal("h1", herd_bin()).plain_chroot(), &[]);
+    let root = c.bed.host("h1").root_dir().unwrap().to_path_buf();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap())),
+        "the test needs h1's root not to be a mount point here"
+    );
+    let out = c.sh("echo uidmap=$(tr -s ' ' < /proc/self/uid_map); echo made > made.txt");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        value(&out, "uidmap"),
+        format!(" 0 {} {}", herd_sandbox_base(), (1u64 << 31) - 1)
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.project.path().join("made.txt")).unwrap(),
+        "made\n"
     );
     c.still_serves();
 }
