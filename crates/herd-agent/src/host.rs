@@ -11,7 +11,6 @@
 //!   CPU time (so a CPU quota does not distort it) and scaled so that a 2020s x86-64
 //!   server core scores about 1.0 (release build; a debug build scores about half).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use procfs::Current;
@@ -26,87 +25,17 @@ pub fn online_cpus() -> f32 {
         .unwrap_or(1.0)
 }
 
-/// The directories, innermost first, of the cgroups this process is in that can carry
-/// limits of cgroup v1 controller `controller`: each `(v2, dir)` is the group or one
-/// of its ancestors, in the unified hierarchy (`v2`) or in the controller's own.
-fn limit_dirs(controller: &str) -> Vec<(bool, PathBuf)> {
-    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let path = path.trim_start_matches('/');
-        if controllers.is_empty() {
-            out.extend(
-                ancestors(Path::new("/sys/fs/cgroup"), path)
-                    .into_iter()
-                    .map(|d| (true, d)),
-            );
-        } else if controllers.split(',').any(|c| c == controller) {
-            let base = Path::new("/sys/fs/cgroup").join(controller);
-            out.extend(ancestors(&base, path).into_iter().map(|d| (false, d)));
-        }
-    }
-    out
-}
-
-/// The CPU quota of the cgroup this process runs in, in cores, if any.
+/// The CPU quota of the cgroup this process runs in (the tightest of its group's and
+/// its ancestors'), in cores, if any.
 pub fn cgroup_cpu_quota() -> Option<f32> {
-    limit_dirs("cpu").into_iter().find_map(|(v2, dir)| {
-        if v2 {
-            // "max 100000" or "50000 100000".
-            parse_cpu_max(&std::fs::read_to_string(dir.join("cpu.max")).ok()?)
-        } else {
-            let q = read_num(&dir.join("cpu.cfs_quota_us"))?;
-            let p = read_num(&dir.join("cpu.cfs_period_us"))?;
-            (q > 0.0 && p > 0.0).then_some((q / p) as f32)
-        }
-    })
-}
-
-fn ancestors(base: &Path, rel: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut p = PathBuf::from(rel);
-    loop {
-        out.push(base.join(&p));
-        if !p.pop() {
-            break;
-        }
-    }
-    out
-}
-
-fn read_num(p: &Path) -> Option<f64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn parse_cpu_max(s: &str) -> Option<f32> {
-    let mut it = s.split_whitespace();
-    let q: f64 = it.next()?.parse().ok()?;
-    let p: f64 = it.next()?.parse().ok()?;
-    (p > 0.0).then_some((q / p) as f32)
+    let all = herd_sandbox::cgroups::detect().ok()?;
+    herd_sandbox::cgroups::own_cpu_quota(&all).map(|q| q as f32)
 }
 
 /// The memory limit of this process's cgroup, if any (the tightest of its ancestors').
 pub fn cgroup_memory_limit() -> Option<u64> {
-    limit_dirs("memory")
-        .into_iter()
-        .filter_map(|(v2, dir)| {
-            read_num(&dir.join(if v2 {
-                "memory.max"
-            } else {
-                "memory.limit_in_bytes"
-            }))
-        })
-        // v1 reports "no limit" as a huge number.
-        .filter(|&v| v > 0.0 && v < (1u64 << 60) as f64)
-        .map(|v| v as u64)
-        .min()
+    let all = herd_sandbox::cgroups::detect().ok()?;
+    herd_sandbox::cgroups::own_memory_limit(&all)
 }
 
 /// `MemAvailable` in bytes.
@@ -258,12 +187,6 @@ mod tests {
         assert_eq!(parse_size("100"), Some(100));
         assert_eq!(parse_size("3 parsecs"), None);
         assert_eq!(parse_size("-1G"), None);
-    }
-
-    #[test]
-    fn cpu_max_parses() {
-        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
-        assert_eq!(parse_cpu_max("max 100000\n"), None);
     }
 
     #[test]

@@ -655,68 +655,11 @@ impl Policy {
 // OwnerMeter
 // ---------------------------------------------------------------------------------------
 
-/// Controllers a v1 mount may carry; anything else in its options is a flag.
-const V1_CONTROLLERS: &[&str] = &[
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "memory",
-    "devices",
-    "freezer",
-    "net_cls",
-    "blkio",
-    "perf_event",
-    "net_prio",
-    "hugetlb",
-    "pids",
-    "rdma",
-    "misc",
-];
-
 /// The prefix of task groups (`herd-task-<16 hex>`, see `task.rs`).
 const TASK_PREFIX: &str = "herd-task-";
 
-/// v1 reports "no memory limit" as a huge number.
-const NO_LIMIT: u64 = 1 << 60;
-
-/// A mounted cgroup hierarchy and this process's group in it.
-#[derive(Debug, Clone)]
-struct Hier {
-    v2: bool,
-    mount: PathBuf,
-    /// The cgroup path of the mount's root (`/` unless mounted from a subgroup).
-    root: PathBuf,
-    controllers: Vec<String>,
-    /// The agent's group, as a cgroup path (`/system.slice/herd.service`).
-    own: PathBuf,
-}
-
-impl Hier {
-    fn has(&self, c: &str) -> bool {
-        self.controllers.iter().any(|x| x == c)
-    }
-
-    /// The directory of cgroup path `cg` (as in `/proc/PID/cgroup`) in this hierarchy.
-    fn dir(&self, cg: &Path) -> PathBuf {
-        let rel = cg.strip_prefix(&self.root).unwrap_or(cg);
-        let rel = rel.strip_prefix("/").unwrap_or(rel);
-        if rel.as_os_str().is_empty() {
-            self.mount.clone()
-        } else {
-            self.mount.join(rel)
-        }
-    }
-
-    /// The cgroup path of directory `dir` of this hierarchy.
-    fn cgroup_of(&self, dir: &Path) -> Option<PathBuf> {
-        let rel = dir.strip_prefix(&self.mount).ok()?;
-        Some(if rel.as_os_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        })
-    }
-}
+/// A cgroup hierarchy, from the workspace's one reader of them.
+type Hier = herd_sandbox::cgroups::Hierarchy;
 
 /// Where a cumulative CPU figure comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -832,7 +775,8 @@ impl OwnerMeter {
         };
         let mountinfo = read(proc.join("self/mountinfo"))?;
         let proc_cgroup = read(proc.join("self/cgroup")).unwrap_or_default();
-        let hiers = parse_hierarchies(&mountinfo, &proc_cgroup, &|p| fs::read_to_string(p).ok());
+        let hiers =
+            herd_sandbox::cgroups::parse(&mountinfo, &proc_cgroup, &|p| fs::read_to_string(p).ok());
         let children_files = fs::read_dir(proc.join("self/task"))
             .ok()
             .and_then(|mut d| d.next())
@@ -1001,7 +945,7 @@ impl OwnerMeter {
             if d.is_dir() {
                 return Some(d);
             }
-            let path = own_path(member.as_deref()?, h)?;
+            let path = herd_sandbox::cgroups::own_path(member.as_deref()?, h)?;
             let d = h.dir(&path);
             d.is_dir().then_some(d)
         };
@@ -1223,20 +1167,8 @@ impl OwnerMeter {
         let mut best: Option<f64> = None;
         for (i, dir) in &host.quota {
             let h = &self.hiers[*i];
-            for d in up_to(dir, &h.mount) {
-                let q = if h.v2 {
-                    fs::read_to_string(d.join("cpu.max"))
-                        .ok()
-                        .and_then(|s| parse_cpu_max(&s))
-                } else {
-                    let q = read_i64(&d.join("cpu.cfs_quota_us"));
-                    let p = read_i64(&d.join("cpu.cfs_period_us"));
-                    match (q, p) {
-                        (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
-                        _ => None,
-                    }
-                };
-                if let Some(q) = q {
+            for d in h.up_from(dir) {
+                if let Some(q) = herd_sandbox::cgroups::cpu_quota_of(h, &d) {
                     best = Some(best.map_or(q, |b| b.min(q)));
                 }
             }
@@ -1256,7 +1188,7 @@ impl OwnerMeter {
         };
         for (i, dir) in &host.memory {
             let h = &self.hiers[*i];
-            for d in up_to(dir, &h.mount) {
+            for d in h.up_from(dir) {
                 // v2 writes "max" for no limit, which does not parse: no limit either.
                 let (limit, usage, inactive_key) = if h.v2 {
                     (
@@ -1271,7 +1203,9 @@ impl OwnerMeter {
                         "total_inactive_file",
                     )
                 };
-                let Some(limit) = limit.filter(|&l| l > 0 && l < NO_LIMIT) else {
+                let Some(limit) =
+                    limit.filter(|&l| l > 0 && l < herd_sandbox::cgroups::V1_NO_LIMIT)
+                else {
                     continue;
                 };
                 let inactive = fs::read_to_string(d.join("memory.stat"))
@@ -1335,13 +1269,6 @@ fn online_cpus(stat: &str) -> usize {
         .count()
 }
 
-fn parse_cpu_max(s: &str) -> Option<f64> {
-    let mut it = s.split_whitespace();
-    let q: f64 = it.next()?.parse().ok()?;
-    let p: f64 = it.next().unwrap_or("100000").parse().ok()?;
-    (q > 0.0 && p > 0.0).then_some(q / p)
-}
-
 /// The value of `key` in a `key value` file (`cpu.stat`, `memory.stat`, meminfo).
 fn key_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -1354,104 +1281,11 @@ fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-fn read_i64(p: &Path) -> Option<i64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
 /// The task id of a task group's name (`herd-task-` and 16 hex digits).
 fn task_id(name: &str) -> Option<u64> {
     let hex = name.strip_prefix(TASK_PREFIX)?;
     (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| u64::from_str_radix(hex, 16).ok())?
-}
-
-/// `dir` and its ancestors down to `mount`, innermost first.
-fn up_to(dir: &Path, mount: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut d = dir;
-    while d != mount {
-        match d.parent() {
-            Some(p) if p.starts_with(mount) => {
-                out.push(p.to_path_buf());
-                d = p;
-            }
-            _ => break,
-        }
-    }
-    out
-}
-
-/// The cgroup path of hierarchy `h` in the text of a `/proc/PID/cgroup`.
-fn own_path(proc_cgroup: &str, h: &Hier) -> Option<PathBuf> {
-    proc_cgroup.lines().find_map(|l| {
-        let mut p = l.splitn(3, ':');
-        let (id, ctl, cg) = (p.next()?, p.next()?, p.next()?);
-        let matches = if h.v2 {
-            id == "0" && ctl.is_empty()
-        } else {
-            ctl.split(',').any(|c| h.has(c))
-        };
-        matches.then(|| PathBuf::from(cg))
-    })
-}
-
-/// The cgroup hierarchies of the text of mountinfo and `/proc/self/cgroup`; `read` reads
-/// the `cgroup.controllers` of v2 mounts.
-fn parse_hierarchies(
-    mountinfo: &str,
-    proc_cgroup: &str,
-    read: &dyn Fn(&Path) -> Option<String>,
-) -> Vec<Hier> {
-    let mut out: Vec<Hier> = Vec::new();
-    let mut devs: Vec<String> = Vec::new();
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        if sep < 5 || f.len() < sep + 4 {
-            continue;
-        }
-        let v2 = match f[sep + 1] {
-            "cgroup" => false,
-            "cgroup2" => true,
-            _ => continue,
-        };
-        // Bind mounts of one hierarchy share the device: keep the first.
-        if devs.iter().any(|d| d == f[2]) {
-            continue;
-        }
-        let mount = PathBuf::from(herd_sandbox::unescape_mountinfo(f[4]));
-        let controllers: Vec<String> = if v2 {
-            read(&mount.join("cgroup.controllers"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        } else {
-            f[sep + 3]
-                .split(',')
-                .filter(|o| V1_CONTROLLERS.contains(o))
-                .map(str::to_owned)
-                .collect()
-        };
-        if !v2 && controllers.is_empty() {
-            continue; // a named hierarchy (name=systemd)
-        }
-        devs.push(f[2].to_owned());
-        let mut h = Hier {
-            v2,
-            mount,
-            root: PathBuf::from(herd_sandbox::unescape_mountinfo(f[3])),
-            controllers,
-            own: PathBuf::from("/"),
-        };
-        if let Some(own) = own_path(proc_cgroup, &h) {
-            h.own = own;
-        }
-        out.push(h);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -2412,15 +2246,5 @@ mod tests {
         assert_eq!(task_id("herd-task-00000000000000ff"), Some(255));
         assert_eq!(task_id("herd-task-ff"), None);
         assert_eq!(task_id("herd-task-0000000000000zff"), None);
-        assert_eq!(parse_cpu_max("max 100000"), None);
-        assert_eq!(parse_cpu_max("25000 100000\n"), Some(0.25));
-        assert_eq!(
-            up_to(Path::new("/m/a/b"), Path::new("/m")),
-            vec![
-                PathBuf::from("/m/a/b"),
-                PathBuf::from("/m/a"),
-                PathBuf::from("/m")
-            ]
-        );
     }
 }

@@ -22,119 +22,16 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use crate::cgroups::{Hierarchy, detect};
 use crate::spec::{WireCgroup, path};
 
 /// The CFS period the quota is expressed in (100 ms, the kernel default).
 const PERIOD_US: u64 = 100_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    V1,
-    V2,
-}
-
-/// A mounted hierarchy and the caller's group in it.
-#[derive(Debug, Clone)]
-struct Hierarchy {
-    version: Version,
-    mount: PathBuf,
-    controllers: Vec<String>,
-    /// The caller's group, relative to the mount (no leading `/`).
-    own: PathBuf,
-}
-
 /// A group this module created.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     pub dir: PathBuf,
-}
-
-/// Undoes the octal escapes (`\040` for a space) of a `/proc/PID/mountinfo` field.
-pub fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let escape = (b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)))
-        .then(|| {
-            let d = |c: u8| u32::from(c - b'0');
-            d(b[i + 1]) * 64 + d(b[i + 2]) * 8 + d(b[i + 3])
-        });
-        // `\400` to `\777` are not bytes (found by the `sandbox_spec` fuzz target: the
-        // sum overflowed): taken as written, like any other text.
-        if let Some(byte) = escape.and_then(|v| u8::try_from(v).ok()) {
-            out.push(byte);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Works out the hierarchies from the text of mountinfo and /proc/self/cgroup; `read`
-/// reads the `cgroup.controllers` file of v2 mounts.
-fn hierarchies(
-    mountinfo: &str,
-    proc_cgroup: &str,
-    read: &dyn Fn(&Path) -> Option<String>,
-) -> Vec<Hierarchy> {
-    let mut out: Vec<Hierarchy> = Vec::new();
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        if f.len() < sep + 4 || sep < 5 {
-            continue;
-        }
-        let version = match f[sep + 1] {
-            "cgroup" => Version::V1,
-            "cgroup2" => Version::V2,
-            _ => continue,
-        };
-        let root = unescape(f[3]);
-        let mount = PathBuf::from(unescape(f[4]));
-        let controllers: Vec<String> = match version {
-            Version::V1 => f[sep + 3]
-                .split(',')
-                .filter(|o| !o.contains('=') && !matches!(*o, "rw" | "ro"))
-                .map(str::to_owned)
-                .collect(),
-            Version::V2 => read(&mount.join("cgroup.controllers"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
-        };
-        // A v1 mount without controllers is a named one (name=systemd): nothing for us.
-        // A v2 mount without controllers still freezes (the unified mount of hybrids).
-        let unusable = version == Version::V1 && controllers.is_empty();
-        if unusable || out.iter().any(|h| h.mount == mount) {
-            continue;
-        }
-        let own = proc_cgroup.lines().find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_id, ctl, cg) = (p.next()?, p.next()?, p.next()?);
-            let matches = match version {
-                Version::V2 => ctl.is_empty(),
-                Version::V1 => ctl.split(',').any(|c| controllers.iter().any(|x| x == c)),
-            };
-            matches.then(|| cg.to_owned())
-        });
-        let own = own.unwrap_or_else(|| "/".to_owned());
-        let rel = own.strip_prefix(root.as_str()).unwrap_or(&own);
-        out.push(Hierarchy {
-            version,
-            mount,
-            controllers,
-            own: PathBuf::from(rel.trim_start_matches('/')),
-        });
-    }
-    out
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
@@ -150,12 +47,9 @@ pub(crate) fn create(spec: &WireCgroup, pids_max: Option<u64>) -> Result<Vec<Gro
     if spec.name.is_empty() || spec.name.contains('/') || spec.name.starts_with('.') {
         return Err(format!("cgroup: bad group name {:?}", spec.name));
     }
-    let v1 = |c: &str| {
-        all.iter()
-            .find(|h| h.version == Version::V1 && h.controllers.iter().any(|x| x == c))
-    };
-    let v2 = all.iter().find(|h| h.version == Version::V2);
-    let v2_has = |c: &str| v2.filter(|h| h.controllers.iter().any(|x| x == c));
+    let v1 = |c: &str| all.iter().find(|h| !h.v2 && h.has(c));
+    let v2 = all.iter().find(|h| h.v2);
+    let v2_has = |c: &str| v2.filter(|h| h.has(c));
     let cpu_h = v1("cpu").or_else(|| v2_has("cpu"));
     let mem_h = v1("memory").or_else(|| v2_has("memory"));
     // Without a pids controller the limit cannot be had: the task runs without it.
@@ -282,7 +176,7 @@ fn create_in(
             .strip_prefix("/")
             .map(Path::to_path_buf)
             .unwrap_or_else(|_| path(p)),
-        None => h.own.clone(),
+        None => h.own_rel(),
     };
     let parent = h.mount.join(&parent_rel);
     if !parent.is_dir() {
@@ -291,7 +185,7 @@ fn create_in(
             parent.display()
         ));
     }
-    if h.version == Version::V2 {
+    if h.v2 {
         let wanted: Vec<&str> = [
             ("cpu", cpu && spec.cpus.is_some()),
             ("memory", mem && spec.memory.is_some()),
@@ -352,19 +246,20 @@ fn create_in(
                 return Err(format!("cgroup: bad cpu quota {cpus}"));
             }
             let quota = ((cpus * PERIOD_US as f64).round() as u64).max(1000);
-            match h.version {
-                Version::V2 => write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?,
-                Version::V1 => {
-                    write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                }
+            if h.v2 {
+                write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+            } else {
+                write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
         }
         if let (true, Some(bytes)) = (mem, spec.memory) {
-            match h.version {
-                Version::V2 => write(&dir.join("memory.max"), &bytes.to_string())?,
-                Version::V1 => write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?,
-            }
+            let file = if h.v2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            write(&dir.join(file), &bytes.to_string())?;
         }
         if limits.pids {
             write(&dir.join("pids.max"), &pids_value(pids_max))?;
@@ -380,34 +275,24 @@ fn create_in(
     }
 }
 
-/// Reads this machine's hierarchies.
-fn detect() -> Result<Vec<Hierarchy>, String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cgroup: read /proc/self/mountinfo: {e}"))?;
-    let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cgroup: read /proc/self/cgroup: {e}"))?;
-    Ok(hierarchies(&mountinfo, &proc_cgroup, &|p| {
-        fs::read_to_string(p).ok()
-    }))
-}
-
 /// See [`crate::prepare_agent_cgroup`].
 pub(crate) fn prepare_agent(leaf: &str) -> Result<Option<PathBuf>, String> {
     prepare_agent_in(&detect()?, leaf)
 }
 
 fn prepare_agent_in(all: &[Hierarchy], leaf: &str) -> Result<Option<PathBuf>, String> {
-    let has = |h: &Hierarchy| h.controllers.iter().any(|c| c == "cpu" || c == "memory");
-    if all.iter().any(|h| h.version == Version::V1 && has(h)) {
+    let has = |h: &Hierarchy| h.has("cpu") || h.has("memory");
+    if all.iter().any(|h| !h.v2 && has(h)) {
         // v1 groups may hold processes and children alike.
         return Ok(None);
     }
-    let Some(h) = all.iter().find(|h| h.version == Version::V2 && has(h)) else {
+    let Some(h) = all.iter().find(|h| h.v2 && has(h)) else {
         return Ok(None);
     };
-    let own = h.mount.join(&h.own);
-    let parent = Path::new("/").join(&h.own);
-    if h.own.as_os_str().is_empty() {
+    let rel = h.own_rel();
+    let own = h.mount.join(&rel);
+    let parent = Path::new("/").join(&rel);
+    if rel.as_os_str().is_empty() {
         // The root group may hold processes and hand out controllers.
         return Ok(Some(parent));
     }
@@ -508,44 +393,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_escapes_are_undone_and_non_bytes_kept_as_written() {
-        assert_eq!(unescape(r"/a\040b\011c\134d"), "/a b\tc\\d");
-        // Above \377 no byte: as written (this overflowed and panicked before).
-        assert_eq!(unescape(r"\447"), r"\447");
-        assert_eq!(unescape(r"x\777y\04"), r"x\777y\04");
-    }
-
-    const HYBRID: &str = "\
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
-    const HYBRID_CG: &str = "9:name=systemd:/\n4:memory:/agent/x\n1:cpu:/\n0::/\n";
-
-    #[test]
-    fn hybrid_uses_v1_with_own_paths_and_keeps_the_unified_mount() {
-        let h = hierarchies(HYBRID, HYBRID_CG, &|_| Some(String::new()));
-        assert_eq!(
-            h.len(),
-            3,
-            "cpu, memory and the unified mount; not name=systemd"
-        );
-        assert_eq!(h[2].version, Version::V2);
-        assert_eq!(h[0].mount, PathBuf::from("/sys/fs/cgroup/cpu"));
-        assert_eq!(h[0].own, PathBuf::from(""));
-        assert_eq!(h[1].own, PathBuf::from("agent/x"));
-    }
-
-    #[test]
     fn v2_group_enables_controllers_down_the_tree_and_sets_limits() {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir_all(root.path().join("herd.slice/agent")).unwrap();
         let h = Hierarchy {
-            version: Version::V2,
+            v2: true,
             mount: root.path().to_path_buf(),
+            root: PathBuf::from("/"),
             controllers: vec!["cpu".into(), "memory".into()],
-            own: PathBuf::from("herd.slice/agent"),
+            own: PathBuf::from("/herd.slice/agent"),
         };
         let spec = WireCgroup {
             parent: Some(b"/herd.slice".to_vec()),
@@ -578,10 +434,11 @@ mod tests {
         fs::create_dir_all(&own).unwrap();
         fs::write(own.join("cgroup.procs"), "41\n42\n").unwrap();
         let v2 = Hierarchy {
-            version: Version::V2,
+            v2: true,
             mount: root.path().to_path_buf(),
+            root: PathBuf::from("/"),
             controllers: vec!["cpu".into(), "memory".into()],
-            own: PathBuf::from("system.slice/herd.service"),
+            own: PathBuf::from("/system.slice/herd.service"),
         };
         let parent = prepare_agent_in(std::slice::from_ref(&v2), "agent").unwrap();
         assert_eq!(parent, Some(PathBuf::from("/system.slice/herd.service")));
@@ -592,22 +449,10 @@ mod tests {
         );
 
         let v1 = Hierarchy {
-            version: Version::V1,
+            v2: false,
             controllers: vec!["cpu".into()],
             ..v2.clone()
         };
         assert_eq!(prepare_agent_in(&[v1, v2], "agent").unwrap(), None);
-    }
-
-    #[test]
-    fn pure_v2_reads_controllers_and_own_path() {
-        let mi = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        let h = hierarchies(mi, "0::/user.slice/herd.service\n", &|_| {
-            Some("cpu memory pids\n".into())
-        });
-        assert_eq!(h.len(), 1);
-        assert_eq!(h[0].version, Version::V2);
-        assert_eq!(h[0].own, PathBuf::from("user.slice/herd.service"));
-        assert!(h[0].controllers.contains(&"memory".to_owned()));
     }
 }

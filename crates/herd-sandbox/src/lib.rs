@@ -217,6 +217,7 @@
 //!   `/proc`, `/dev` or `/tmp`, the empty directory created for it lands in `upper`.
 
 mod cgroup;
+pub mod cgroups;
 mod error;
 mod harden;
 mod init;
@@ -225,7 +226,7 @@ mod spec;
 
 use std::path::Path;
 
-pub use cgroup::unescape as unescape_mountinfo;
+pub use cgroups::unescape as unescape_mountinfo;
 pub use error::SandboxError;
 pub use harden::{ALLOWED_RLIMITS, MASKED_PROC, READ_ONLY_PROC};
 pub use spawn::{Parked, Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};

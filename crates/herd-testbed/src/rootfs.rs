@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::{Error, cgroup, cmd};
+use crate::{Error, cmd};
 
 /// Where the binary of a [`RootKind::Minimal`](crate::RootKind::Minimal) host is placed,
 /// as seen from inside the host.
@@ -194,9 +194,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
 /// Mount points at or under `dir`, deepest first, as seen from this mount namespace.
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = cgroup::parse_mountinfo(&text)
+    let mut found: Vec<PathBuf> = herd_sandbox::cgroups::mount_points(&text)
         .into_iter()
-        .map(|m| m.mountpoint)
         .filter(|m| m.starts_with(dir))
         .collect();
     found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
