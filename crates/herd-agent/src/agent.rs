@@ -782,8 +782,8 @@ impl Agent {
         let resp = match call.request {
             LocalRequest::Nodes => LocalResponse::Nodes(self.node_infos()),
             LocalRequest::Run(_) => return,
-            LocalRequest::Slots => LocalResponse::Slots(herd_sched::slots(
-                &self.sched_nodes(&self.membership.nodes()),
+            LocalRequest::Slots => LocalResponse::Slots(herd_sched::jobserver_width(
+                herd_sched::slots(&self.sched_nodes(&self.membership.nodes())),
             )),
             // Another user's command line is theirs to show (root sees all).
             LocalRequest::Ps => LocalResponse::Ps(self.queue.list(call.uid)),

@@ -301,8 +301,16 @@ pub struct Assignment {
     pub node: String,
 }
 
-/// What `herd slots` prints (for `make -j$(herd slots)`): the slots of all accepting
-/// nodes, at least 1.
+/// The width a build should run at: the cluster's slots and a quarter more, at least
+/// one, so that a task's start and commit (the workstation sends it, the helper builds
+/// its root; its outputs come back) overlap other tasks' work instead of leaving a slot
+/// idle meanwhile. `herd slots` prints it and `herd shell`'s jobserver holds it.
+pub fn jobserver_width(slots: u32) -> u32 {
+    slots.saturating_add(slots.div_ceil(4)).max(1)
+}
+
+/// The slots of all accepting nodes, at least 1 (`herd slots` prints their
+/// [`jobserver_width`]).
 pub fn slots(nodes: &[Node]) -> u32 {
     nodes
         .iter()

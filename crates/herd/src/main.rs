@@ -20,6 +20,7 @@ use herd_proto::{LocalRequest, LocalResponse, NodeInfo, Role};
 
 mod clidoc;
 mod demo;
+mod jobserver;
 mod map;
 mod offload;
 mod top;
@@ -344,7 +345,8 @@ enum Command {
         /// The node
         node: String,
     },
-    /// Print how many jobs the cluster can usefully run at once (for make -j).
+    /// Print how many jobs the cluster can usefully run at once: its slots and a
+    /// quarter more, the width of `herd shell`'s jobserver
     Slots {
         #[command(flatten)]
         state: StateArg,

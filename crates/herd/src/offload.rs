@@ -139,7 +139,7 @@ pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow
                 .unwrap_or_else(|| "/bin/sh".into());
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!(
-                    "herd shell: {} run through herd; `make -j$(herd slots)` spreads a build; exit to leave",
+                    "herd shell: {} run through herd; make and cargo take the cluster's width from its jobserver; exit to leave",
                     if linked.is_empty() {
                         "no configured program was found, nothing will".to_string()
                     } else {
@@ -159,13 +159,27 @@ pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow
         writes_env.extend_from_slice(r.as_os_str().as_bytes());
         writes_env.push(b'\n');
     }
+    // The cluster jobserver (see `jobserver`): plain `make` and cargo take the
+    // cluster's width from it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let width = crate::jobserver::width(&rt, dir).unwrap_or(1);
+    drop(rt);
+    let jobs = crate::jobserver::Jobserver::start(&masq, dir, width)?;
+    let makeflags = jobs.makeflags(
+        std::env::var_os("MAKEFLAGS").as_ref(),
+        crate::jobserver::make_takes_fifo(&path),
+    );
     let status = std::process::Command::new(&program)
         .args(&args)
+        .env("MAKEFLAGS", &makeflags)
         .env(WRITES_ENV, std::ffi::OsStr::from_bytes(&writes_env))
         .env("PATH", &new_path)
         .env(SHELL_DIR_ENV, &masq)
         .env("HERD_STATE", dir.root())
         .status();
+    drop(jobs);
     drop(cleanup);
     let status = match status {
         Ok(s) => s,

@@ -124,9 +124,10 @@ fn files_with(dir: &Path, needle: &str) -> Vec<String> {
 #[test]
 fn slots_count_the_workstation_and_the_helpers_and_local_runs_skip_the_sandbox() {
     let c = Cluster::start(&[], &[("h1", 0.5), ("h2", 1.0)]);
-    // ws 1.0 + h1 0.5 + h2 1.0: one slot each.
+    // ws 1.0 + h1 0.5 + h2 1.0: one slot each, and a quarter more (rounded up) to
+    // hide tasks' starts and commits.
     let slots: u32 = ok(&c.output("slots", &[])).trim().parse().unwrap();
-    assert_eq!(slots, 3);
+    assert_eq!(slots, 4);
 
     // Pinned to the workstation: runs there, directly (same pid namespace as this
     // test, the real /tmp), and its writes land.
@@ -307,6 +308,35 @@ fn write_c_project(dir: &Path, files: usize) {
     .unwrap();
 }
 
+/// Plain `make`, with no `-j`, inside `herd shell` runs jobs side by side: the shell's
+/// jobserver gives it the cluster's width. Two recipes wait for each other (each until
+/// it sees the other's marker): a serial make would run one, alone, until its wait ran
+/// out, and both would record that they ran alone.
+#[test]
+fn plain_make_in_herd_shell_takes_the_clusters_width_from_its_jobserver() {
+    let c = Cluster::start(&[], &[("h1", 1.0)]);
+    let recipe = "@touch run.$@; n=0; while [ $$(ls run.* | wc -l) -lt 2 ] && [ $$n -lt 300 ]; do sleep 0.1; n=$$((n+1)); done; ls run.* | wc -l > seen.$@";
+    std::fs::write(
+        c.p("Makefile"),
+        format!("all: a b\na:\n\t{recipe}\nb:\n\t{recipe}\n"),
+    )
+    .unwrap();
+    let out = c.output("shell", &["--", "sh", "-c", "echo \"$MAKEFLAGS\"; make"]);
+    let stdout = ok(&out);
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("--jobserver-auth="),
+        "{stdout}"
+    );
+    for t in ["a", "b"] {
+        let seen = std::fs::read_to_string(c.p(&format!("seen.{t}"))).unwrap();
+        assert_eq!(seen.trim(), "2", "{t} ran alone: {stdout}");
+    }
+}
+
 #[test]
 fn make_inside_herd_shell_builds_on_the_helpers_like_a_local_build() {
     // The workstation lends no cores: every compile and the link run on helpers.
@@ -337,8 +367,10 @@ fn make_inside_herd_shell_builds_on_the_helpers_like_a_local_build() {
     };
     let dirs_before = shell_dirs();
     let before = c.submitted();
+    // Two slots and a quarter more, rounded up: the jobserver's width. A plain `make`
+    // takes it from the shell's jobserver; an explicit -jN still works as ever.
     let slots = ok(&c.output("slots", &[])).trim().to_string();
-    assert_eq!(slots, "2");
+    assert_eq!(slots, "3");
     let mut make = c.herd("shell", &["--", "make", "-s", &format!("-j{slots}")]);
     make.current_dir(&remote).env_remove("XDG_RUNTIME_DIR");
     ok(&make.output().unwrap());
