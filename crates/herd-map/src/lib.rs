@@ -15,6 +15,7 @@
 //! * [`joblog`]: GNU parallel's `--joblog` format and `--resume`.
 //! * [`options`]: [`MapOptions`], [`Halt`], [`Progress`].
 //! * [`driver`]: [`run_map`], which runs it all and returns a [`MapSummary`].
+//! * `progress` (private): progress on stderr, an indicatif bar or one line per job.
 //!
 //! **Architecture invariant:** this crate knows nothing about the cluster, the agent or
 //! the network; the only thing it runs is what a [`Runner`] runs. Where it differs from
