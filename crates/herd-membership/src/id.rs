@@ -7,7 +7,7 @@
 //! the higher bump wins, so a restarted node replaces its dead predecessor.
 
 use std::cmp::Ordering;
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -6,7 +6,7 @@
 //! how often it may be used (`max_uses`; absent: no limit). A token used up is refused
 //! with [`RemoteErrorKind::TokenUsed`], distinct from expired, revoked and unknown.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use herd_proto::{RemoteErrorKind, Role, Token};
 use rand::RngCore;

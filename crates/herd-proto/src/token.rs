@@ -12,7 +12,7 @@
 //!
 //! Anything else (a typo, a truncated paste, another version) is a [`TokenError`].
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
