@@ -6,7 +6,7 @@ set -u
 SECS=${1:-90}
 LOGS=${LOGS:-/tmp/herd-fuzz-logs}
 mkdir -p "$LOGS"
-for t in ${TARGETS:-frame token enroll change_set fs_question elf sandbox_spec membership}; do
+for t in ${TARGETS:-frame token enroll change_set fs_question elf sandbox_spec sandbox_wire membership}; do
     mkdir -p "corpus/$t"
     cargo +nightly fuzz run "$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$LOGS/$t.log" 2>&1

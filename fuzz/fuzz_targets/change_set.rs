@@ -249,11 +249,30 @@ fn rel(raw: &[u8]) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Whether `d` is, or is below, a conflict copy of `c`: `NAME.herd-conflict-TASK`, or
+/// that and `-N` when the change set itself names it.
+fn in_copy(d: &Path, c: &Path) -> bool {
+    let (Some(parent), Some(name)) = (c.parent(), c.file_name()) else {
+        return false;
+    };
+    let mut copy = name.as_bytes().to_vec();
+    copy.extend_from_slice(format!(".herd-conflict-{TASK}").as_bytes());
+    d.ancestors().any(|a| {
+        let Some(n) = a.file_name() else { return false };
+        let n = n.as_bytes();
+        a.parent() == Some(parent)
+            && n.starts_with(&copy)
+            && match &n[copy.len()..] {
+                [] => true,
+                [b'-', digits @ ..] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+                _ => false,
+            }
+    })
+}
+
 fn allowed(d: &Path, set: &[(Change, Vec<u8>)]) -> bool {
     set.iter().any(|(ch, _)| {
         let Some(c) = rel(ch.path()) else { return false };
-        let mut conflict = c.as_os_str().to_os_string();
-        conflict.push(format!(".herd-conflict-{TASK}"));
         let subtree = matches!(
             ch,
             Change::Remove { .. }
@@ -261,7 +280,7 @@ fn allowed(d: &Path, set: &[(Change, Vec<u8>)]) -> bool {
                 | Change::Symlink { .. }
                 | Change::Dir { replaces: true, .. }
         );
-        d == c || (subtree && d.starts_with(&c)) || d.starts_with(Path::new(&conflict))
+        d == c || (subtree && d.starts_with(&c)) || in_copy(d, &c)
     })
 }
 

@@ -1,9 +1,8 @@
-//! The sandbox's decoders. `WireSpec::decode` (the spec pid 1 reads) and the status
-//! lines the helper reads back (`spawn::setup_failure`, `Sandbox::note`) are
-//! `pub(crate)` / private in herd-sandbox, so they cannot be reached from here; the one
-//! public pure decoder is `herd_sandbox::unescape_mountinfo` (octal escapes of
-//! `/proc/self/mountinfo` fields, which carry paths a workstation's files and a task's
-//! names end up in). It is checked against a reference implementation.
+//! herd-sandbox's one public pure decoder, `herd_sandbox::unescape_mountinfo` (octal
+//! escapes of `/proc/self/mountinfo` fields, which carry paths a workstation's files
+//! and a task's names end up in), checked against a reference implementation. The
+//! crate's private decoders (the wire spec, the status lines, the clamping of limits)
+//! are driven by `sandbox_wire`, through `herd_sandbox::fuzzing`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -116,3 +116,28 @@ for name, exe in [("true", "/bin/true"), ("sh", "/bin/sh")]:
 
 # sandbox_spec: a mountinfo field.
 put("sandbox_spec", "field", b"/home/u/with\\040space\\011tab\\134")
+
+# sandbox_wire: selector byte (see sandbox_wire.rs) + payload.
+# 0: a WireSpec as the spawner encodes it (postcard, fields in order).
+import struct
+wire = (bs(b"/var/lib/herd/view") + bs(b"/var/lib/herd/t1/upper") + bs(b"/var/lib/herd/t1/work")
+        + varint(3) + bs(b"sh") + bs(b"-c") + bs(b"make \xff")               # argv
+        + b"\x01" + bs(b"/bin/sh")                                           # exe
+        + varint(1) + bs(b"PATH") + bs(b"/usr/bin:/bin")                     # env
+        + bs(b"/home/u/src") + varint(1000) + varint(1000)                   # cwd, uid, gid
+        + varint(2) + varint(27) + varint(100) + varint(0o22)                # groups, umask
+        + varint(2) + zz(7) + varint(1024) + varint(4096) + zz(4) + varint(0) + varint(2**64 - 1)  # rlimits
+        + varint(1) + bs(b"/home/u/.ssh")                                    # hidden
+        + b"\x01" + bs(b"helper1")                                           # hostname
+        + b"\x01" + b"\x00" + bs(b"herd-task-7") + b"\x01" + struct.pack("<d", 1.5) + b"\x01" + varint(1 << 30)
+        + b"\x01" + b"\x00" + b"\x01" + varint(30) + varint(100)             # idle, tty, console
+        + b"\x01" + varint(4096) + b"\x00")                                  # pids_max, parked
+put("sandbox_wire", "spec", b"\x00" + wire)
+put("sandbox_wire", "spec-struct", b"\x01" + bytes(range(64)))
+# 2: status lines as the init writes them.
+put("sandbox_wire", "status-ok", b"\x02cgroup /sys/fs/cgroup/herd-task-7\npid1 4242\nstarted\nexit code 3\nended\n")
+put("sandbox_wire", "status-signal", b"\x02pid1 4242\nstarted\nwarn cleanup: busy\nexit signal 9\nended\n")
+put("sandbox_wire", "status-error", b"\x02error mount overlay on /w: Operation not permitted (os error 1)\n")
+put("sandbox_wire", "status-cwd", b"\x02pid1 4242\ncwd /home/u/gone\tNo such file or directory (os error 2)\n")
+put("sandbox_wire", "written", b"\x03" + bytes(range(1, 64)))
+put("sandbox_wire", "limits", b"\x04" + bytes(range(0, 128, 3)))

@@ -506,6 +506,65 @@ fn a_conflict_keeps_the_workstation_file_and_saves_the_task_version() {
     clean(r, logs.path());
 }
 
+/// Found by the `change_set` fuzz target: a conflict copy's name (`NAME.herd-conflict-
+/// <task>`, chosen when the plan is made) could be a path the change set itself makes.
+/// A new directory there then failed to be put after the point of no return (the copy
+/// was there first: the commit failed half applied), a file there was replaced by the
+/// copy, and a workstation file there, kept in its own conflict, was overwritten.
+#[test]
+fn a_conflict_copy_never_takes_the_place_of_an_entry_of_the_change_set() {
+    let read = |r: &Path, p: &str| fs::read(r.join(p)).unwrap();
+    // The task's /w/a conflicts (the workstation made /w/a meanwhile), and the task
+    // made a directory /w/a.herd-conflict-t, after the file or before it.
+    for dir_first in [false, true] {
+        let (root, logs) = ws();
+        let r = root.path();
+        fs::write(r.join("w/a"), b"ws").unwrap();
+        let mut set = vec![
+            file("/w/a", b"task"),
+            dir("/w/a.herd-conflict-t", 0o755, true),
+        ];
+        if dir_first {
+            set.reverse();
+        }
+        let rep = apply(committer(r, "t", &["/w"], &[], logs.path()), &set);
+        assert_eq!(read(r, "w/a"), b"ws");
+        assert!(r.join("w/a.herd-conflict-t").is_dir());
+        assert_eq!(read(r, "w/a.herd-conflict-t-2"), b"task");
+        assert_eq!(
+            rep.conflicts,
+            [(
+                Path::new("/w/a").to_path_buf(),
+                Some(Path::new("/w/a.herd-conflict-t-2").to_path_buf())
+            )]
+        );
+        clean(r, logs.path());
+    }
+    // A file of the task at the copy's name, new or itself in conflict.
+    for ws_has_it in [false, true] {
+        let (root, logs) = ws();
+        let r = root.path();
+        fs::write(r.join("w/a"), b"ws a").unwrap();
+        if ws_has_it {
+            fs::write(r.join("w/a.herd-conflict-t"), b"ws copy").unwrap();
+        }
+        let set = [
+            file("/w/a", b"task a"),
+            file("/w/a.herd-conflict-t", b"task copy"),
+        ];
+        apply(committer(r, "t", &["/w"], &[], logs.path()), &set);
+        assert_eq!(read(r, "w/a"), b"ws a");
+        assert_eq!(read(r, "w/a.herd-conflict-t-2"), b"task a");
+        if ws_has_it {
+            assert_eq!(read(r, "w/a.herd-conflict-t"), b"ws copy");
+            assert_eq!(read(r, "w/a.herd-conflict-t.herd-conflict-t"), b"task copy");
+        } else {
+            assert_eq!(read(r, "w/a.herd-conflict-t"), b"task copy");
+        }
+        clean(r, logs.path());
+    }
+}
+
 #[test]
 fn parents_above_the_scope_are_ignored_unless_they_change() {
     let (root, logs) = ws();

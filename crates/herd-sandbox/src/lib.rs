@@ -219,6 +219,8 @@
 mod cgroup;
 pub mod cgroups;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod harden;
 mod init;
 mod spawn;

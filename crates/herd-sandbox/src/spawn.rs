@@ -274,15 +274,7 @@ impl Sandbox {
     /// failure to start it (when it was started without waiting, [`Starting::go`]), or
     /// a warning to log.
     fn note(&self, line: &str, exit: &mut Option<TaskExit>, failed: &mut Option<SandboxError>) {
-        if let Some(rest) = line.strip_prefix("exit code ") {
-            *exit = rest.parse().ok().map(TaskExit::Exited);
-        } else if let Some(rest) = line.strip_prefix("exit signal ") {
-            *exit = rest.parse().ok().map(TaskExit::Signaled);
-        } else if let Some(rest) = line.strip_prefix("warn ") {
-            tracing::warn!(sandbox = self.child.id(), "{rest}");
-        } else if let Some(e) = setup_failure(line) {
-            failed.get_or_insert(e);
-        }
+        note(self.child.id(), line, exit, failed)
     }
 
     fn finish(&mut self) -> Result<TaskExit, SandboxError> {
@@ -311,14 +303,40 @@ impl Sandbox {
     }
 }
 
+/// [`Sandbox::note`] for the sandbox whose supervisor has pid `sandbox` (named in the
+/// warnings logged). An exit line is only taken with a status a process can have: a
+/// code 0 to 255, a signal 1 to `SIGRTMAX`; any other leaves no status (the
+/// supervisor's own exit status is used instead).
+pub(crate) fn note(
+    sandbox: u32,
+    line: &str,
+    exit: &mut Option<TaskExit>,
+    failed: &mut Option<SandboxError>,
+) {
+    let number = |rest: &str, range: std::ops::RangeInclusive<i32>| {
+        rest.parse().ok().filter(|n| range.contains(n))
+    };
+    if let Some(rest) = line.strip_prefix("exit code ") {
+        *exit = number(rest, 0..=255).map(TaskExit::Exited);
+    } else if let Some(rest) = line.strip_prefix("exit signal ") {
+        *exit = number(rest, 1..=libc::SIGRTMAX()).map(TaskExit::Signaled);
+    } else if let Some(rest) = line.strip_prefix("warn ") {
+        tracing::warn!(sandbox, "{rest}");
+    } else if let Some(e) = setup_failure(line) {
+        failed.get_or_insert(e);
+    }
+}
+
 /// The failure a status line reports, if it reports one: `error MSG` (setup failed)
-/// or `cwd PATH\tMSG` (the task's working directory could not be entered).
-fn setup_failure(line: &str) -> Option<SandboxError> {
+/// or `cwd PATH\tMSG` (the task's working directory could not be entered). The path
+/// is the task's, and may hold tabs; the message, an `io::Error`'s text, holds none:
+/// the line is cut at its last tab.
+pub(crate) fn setup_failure(line: &str) -> Option<SandboxError> {
     if let Some(msg) = line.strip_prefix("error ") {
         return Some(SandboxError::Setup(msg.to_owned()));
     }
     let rest = line.strip_prefix("cwd ")?;
-    let (p, msg) = rest.split_once('\t').unwrap_or((rest, "cannot enter"));
+    let (p, msg) = rest.rsplit_once('\t').unwrap_or((rest, "cannot enter"));
     Some(SandboxError::Cwd {
         path: PathBuf::from(p),
         message: msg.to_owned(),
@@ -327,7 +345,7 @@ fn setup_failure(line: &str) -> Option<SandboxError> {
 
 /// The next status line without its newline; `None` at EOF (all writers gone) or on
 /// an error.
-fn next_line(r: &mut BufReader<File>) -> Option<String> {
+pub(crate) fn next_line(r: &mut impl BufRead) -> Option<String> {
     let mut line = Vec::new();
     match r.read_until(b'\n', &mut line) {
         Ok(0) | Err(_) => None,
@@ -1011,4 +1029,58 @@ fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd, String> {
 
 fn errno_string(e: nix::errno::Errno) -> String {
     io::Error::from(e).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `sandbox_wire` fuzz target: an exit line was taken with any `i32`,
+    /// so a signal 0 or one that made `TaskExit::code` overflow (`128 + i32::MAX`),
+    /// and codes below 0 or above 255.
+    #[test]
+    fn exit_lines_out_of_range_give_no_status() {
+        let noted = |line: &str| {
+            let (mut exit, mut failed) = (Some(TaskExit::Exited(3)), None);
+            note(0, line, &mut exit, &mut failed);
+            assert!(failed.is_none());
+            exit
+        };
+        for line in [
+            "exit signal 0",
+            "exit signal -9",
+            "exit signal 2147483647",
+            "exit signal 65",
+            "exit code -1",
+            "exit code 256",
+            "exit code 2147483647",
+            "exit code x",
+        ] {
+            assert_eq!(noted(line), None, "{line}");
+        }
+        assert_eq!(noted("exit code 0"), Some(TaskExit::Exited(0)));
+        assert_eq!(noted("exit code 255"), Some(TaskExit::Exited(255)));
+        assert_eq!(noted("exit signal 9"), Some(TaskExit::Signaled(9)));
+        assert_eq!(noted("exit signal 64").map(TaskExit::code), Some(192));
+    }
+
+    /// Found by the `sandbox_wire` fuzz target: a working directory with a tab in it
+    /// was cut at that tab, the rest of it taken for the message.
+    #[test]
+    fn a_cwd_line_keeps_a_path_with_tabs_whole() {
+        let msg = io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        let got = setup_failure(&format!("cwd /home/u/a\tb\t\tc\t{msg}"));
+        let Some(SandboxError::Cwd { path, message }) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(path, Path::new("/home/u/a\tb\t\tc"));
+        assert_eq!(message, msg);
+        let Some(SandboxError::Cwd { path, message }) = setup_failure("cwd /x") else {
+            panic!("no failure from a cwd line");
+        };
+        assert_eq!(
+            (path.as_path(), &message[..]),
+            (Path::new("/x"), "cannot enter")
+        );
+    }
 }

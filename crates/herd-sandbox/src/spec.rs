@@ -174,39 +174,64 @@ pub struct TaskStdio {
     pub stderr: StdioFd,
 }
 
-/// The serialized spec sent to the init helper: bytes instead of OS strings.
+/// The serialized spec sent to the init helper: bytes instead of OS strings. Each
+/// field is the [`SandboxSpec`] field of the same name, paths and OS strings as their
+/// bytes. `pub` only for the fuzzing seam (`crate::fuzzing`); the module is private.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct WireSpec {
+pub struct WireSpec {
+    /// [`SandboxSpec::lower`].
     pub lower: Vec<u8>,
+    /// [`SandboxSpec::upper`].
     pub upper: Vec<u8>,
+    /// [`SandboxSpec::work`].
     pub work: Vec<u8>,
+    /// [`SandboxSpec::argv`].
     pub argv: Vec<Vec<u8>>,
+    /// [`SandboxSpec::exe`].
     pub exe: Option<Vec<u8>>,
+    /// [`SandboxSpec::env`].
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// [`SandboxSpec::cwd`].
     pub cwd: Vec<u8>,
+    /// [`SandboxSpec::uid`].
     pub uid: u32,
+    /// [`SandboxSpec::gid`].
     pub gid: u32,
+    /// [`SandboxSpec::groups`].
     pub groups: Vec<u32>,
+    /// [`SandboxSpec::umask`].
     pub umask: u32,
+    /// [`SandboxSpec::rlimits`].
     pub rlimits: Vec<(i32, u64, u64)>,
+    /// [`SandboxSpec::hidden`].
     pub hidden: Vec<Vec<u8>>,
+    /// [`SandboxSpec::hostname`].
     pub hostname: Option<String>,
+    /// [`SandboxSpec::cgroup`].
     pub cgroup: Option<WireCgroup>,
+    /// [`SandboxSpec::idle`].
     pub idle: bool,
+    /// [`SandboxSpec::tty`].
     pub tty: bool,
+    /// [`SandboxSpec::console`].
     pub console: Option<(u16, u16)>,
+    /// [`SandboxSpec::pids_max`].
     pub pids_max: Option<u64>,
     /// Only the root (`lower`, `upper`, `work`) is given: build it and park pid 1 until
     /// the task comes (see `Prepared::park`).
     pub parked: bool,
 }
 
-/// The wire form of [`CgroupSpec`].
+/// The wire form of [`CgroupSpec`] (each field that of the same name, paths as bytes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct WireCgroup {
+pub struct WireCgroup {
+    /// [`CgroupSpec::parent`].
     pub parent: Option<Vec<u8>>,
+    /// [`CgroupSpec::name`].
     pub name: String,
+    /// [`CgroupSpec::cpus`].
     pub cpus: Option<f64>,
+    /// [`CgroupSpec::memory`].
     pub memory: Option<u64>,
 }
 

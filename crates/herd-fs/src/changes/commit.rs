@@ -1100,6 +1100,10 @@ impl Committer {
         let mut trash_n = 0u64;
         let pending = std::mem::take(&mut self.pending);
         let mut dirs = Dirs::new();
+        // What a conflict copy may not be named: paths the change set makes (and the
+        // directories above them), other copies.
+        let mut named: Option<HashSet<PathBuf>> = None;
+        let mut copies: HashSet<PathBuf> = HashSet::new();
         for p in pending {
             match p {
                 Pending::Remove { path, base } => {
@@ -1207,9 +1211,8 @@ impl Committer {
                             if let Some(base) = base
                                 && !unchanged(now.as_ref(), &base)
                             {
-                                let mut n = name.to_os_string();
-                                n.push(format!(".herd-conflict-{}", self.task));
-                                target = q.join(n);
+                                let named = named.get_or_insert_with(|| self.named_paths());
+                                target = self.conflict_path(&path, named, &mut copies);
                                 self.report
                                     .conflicts
                                     .push((path.clone(), Some(target.clone())));
@@ -1266,6 +1269,47 @@ impl Committer {
         // Directory modes and times last, deepest first.
         ops.extend(attrs.into_iter().rev());
         Ok(ops)
+    }
+
+    /// Every path the change set names, and every directory above one.
+    fn named_paths(&self) -> HashSet<PathBuf> {
+        let mut out = HashSet::new();
+        for p in self.planned.keys() {
+            for a in p.ancestors() {
+                // Its ancestors are in already.
+                if !out.insert(a.to_path_buf()) {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Where the task's version of `path` goes when the workstation's is kept: beside
+    /// it as `NAME.herd-conflict-<task>`, or with `-2`, `-3`... when the change set
+    /// makes that path or something below it (`named`), or another copy took it.
+    /// Chosen at plan time, it must not meet a `Put` of the same plan: that one would
+    /// fail after the point of no return, or replace the copy or be replaced by it.
+    fn conflict_path(
+        &self,
+        path: &Path,
+        named: &HashSet<PathBuf>,
+        copies: &mut HashSet<PathBuf>,
+    ) -> PathBuf {
+        let (q, name) = split(path);
+        let mut n = 1u64;
+        loop {
+            let mut s = name.to_os_string();
+            s.push(format!(".herd-conflict-{}", self.task));
+            if n > 1 {
+                s.push(format!("-{n}"));
+            }
+            let p = q.join(s);
+            if !named.contains(&p) && copies.insert(p.clone()) {
+                return p;
+            }
+            n += 1;
+        }
     }
 
     /// Why an object at `path` (in directory `dst`) may not be replaced, if so.

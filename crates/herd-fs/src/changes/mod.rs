@@ -99,7 +99,10 @@
 //! file is no longer that version (changed after the task read it, or created after the
 //! task found the name free), the workstation's file is kept and the task's version is
 //! written beside it as `NAME.herd-conflict-<task>` (through staging like any file);
-//! the commit report lists it. A conflicting deletion is dropped.
+//! the commit report lists it. When the change set itself makes that path (or
+//! something below it), the copy is `NAME.herd-conflict-<task>-2` (`-3`, ...): a copy
+//! never takes the place of an entry of the change set. A conflicting deletion is
+//! dropped.
 //!
 //! The committer runs as the submitting user (in the workstation's per-user file
 //! service), so it can only write where that user can.
