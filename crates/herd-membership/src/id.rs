@@ -6,8 +6,8 @@
 //! with `bump + 1`. Two identities with the same name are two incarnations of one node:
 //! the higher bump wins, so a restarted node replaces its dead predecessor.
 
-use std::cmp::Ordering;
 use core::net::SocketAddr;
+use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,9 @@
 //! The [`Membership`] state machine: foca plus herd's bookkeeping around it.
 
+use core::net::SocketAddr;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use core::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;

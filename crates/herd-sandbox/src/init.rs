@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::spec::{WireSpec, path};
@@ -492,7 +491,7 @@ fn supervisor(
             close_ours(gate);
             if let Err(e) = cgroup::attach(own, child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = waitpid(child, None);
+                let _ = reap(child.as_raw(), false);
                 fail(e);
             }
             status.send(&format!("pid1 {}", child.as_raw()));
@@ -509,11 +508,11 @@ fn supervisor(
                 }
                 let sig = wait_signal();
                 if sig == libc::SIGCHLD {
-                    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::Exited(_, code)) => break code,
-                        Ok(WaitStatus::Signaled(_, s, _)) => {
-                            status.send(&format!("exit signal {}", s as i32));
-                            break 128 + s as i32;
+                    match reap(child.as_raw(), true) {
+                        Ok(Some((_, Reaped::Exited(code)))) => break code,
+                        Ok(Some((_, Reaped::Signaled(s)))) => {
+                            status.send(&format!("exit signal {s}"));
+                            break 128 + s;
                         }
                         _ => continue,
                     }
@@ -938,12 +937,46 @@ fn pass_gate(gate: RawFd, status: Status) {
 /// The task ended by itself: kills what is left of its tree (every other process of
 /// this pid namespace), reaps it, and says `ended` before pid 1 exits, so the spawner
 /// goes on while the kernel tears the namespaces down.
+/// How a reaped child ended.
+enum Reaped {
+    Exited(i32),
+    Signaled(i32),
+    /// Stopped or continued: not an end.
+    Other,
+}
+
+/// `waitpid` through libc: nix's refuses a status it cannot name (a task killed by a
+/// real-time signal) with `EINVAL` after the kernel reaped the child, which lost the
+/// task's end and hung its sandbox. `Ok(None)`: nothing to reap now (with `nohang`).
+fn reap(pid: libc::pid_t, nohang: bool) -> Result<Option<(libc::pid_t, Reaped)>, i32> {
+    let mut st: libc::c_int = 0;
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: st is a valid place for the status.
+    let got = unsafe { libc::waitpid(pid, &mut st, flags) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ECHILD));
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    let how = if libc::WIFEXITED(st) {
+        Reaped::Exited(libc::WEXITSTATUS(st))
+    } else if libc::WIFSIGNALED(st) {
+        Reaped::Signaled(libc::WTERMSIG(st))
+    } else {
+        Reaped::Other
+    };
+    Ok(Some((got, how)))
+}
+
 fn end_tree(status: Status, stderr: Option<fs::File>) {
     // SAFETY: kill(-1) from pid 1 signals every other process of its pid namespace.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
+        match reap(-1, false) {
+            Err(libc::EINTR) => continue,
             Err(_) => break, // ECHILD: nothing is left
             Ok(_) => continue,
         }
@@ -1171,9 +1204,10 @@ fn pid1(
             unsafe { libc::kill(task.as_raw(), sig) };
             continue;
         }
+        let task_pid = task.as_raw();
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == task => {
+            match reap(-1, true) {
+                Ok(Some((pid, Reaped::Exited(code)))) if pid == task_pid => {
                     // The task may have ended because a fork was refused, before the
                     // timer saw it.
                     tell_pids_limit(&mut stderr);
@@ -1181,14 +1215,14 @@ fn pid1(
                     end_tree(status, stderr.take());
                     exit(code);
                 }
-                Ok(WaitStatus::Signaled(pid, s, _)) if pid == task => {
+                Ok(Some((pid, Reaped::Signaled(s)))) if pid == task_pid => {
                     tell_pids_limit(&mut stderr);
-                    status.send(&format!("exit signal {}", s as i32));
+                    status.send(&format!("exit signal {s}"));
                     end_tree(status, stderr.take());
-                    exit(128 + s as i32);
+                    exit(128 + s);
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
+                Ok(None) | Err(_) => break,
+                Ok(Some(_)) => continue,
             }
         }
     }

@@ -1293,3 +1293,21 @@ fn no_console_unless_asked() {
     assert!(sandbox.console().is_none());
     assert_eq!(sandbox.wait().unwrap(), TaskExit::Exited(0));
 }
+
+/// A task killed by a real-time signal: nix cannot name the signal and its `waitpid`
+/// returned an error after reaping the task, so pid 1 never saw it end and the sandbox
+/// hung (found while fuzzing the status lines). Waited for on a thread, so a hang fails
+/// the test instead of stalling it.
+#[test]
+fn a_task_killed_by_a_real_time_signal_ends_its_sandbox() {
+    let l = Layers::new();
+    let spec = l.spec(Path::new("/"), "kill -s RTMIN $$");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(run(spec).exit);
+    });
+    let exit = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the sandbox hung after its task died of SIGRTMIN");
+    assert_eq!(exit, TaskExit::Signaled(libc::SIGRTMIN()));
+}
