@@ -13,13 +13,21 @@
 
 use std::sync::OnceLock;
 
-use herd_pki::Ca;
+use herd_pki::{Ca, DEFAULT_CERT_LIFETIME, Validity};
 use herd_proto::{PeerRequest, Role};
 use libfuzzer_sys::fuzz_target;
 
 fn ca() -> &'static Ca {
     static CA: OnceLock<Ca> = OnceLock::new();
-    CA.get_or_init(|| Ca::create("fuzz", "ca", &[Role::Submit, Role::Exec]).unwrap().0)
+    CA.get_or_init(|| {
+        Ca::create("fuzz", "ca", &[Role::Submit, Role::Exec], validity())
+            .unwrap()
+            .0
+    })
+}
+
+fn validity() -> Validity {
+    Validity::new(1_700_000_000, DEFAULT_CERT_LIFETIME)
 }
 
 fn serve(name: &str, csr_der: &[u8]) {
@@ -29,7 +37,7 @@ fn serve(name: &str, csr_der: &[u8]) {
     let Ok(key) = herd_pki::key_fingerprint_of_csr(csr_der) else {
         return;
     };
-    let Ok(cert) = ca().sign_csr(csr_der, name, &[Role::Exec]) else {
+    let Ok(cert) = ca().sign_csr(csr_der, name, &[Role::Exec], validity()) else {
         return;
     };
     let info = herd_pki::peer_cert(&cert).expect("a certificate we signed parses");

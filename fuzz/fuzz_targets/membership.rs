@@ -148,6 +148,8 @@ fn step(net: &mut Net, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 drained: u.arbitrary()?,
                 cache_hits: u.arbitrary()?,
                 cache_misses: u.arbitrary()?,
+                revocations: u.arbitrary()?,
+                ca: u.arbitrary()?,
             };
             let now = net.now;
             net.nodes[i].set_load(now, report);

@@ -8,10 +8,21 @@
 //! state.
 //!
 //! Lifecycle: take the state-directory lock; enroll first if `--join` was given and
-//! the directory holds no cluster; open the QUIC endpoint; announce to the seeds
-//! (`--peer`, the token's addresses, peers seen alive before); then loop until
-//! SIGTERM/SIGINT (or the `shutdown` future), which is a graceful leave: peers show
-//! this node as `left`.
+//! the directory holds no cluster (or holds one whose certificate expired); check the
+//! certificate (an expired or revoked one stops the agent with one line saying what to
+//! do) and read the revocation list kept on disk; open the QUIC endpoint; announce to
+//! the seeds (`--peer`, the token's addresses, peers seen alive before); then loop
+//! until SIGTERM/SIGINT (or the `shutdown` future), which is a graceful leave: peers
+//! show this node as `left`.
+//!
+//! **Revocation and renewal in the loop.** The revocation list is the state of a
+//! [`RevocationSync`] (sans-IO, in `herd-pki`): every load report that arrives tells it
+//! which version its sender holds; when it names a peer to ask, the loop fetches the
+//! list from that peer (`PeerRequest::Revocations`) and offers it back. A newer list
+//! (or one `herd revoke` just signed here) is written to `revoked.list`, handed to the
+//! endpoint's [`Trust`] (every handshake from then on refuses its keys), announced in
+//! our own load report, and every open connection whose peer's key it lists is
+//! closed. The certificate's renewal is a timer ([`crate::renew`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,12 +32,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herd_membership::{Event as MemberEvent, LoadReport, Membership, NodeId, NodeState};
-use herd_pki::PeerCert;
+use herd_pki::{NodeIdentity, Offered, PeerCert, Renewal, RevocationSync, Trust};
 use herd_proto::{
     AgentStatus, LocalRequest, LocalResponse, MemberState, NodeInfo, PeerRequest, PeerResponse,
-    RemoteError, RemoteErrorKind, Role,
+    RemoteError, RemoteErrorKind, Role, SignedRevocations,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::hook::{RunCall, RunHook};
 use crate::host::{self, Grant};
@@ -96,6 +107,18 @@ enum Event {
     JobEnded { job: u64, end: JobEnd },
     /// A sample of the host's load (every [`polite::SAMPLE_EVERY`]).
     Sample(Sample),
+    /// The answer of `from` to our request for its revocation list.
+    ListFetched {
+        from: String,
+        result: Result<Option<SignedRevocations>, String>,
+    },
+    /// `herd revoke` / `herd remove` ran here (the CA node).
+    Revoked {
+        result: Result<admin::Revocation, AgentError>,
+        reply: oneshot::Sender<LocalResponse>,
+    },
+    /// Our certificate's renewal ended.
+    Renewed(Result<NodeIdentity, AgentError>),
 }
 
 struct Conn {
@@ -111,6 +134,71 @@ const MAX_QUEUED: usize = 32;
 const RETRY_CONNECT: Duration = Duration::from_millis(1000);
 /// How often the host's load is sampled.
 const LOAD_TICK: Duration = Duration::from_secs(2);
+/// How often a certificate refused by peers is complained about, at most.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// This node's certificate and when to renew it.
+struct Cert {
+    /// Its validity, Unix seconds.
+    not_before: u64,
+    not_after: u64,
+    /// A renewal is under way, since then.
+    renewing: bool,
+    started: Option<Instant>,
+    /// Renewals failed in a row (each tries the next node claiming the CA key).
+    failures: usize,
+    /// When to look again (a failed renewal is retried then).
+    next: Instant,
+}
+
+impl Cert {
+    fn new(identity: &NodeIdentity) -> Result<Cert, AgentError> {
+        let (not_before, not_after) = herd_pki::cert_validity(&identity.cert_der)?;
+        let mut c = Cert {
+            not_before,
+            not_after,
+            renewing: false,
+            started: None,
+            failures: 0,
+            next: Instant::now(),
+        };
+        c.schedule(crate::unix_now());
+        Ok(c)
+    }
+
+    /// Looks again when renewal is due (or now, if it is).
+    fn schedule(&mut self, now: u64) {
+        let wait = match herd_pki::renewal(self.not_before, self.not_after, now) {
+            Renewal::Until(t) => t.saturating_sub(now),
+            Renewal::Due | Renewal::Expired => 0,
+        };
+        self.next = Instant::now() + Duration::from_secs(wait);
+    }
+
+    /// After a failed renewal: a twentieth of the lifetime, between 1 s and a minute,
+    /// and never past the expiry (which is checked then).
+    fn retry(&mut self, now: u64) {
+        let life = self.not_after.saturating_sub(self.not_before);
+        let wait = (life / 20).clamp(1, 60);
+        let left = self.not_after.saturating_sub(now);
+        self.next = Instant::now() + Duration::from_secs(wait.min(left.max(1)));
+    }
+}
+
+/// The line a node whose certificate expired says before it stops.
+fn expired_message(not_after: u64) -> String {
+    let ago = crate::unix_now().saturating_sub(not_after);
+    format!(
+        "this node's certificate expired {ago} s ago (it could not be renewed in time, e.g. because the node was off): it must enroll again with a token: `herd agent --join TOKEN` (make one with `herd token` on the cluster's first node)"
+    )
+}
+
+/// The line a node whose key was revoked says.
+fn revoked_message(name: &str) -> String {
+    format!(
+        "this node's certificate was revoked (`herd revoke` on the cluster's first node): every node refuses it; to bring this host back, move its state directory away, run `herd remove {name}` on the cluster's first node, and enroll again with a token"
+    )
+}
 
 struct Agent {
     dir: StateDir,
@@ -139,6 +227,19 @@ struct Agent {
     metrics: Arc<Metrics>,
     /// Clients running tasks placed on this node (their CPU is herd's).
     local_clients: polite::LocalClients,
+    /// The revocation list held, and whom to ask for a newer one.
+    revocations: RevocationSync,
+    /// The key of each peer's certificate, from its latest connection.
+    cert_keys: HashMap<String, String>,
+    /// Our certificate, and its renewal.
+    cert: Cert,
+    /// Whether this node holds the CA key.
+    is_ca: bool,
+    /// Our key's fingerprint (renewal keeps the key).
+    own_key: String,
+    /// Set when the agent must stop with this error (its certificate expired, or was
+    /// revoked).
+    fatal: Option<AgentError>,
 }
 
 /// Runs an agent until `shutdown` resolves or SIGTERM/SIGINT arrives.
@@ -157,7 +258,14 @@ pub async fn run_agent(
                     dir.root().display()
                 )));
             }
-            tracing::info!("already enrolled in this cluster; ignoring --join");
+            let (nb, na) = herd_pki::cert_validity(&id.cert_der)?;
+            if herd_pki::renewal(nb, na, crate::unix_now()) == Renewal::Expired && !dir.has_ca() {
+                let _lock = dir.lock()?;
+                enroll::enroll_again(&dir, &token, opts.listen, &opts.peers).await?;
+                tracing::info!(cluster = %token.cluster, "enrolled again: this node's certificate had expired");
+            } else {
+                tracing::info!("already enrolled in this cluster; ignoring --join");
+            }
         } else {
             dir.create()?;
             let _lock = dir.lock()?;
@@ -182,7 +290,7 @@ pub async fn run_agent(
     if let Some(l) = opts.listen {
         nf.listen = l;
     }
-    let identity = dir.identity()?;
+    let mut identity = dir.identity()?;
     let info = identity.info()?;
     if opts.name.as_ref().is_some_and(|n| n != &nf.name) {
         tracing::warn!(
@@ -191,7 +299,45 @@ pub async fn run_agent(
             nf.name
         );
     }
-    let endpoint = net::endpoint(&identity, nf.listen)?;
+    let is_ca = dir.has_ca();
+    let (_, not_after) = herd_pki::cert_validity(&identity.cert_der)?;
+    if not_after <= crate::unix_now() {
+        if !is_ca {
+            return Err(AgentError::Certificate(expired_message(not_after)));
+        }
+        // The CA node signs its own.
+        let d = dir.clone();
+        identity = tokio::task::spawn_blocking(move || crate::renew::renew_locally(&d))
+            .await
+            .map_err(|e| AgentError::Net(e.to_string()))??;
+        tracing::info!("renewed this node's expired certificate");
+    }
+    // The revocation list kept on disk is in force before the first handshake.
+    let mut revocations = RevocationSync::new(identity.ca_der.clone());
+    if let Some(signed) = dir.revocations()? {
+        revocations
+            .offer(Duration::ZERO, None, signed)
+            .map_err(|e| AgentError::Corrupt {
+                path: dir.root().join("revoked.list"),
+                why: format!("{e} (remove it: the node fetches the list from its peers again)"),
+            })?;
+    }
+    let own_key = herd_pki::key_fingerprint_of_cert(&identity.cert_der)?;
+    if revocations.is_revoked(&own_key) {
+        return Err(AgentError::Certificate(revoked_message(&nf.name)));
+    }
+    let trust = Trust::new(&identity)?;
+    trust.set_revoked(
+        revocations
+            .list()
+            .into_iter()
+            .flat_map(|l| l.revoked.iter().map(|r| r.key.clone())),
+    );
+    if revocations.version() > 0 {
+        tracing::info!(version = revocations.version(), "revocation list in force");
+    }
+    let cert = Cert::new(&identity)?;
+    let endpoint = net::endpoint_with(&trust, nf.listen)?;
     let listen = endpoint
         .local_addr()
         .map_err(|e| AgentError::Net(e.to_string()))?;
@@ -261,7 +407,11 @@ pub async fn run_agent(
     });
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
     hidden_everywhere.push(crate::state::SYSTEM_STATE_DIR.as_bytes().to_vec());
+    let (lists, _) = watch::channel(revocations.signed().cloned().map(Arc::new));
     let shared = Arc::new(Shared {
+        trust: trust.clone(),
+        lists,
+        refused_logged: Default::default(),
         drained: Default::default(),
         enroll_gate: Default::default(),
         conn_limit: Default::default(),
@@ -348,6 +498,12 @@ pub async fn run_agent(
         last_sample: None,
         metrics,
         local_clients,
+        revocations,
+        cert_keys: HashMap::new(),
+        cert,
+        is_ca,
+        own_key,
+        fatal: None,
     };
     {
         let events = agent.events.clone();
@@ -427,6 +583,11 @@ pub async fn run_agent(
                 agent.report_load(false);
                 // Expected completion times move with the clock.
                 agent.sched_dirty = true;
+                // A request for a list that went unanswered times out.
+                agent.ask_for_list();
+            }
+            _ = tokio::time::sleep_until(agent.cert.next.into()), if !agent.cert.renewing => {
+                agent.renew_tick();
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -436,6 +597,9 @@ pub async fn run_agent(
         if agent.sched_dirty {
             agent.sched_dirty = false;
             agent.schedule();
+        }
+        if agent.fatal.is_some() {
+            break;
         }
     }
     agent.leave().await;
@@ -448,7 +612,10 @@ pub async fn run_agent(
     })
     .await;
     let _ = std::fs::remove_file(dir.socket_path());
-    Ok(())
+    match agent.fatal.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The host name (first label), or `node` if it is not a valid node name.
@@ -498,6 +665,9 @@ impl Agent {
             Event::Connected { addr, conn, peer } => {
                 self.cert_roles
                     .insert(peer.name.clone(), peer.roles.clone());
+                if let Some(key) = net::peer_key(&conn) {
+                    self.cert_keys.insert(peer.name.clone(), key);
+                }
                 let entry = self.conns.entry(addr).or_insert_with(|| Conn {
                     conn: None,
                     connecting: false,
@@ -524,6 +694,42 @@ impl Agent {
                 }
             }
             Event::Sample(sample) => self.observe(sample),
+            Event::ListFetched { from, result } => {
+                let now = self.now();
+                match result {
+                    Ok(Some(signed)) => match self.revocations.offer(now, Some(&from), signed) {
+                        Ok(Offered::Newer) => self.apply_list(true),
+                        Ok(Offered::NotNewer) => {}
+                        Err(e) => tracing::warn!(peer = %from, "ignored a revocation list: {e}"),
+                    },
+                    Ok(None) => self.revocations.ask_failed(now, &from),
+                    Err(e) => {
+                        tracing::debug!(peer = %from, "could not fetch the revocation list: {e}");
+                        self.revocations.ask_failed(now, &from);
+                    }
+                }
+                self.ask_for_list();
+            }
+            Event::Revoked { result, reply } => {
+                let resp = match result {
+                    Ok(r) => {
+                        if let Some(signed) = r.signed {
+                            let now = self.now();
+                            match self.revocations.offer(now, None, signed) {
+                                Ok(Offered::Newer) => self.apply_list(false),
+                                Ok(Offered::NotNewer) => {}
+                                Err(e) => {
+                                    tracing::error!("the list just signed does not verify: {e}")
+                                }
+                            }
+                        }
+                        LocalResponse::Revoked(r.report)
+                    }
+                    Err(e) => LocalResponse::Error(e.to_string()),
+                };
+                let _ = reply.send(resp);
+            }
+            Event::Renewed(result) => self.renewed(result),
             Event::JobEnded { job, end } => {
                 self.sched_dirty = true;
                 match end {
@@ -557,10 +763,12 @@ impl Agent {
                 MemberEvent::NodeDown(id) => {
                     tracing::warn!(node = %id.name, "node is dead");
                     self.queue.lose_node(&id.name, "it is dead or cut off");
+                    self.revocations.forget(&id.name);
                 }
                 MemberEvent::NodeLeft(id) => {
                     tracing::info!(node = %id.name, "node left");
                     self.queue.lose_node(&id.name, "it left the cluster");
+                    self.revocations.forget(&id.name);
                 }
                 MemberEvent::Rejoined(id) => {
                     tracing::warn!(
@@ -569,9 +777,15 @@ impl Agent {
                     );
                     self.me = id;
                 }
-                MemberEvent::Load(name) => self.queue.report_arrived(&name),
+                MemberEvent::Load(name) => {
+                    self.queue.report_arrived(&name);
+                    if let Some(version) = self.membership.load_of(&name).map(|l| l.revocations) {
+                        self.revocations.claim(&name, version);
+                    }
+                }
             }
         }
+        self.ask_for_list();
         if newcomer {
             // A node that just came up knows nobody's load yet: tell it ours now
             // rather than at the next periodic report.
@@ -624,6 +838,224 @@ impl Agent {
             }
         }
         self.saved_seeds = new;
+    }
+
+    /// Asks the peer [`RevocationSync`] names, if any, for its revocation list.
+    fn ask_for_list(&mut self) {
+        let now = self.now();
+        let Some(peer) = self.revocations.poll_ask(now) else {
+            return;
+        };
+        let Some(addr) = self
+            .membership
+            .state_of(&peer)
+            .filter(|(_, st)| st.is_active())
+            .map(|(id, _)| id.addr)
+        else {
+            self.revocations.ask_failed(now, &peer);
+            return;
+        };
+        let conn = self.conns.get(&addr).and_then(|c| c.conn.clone());
+        let (endpoint, events) = (self.endpoint.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let conn = net::reuse_or_connect(&endpoint, conn, addr, &peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match net::request::<_, PeerResponse>(&conn, &PeerRequest::Revocations).await {
+                    Ok(PeerResponse::Revocations(list)) => Ok(list),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            let result = tokio::time::timeout(herd_pki::revocation::ASK_TIMEOUT, result)
+                .await
+                .unwrap_or_else(|_| Err("no answer in time".into()));
+            let _ = events.send(Event::ListFetched { from: peer, result }).await;
+        });
+    }
+
+    /// A newer revocation list is held: every handshake refuses its keys from now on,
+    /// open connections to revoked peers close, their tasks are lost, the list goes to
+    /// disk (`store`: it came from a peer; `herd revoke` wrote it already) and our load
+    /// report announces it.
+    fn apply_list(&mut self, store: bool) {
+        let (Some(list), Some(signed)) = (
+            self.revocations.list().cloned(),
+            self.revocations.signed().cloned(),
+        ) else {
+            return;
+        };
+        let newly: Vec<String> = list
+            .revoked
+            .iter()
+            .filter(|r| !self.shared.trust.is_revoked(&r.key))
+            .map(|r| r.name.clone())
+            .collect();
+        self.shared
+            .trust
+            .set_revoked(list.revoked.iter().map(|r| r.key.clone()));
+        // Each connection's watcher closes it if its peer's key is listed now.
+        self.shared
+            .lists
+            .send_replace(Some(Arc::new(signed.clone())));
+        tracing::info!(
+            version = list.version,
+            revoked = list.revoked.len(),
+            newly = %newly.join(","),
+            "revocation list in force"
+        );
+        for name in &newly {
+            if self.is_revoked(name) {
+                self.queue.lose_node(name, "its certificate was revoked");
+            }
+        }
+        self.sched_dirty = true;
+        if store {
+            let dir = self.dir.clone();
+            let ca = self.shared.trust.identity().ca_der;
+            tokio::task::spawn_blocking(move || {
+                let version = |s: &SignedRevocations| {
+                    herd_pki::verify_revocations(&ca, s).ok().map(|l| l.version)
+                };
+                if let Err(e) = dir.save_revocations_if_newer(&signed, version) {
+                    tracing::warn!("could not save the revocation list: {e}");
+                }
+            });
+        }
+        self.report_load(true);
+        if list.contains_key(&self.own_key) {
+            tracing::error!("{}", revoked_message(&self.me.name));
+            self.fatal = Some(AgentError::Certificate(revoked_message(&self.me.name)));
+        }
+    }
+
+    /// Whether `name`'s certificate is revoked as far as we know: the key of its
+    /// latest connection is listed, or (no connection seen) the list names it.
+    fn is_revoked(&self, name: &str) -> bool {
+        let Some(list) = self.revocations.list() else {
+            return false;
+        };
+        let key = if name == self.me.name {
+            Some(&self.own_key)
+        } else {
+            self.cert_keys.get(name)
+        };
+        match key {
+            Some(key) => self.shared.trust.is_revoked(key),
+            None => list.entries_for(name).next().is_some(),
+        }
+    }
+
+    /// The renewal timer fired: renew if due, stop if expired, else wait.
+    fn renew_tick(&mut self) {
+        let now = crate::unix_now();
+        match herd_pki::renewal(self.cert.not_before, self.cert.not_after, now) {
+            Renewal::Until(_) => self.cert.schedule(now),
+            Renewal::Expired => {
+                let msg = expired_message(self.cert.not_after);
+                tracing::error!("{msg}");
+                self.fatal = Some(AgentError::Certificate(msg));
+            }
+            Renewal::Due => {
+                self.cert.renewing = true;
+                self.cert.started = Some(Instant::now());
+                let events = self.events.clone();
+                let dir = self.dir.clone();
+                if self.is_ca {
+                    tokio::spawn(async move {
+                        let r =
+                            tokio::task::spawn_blocking(move || crate::renew::renew_locally(&dir))
+                                .await
+                                .unwrap_or_else(|e| Err(AgentError::Net(e.to_string())));
+                        let _ = events.send(Event::Renewed(r)).await;
+                    });
+                    return;
+                }
+                // The CA node: whoever alive says it holds the CA key (a node saying so
+                // falsely cannot sign a certificate we accept; after each failure the
+                // next one that says so is asked).
+                let cas: Vec<_> = self
+                    .membership
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| {
+                        n.state == NodeState::Alive
+                            && n.id.name != self.me.name
+                            && !self.is_revoked(&n.id.name)
+                            && n.load.as_ref().is_some_and(|l| l.ca)
+                    })
+                    .collect();
+                let ca = match cas.len() {
+                    0 => None,
+                    n => cas.get(self.cert.failures % n).cloned(),
+                };
+                let Some(ca) = ca else {
+                    self.cert.renewing = false;
+                    self.cert.failures += 1;
+                    self.cert.retry(now);
+                    // Once, then less and less often (the CA node may be off for days).
+                    if self.cert.failures.is_power_of_two() {
+                        tracing::warn!(
+                            expires_in_secs = self.cert.not_after.saturating_sub(now),
+                            "this node's certificate is due for renewal, but the node holding the cluster CA is not alive: trying again"
+                        );
+                    }
+                    return;
+                };
+                let conn = self.conns.get(&ca.id.addr).and_then(|c| c.conn.clone());
+                let endpoint = self.endpoint.clone();
+                let identity = self.shared.trust.identity();
+                tokio::spawn(async move {
+                    let r = crate::renew::renew_remote(
+                        &endpoint,
+                        conn,
+                        (&ca.id.name, ca.id.addr),
+                        &dir,
+                        &identity,
+                    )
+                    .await;
+                    let _ = events.send(Event::Renewed(r)).await;
+                });
+            }
+        }
+    }
+
+    fn renewed(&mut self, result: Result<NodeIdentity, AgentError>) {
+        self.cert.renewing = false;
+        let now = crate::unix_now();
+        let identity = match result {
+            Ok(id) => id,
+            Err(e) => {
+                self.cert.failures += 1;
+                if self.cert.failures.is_power_of_two() {
+                    tracing::warn!(
+                        expires_in_secs = self.cert.not_after.saturating_sub(now),
+                        "could not renew this node's certificate: {e}; trying again"
+                    );
+                }
+                self.cert.retry(now);
+                return;
+            }
+        };
+        let validity = herd_pki::cert_validity(&identity.cert_der);
+        match (self.shared.trust.set_identity(&identity), validity) {
+            (Ok(()), Ok((nb, na))) => {
+                self.cert.failures = 0;
+                self.cert.not_before = nb;
+                self.cert.not_after = na;
+                self.cert.schedule(now);
+                tracing::info!(
+                    valid_for_secs = na.saturating_sub(now),
+                    took_ms = self.cert.started.map_or(0, |t| t.elapsed().as_millis()),
+                    "renewed this node's certificate"
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("the renewed certificate is unusable: {e}; trying again later");
+                self.cert.retry(now);
+            }
+        }
     }
 
     fn send(&mut self, addr: SocketAddr, data: Bytes) {
@@ -726,6 +1158,8 @@ impl Agent {
             drained,
             cache_hits: stats.hits,
             cache_misses: stats.misses,
+            revocations: self.revocations.version(),
+            ca: self.is_ca,
         };
         let members = self.membership.nodes();
         self.metrics
@@ -736,6 +1170,7 @@ impl Agent {
                 || last.tasks != report.tasks
                 || last.draining != report.draining
                 || last.drained != report.drained
+                || last.revocations != report.revocations
                 || last.mem_free.abs_diff(report.mem_free) > last.mem_total / 20
         });
         if force || stale {
@@ -848,6 +1283,38 @@ impl Agent {
                     return;
                 }
             }
+            LocalRequest::Revoke { node, remove } => {
+                // Root, or the user the agent runs as (whose state directory holds the
+                // CA key): nobody else may revoke through this socket.
+                let me = rustix::process::geteuid().as_raw();
+                if call.uid != 0 && call.uid != me {
+                    let _ = call.reply.send(LocalResponse::Error(
+                        "only root or the agent's own user may revoke or remove nodes".into(),
+                    ));
+                    return;
+                }
+                if !self.is_ca {
+                    let _ = call
+                        .reply
+                        .send(LocalResponse::Error(AgentError::NotCa.to_string()));
+                    return;
+                }
+                let (dir, events) = (self.dir.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || {
+                        admin::revoke_node(&dir, &node, remove)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(AgentError::Net(e.to_string())));
+                    let _ = events
+                        .send(Event::Revoked {
+                            result,
+                            reply: call.reply,
+                        })
+                        .await;
+                });
+                return;
+            }
             LocalRequest::Status => LocalResponse::Status(AgentStatus {
                 name: self.me.name.clone(),
                 cluster: self.cluster.clone(),
@@ -875,6 +1342,8 @@ impl Agent {
                 }
                 .to_string(),
                 owner_load: self.policy.owner_cores().unwrap_or(0.0),
+                cert_expires: self.cert.not_after,
+                revocations: self.revocations.version(),
             }),
         };
         let _ = call.reply.send(resp);
@@ -883,6 +1352,9 @@ impl Agent {
     /// Whether `n` executes tasks: its certificate says so (when known), its load
     /// report (when one arrived) says it can run them now, and it grants cores.
     fn is_exec(&self, n: &herd_membership::NodeView) -> bool {
+        if self.is_revoked(&n.id.name) {
+            return false;
+        }
         if n.id.name == self.me.name {
             return self.roles.contains(&Role::Exec) && self.grant.cpus > 0.0;
         }
@@ -902,10 +1374,13 @@ impl Agent {
     /// Checks `herd run --on NAME` before queueing the task.
     fn check_pin(&self, name: &str) -> Result<(), String> {
         let nodes = self.membership.nodes();
-        let n = nodes
-            .iter()
-            .find(|n| n.id.name == name)
-            .ok_or_else(|| format!("no node named {name:?} in the cluster"))?;
+        let n = nodes.iter().find(|n| n.id.name == name);
+        if self.is_revoked(name) {
+            return Err(format!(
+                "node {name} was revoked (`herd revoke`): every node refuses it, and it runs no task"
+            ));
+        }
+        let n = n.ok_or_else(|| format!("no node named {name:?} in the cluster"))?;
         if n.state != NodeState::Alive {
             return Err(format!("node {name} is {:?}, not alive", n.state).to_lowercase());
         }
@@ -1120,11 +1595,13 @@ impl Agent {
                     }
                     _ => load.roles.clone(),
                 };
+                let revoked = self.is_revoked(&n.id.name);
                 NodeInfo {
                     local: n.id.name == self.me.name,
                     name: n.id.name.clone(),
                     addr: n.id.addr,
                     state: match n.state {
+                        _ if revoked => MemberState::Revoked,
                         NodeState::Alive => MemberState::Alive,
                         NodeState::Suspect => MemberState::Suspect,
                         NodeState::Dead => MemberState::Dead,
@@ -1140,7 +1617,10 @@ impl Agent {
                     tasks: load.tasks,
                     incarnation: n.id.bump,
                     since_secs: now.saturating_sub(n.since).as_secs_f64(),
-                    accepting: n.state == NodeState::Alive && self.is_exec(&n) && !load.draining,
+                    accepting: n.state == NodeState::Alive
+                        && self.is_exec(&n)
+                        && !load.draining
+                        && !revoked,
                     drained: load.drained,
                     cache_hits: load.cache_hits,
                     cache_misses: load.cache_misses,
@@ -1189,7 +1669,10 @@ async fn connect(shared: Arc<Shared>, addr: SocketAddr, events: mpsc::Sender<Eve
             .connect(addr, herd_pki::SERVER_NAME)
             .map_err(|e| e.to_string())?
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                shared.note_refusal(&addr.to_string(), &e);
+                net::explain(&e)
+            })?;
         let peer = net::peer_of(&conn).ok_or("peer presented no certificate")?;
         Ok::<_, String>((conn, peer))
     };
@@ -1210,6 +1693,13 @@ async fn connect(shared: Arc<Shared>, addr: SocketAddr, events: mpsc::Sender<Eve
 
 /// What the tasks serving connections share (read-only, or internally synchronised).
 struct Shared {
+    /// The certificate every handshake presents and the keys it refuses.
+    trust: Trust,
+    /// The revocation list held (what a peer asking gets); each connection's watcher
+    /// closes it when a new one lists its peer's key.
+    lists: watch::Sender<Option<Arc<SignedRevocations>>>,
+    /// When a peer's refusal of our certificate was last logged.
+    refused_logged: std::sync::Mutex<Option<Instant>>,
     me: String,
     endpoint: quinn::Endpoint,
     dir: Arc<StateDir>,
@@ -1224,6 +1714,36 @@ struct Shared {
     enroll_gate: Arc<enroll::Gate>,
     /// Connections accepted per IP address.
     conn_limit: net::ConnLimit,
+}
+
+impl Shared {
+    /// Logs (at most every [`REFUSED_LOG_EVERY`]) that `peer` refused our certificate,
+    /// if that is why `e` ended a connection.
+    fn note_refusal(&self, peer: &str, e: &quinn::ConnectionError) {
+        // Our own refusals of a peer arrive as local transport errors; the peer's
+        // refusal of us as its connection close.
+        if !matches!(e, quinn::ConnectionError::ConnectionClosed(_)) {
+            return;
+        }
+        let why = match net::refusal(e) {
+            Some(net::Refusal::Revoked) => format!(
+                "{peer} refused this node: its certificate was revoked (`herd revoke` on the cluster's first node); to bring this host back, move its state directory away, run `herd remove {}` there, and enroll again with a token",
+                self.me
+            ),
+            Some(net::Refusal::Expired) => format!(
+                "{peer} refused this node: its certificate has expired; enroll again with `herd agent --join TOKEN`"
+            ),
+            _ => return,
+        };
+        let mut last = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= REFUSED_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::error!("{why}");
+        }
+    }
 }
 
 async fn accept_loop(shared: Arc<Shared>, events: mpsc::Sender<Event>) {
@@ -1305,9 +1825,30 @@ fn spawn_readers(
     shared: Arc<Shared>,
 ) {
     let id = conn.stable_id();
+    // Closes the connection as soon as a revocation list lists its peer's key.
+    {
+        let (conn, shared) = (conn.clone(), shared.clone());
+        let mut lists = shared.lists.subscribe();
+        let key = net::peer_key(&conn);
+        let name = peer.name.clone();
+        tokio::spawn(async move {
+            loop {
+                if key.as_ref().is_some_and(|k| shared.trust.is_revoked(k)) {
+                    tracing::info!(peer = %name, "closing a connection: the peer's certificate was revoked");
+                    conn.close(5u32.into(), b"certificate revoked");
+                    return;
+                }
+                tokio::select! {
+                    changed = lists.changed() => if changed.is_err() { return },
+                    _ = conn.closed() => return,
+                }
+            }
+        });
+    }
     let c = conn.clone();
     let name = peer.name.clone();
     let ev = events.clone();
+    let sh = shared.clone();
     tokio::spawn(async move {
         while let Ok(data) = c.read_datagram().await {
             // The sender a packet claims must be the node its certificate names; a
@@ -1336,6 +1877,9 @@ fn spawn_readers(
             {
                 break;
             }
+        }
+        if let Some(e) = c.close_reason() {
+            sh.note_refusal(&name, &e);
         }
         let _ = ev.send(Event::Closed { addr, id }).await;
     });
@@ -1431,6 +1975,33 @@ async fn serve_stream(
         }
         PeerRequest::Fs { task, req } => {
             let resp = shared.tasks.serve_fs(&peer.name, task, req).await;
+            let _ = net::write_frame(&mut send, &resp).await;
+        }
+        PeerRequest::Revocations => {
+            let list = shared.lists.borrow().as_deref().cloned();
+            let _ = net::write_frame(&mut send, &PeerResponse::Revocations(list)).await;
+        }
+        PeerRequest::Renew { csr_der } => {
+            let resp = match net::peer_cert_der(&conn) {
+                Some(cert) => {
+                    let dir = shared.dir.clone();
+                    let peer = peer.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::renew::serve_renew(&dir, &peer, &cert, &csr_der)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        PeerResponse::Error(RemoteError {
+                            kind: RemoteErrorKind::Unavailable,
+                            message: format!("renewal failed: {e}"),
+                        })
+                    })
+                }
+                None => PeerResponse::Error(RemoteError {
+                    kind: RemoteErrorKind::Forbidden,
+                    message: "no certificate".into(),
+                }),
+            };
             let _ = net::write_frame(&mut send, &resp).await;
         }
         PeerRequest::Run { task, spec } => {

@@ -17,6 +17,15 @@
 //! a refusal writes nothing and is answered with its own reason. Refusals are
 //! rate-limited per source address ([`Limiter`], a token bucket) and logged at most
 //! once per [`LimiterConfig::warn_every`].
+//!
+//! The answer carries the cluster's revocation list, which the new node keeps before
+//! its first handshake (a node that enrolled after a revocation refuses the revoked
+//! key from the start, not only once it fetched the list from a peer).
+//!
+//! A key on the cluster's revocation list never enrolls again, under any name
+//! ([`RemoteErrorKind::Revoked`]). A node whose certificate expired while it was off
+//! enrolls again with a token and its own key ([`enroll_again`]): its registered key,
+//! so it keeps its name and no use of the token is counted.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +60,42 @@ pub async fn enroll(
 ) -> Result<(), AgentError> {
     herd_pki::check_name(name)?;
     let (key_der, csr_der) = herd_pki::make_csr(name)?;
+    enroll_with(dir, token, name, listen, extra_peers, key_der, csr_der).await
+}
+
+/// Enrolls this node again with `token`, under its name and with its key (its
+/// certificate expired while it was off), and writes its new certificate to `dir`.
+/// `listen` overrides the address in `node.toml`.
+pub async fn enroll_again(
+    dir: &StateDir,
+    token: &Token,
+    listen: Option<SocketAddr>,
+    extra_peers: &[SocketAddr],
+) -> Result<(), AgentError> {
+    let nf = dir.node_file()?;
+    let identity = dir.identity()?;
+    let csr_der = herd_pki::make_csr_for_key(&identity.key_der, &nf.name)?;
+    enroll_with(
+        dir,
+        token,
+        &nf.name,
+        listen.unwrap_or(nf.listen),
+        extra_peers,
+        identity.key_der,
+        csr_der,
+    )
+    .await
+}
+
+async fn enroll_with(
+    dir: &StateDir,
+    token: &Token,
+    name: &str,
+    listen: SocketAddr,
+    extra_peers: &[SocketAddr],
+    key_der: Vec<u8>,
+    csr_der: Vec<u8>,
+) -> Result<(), AgentError> {
     let endpoint = net::client_endpoint(if listen.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -96,6 +141,7 @@ pub async fn enroll(
                 ca_der,
                 cluster,
                 peers,
+                revocations,
                 ..
             } => {
                 if herd_pki::fingerprint(&ca_der) != token.ca_fingerprint {
@@ -114,7 +160,17 @@ pub async fn enroll(
                 seeds.extend(peers);
                 seeds.sort();
                 seeds.dedup();
+                // The cluster's revocation list, if the CA signed it, is in force from
+                // the first handshake on.
+                let revocations = revocations
+                    .filter(|s| herd_pki::verify_revocations(&identity.ca_der, s).is_ok());
                 dir.create()?;
+                if let Some(signed) = &revocations {
+                    let ca = identity.ca_der.clone();
+                    dir.save_revocations_if_newer(signed, |s| {
+                        herd_pki::verify_revocations(&ca, s).ok().map(|l| l.version)
+                    })?;
+                }
                 dir.save_identity(&identity)?;
                 dir.save_node_file(&NodeFile {
                     version: NODE_FILE_VERSION,
@@ -155,7 +211,9 @@ fn remote_to_error(e: RemoteError) -> AgentError {
         | RemoteErrorKind::TokenExpired
         | RemoteErrorKind::TokenRevoked
         | RemoteErrorKind::TokenUsed
-        | RemoteErrorKind::NameTaken => AgentError::Token(e.message),
+        | RemoteErrorKind::NameTaken
+        | RemoteErrorKind::Revoked
+        | RemoteErrorKind::NotEnrolled => AgentError::Token(e.message),
         _ => AgentError::Net(format!("enrollment refused: {}", e.message)),
     }
 }
@@ -227,6 +285,14 @@ fn decide(
         .unwrap_or_default();
     let id = hex::encode(token_id);
     let now = unix_now();
+    let validity = herd_pki::Validity::new(now, dir.ca_file().map_err(internal)?.cert_lifetime());
+    // A revoked key enrolls no more, under any name.
+    let revoked = match dir.revocations().map_err(internal)? {
+        Some(signed) => herd_pki::verify_revocations(ca.cert_der(), &signed)
+            .map_err(|e| internal(AgentError::Net(format!("revoked.list: {e}"))))?
+            .contains_key(&key),
+        None => false,
+    };
     let outcome = dir.update_enrollment(|tokens, nodes| {
         let mut claim = nodes.check(&name, &key);
         if claim == Claim::Free && name == own && key != own_key {
@@ -236,6 +302,7 @@ fn decide(
                 roles: vec![],
                 enrolled: 0,
                 token: None,
+                revoked: None,
             });
         }
         let token_refusal = |tokens: &herd_pki::TokenStore, kind: RemoteErrorKind| {
@@ -259,6 +326,20 @@ fn decide(
             };
             (kind, msg)
         };
+        if revoked {
+            if let Err(kind) = tokens.verify(&token_id, &secret, now) {
+                return Ok((Err(token_refusal(tokens, kind)), false));
+            }
+            return Ok((
+                Err((
+                    RemoteErrorKind::Revoked,
+                    format!(
+                        "this node's key was revoked (`herd revoke`): it cannot enroll again; to bring the host back, move its state directory away so that it makes a new key, run `herd remove {name}` on the cluster's first node to free the name, and enroll with a token"
+                    ),
+                )),
+                false,
+            ));
+        }
         let (roles, changed) = match claim {
             Claim::Taken(_) => {
                 // Say nothing about the token: the name is the problem either way, and
@@ -297,6 +378,7 @@ fn decide(
                         roles: roles.clone(),
                         enrolled: now,
                         token: Some(id.clone()),
+                        revoked: None,
                     });
                     (roles, true)
                 }
@@ -304,7 +386,7 @@ fn decide(
             },
         };
         // Signing before anything is written: a failure writes nothing either.
-        let cert_der = ca.sign_csr(&csr_der, &name, &roles)?;
+        let cert_der = ca.sign_csr(&csr_der, &name, &roles, validity)?;
         Ok((Ok((cert_der, roles)), changed))
     });
     let (cert_der, roles): (Vec<u8>, Vec<Role>) = outcome.map_err(internal)??;
@@ -315,6 +397,7 @@ fn decide(
         cluster: ca.cluster().to_string(),
         roles,
         peers,
+        revocations: dir.revocations().ok().flatten(),
     })
 }
 

@@ -7,9 +7,12 @@
 //! certificates in `herd-pki`.
 //!
 //! * [`state`]: the state directory (identity, tokens, lock, socket path).
-//! * [`admin`]: `herd init` and `herd token`, which work on the state directory
-//!   without a running agent.
-//! * [`enroll`]: joining a cluster with a token (`herd agent --join`).
+//! * [`admin`]: `herd init`, `herd token`, `herd revoke` and `herd remove`, which work
+//!   on the state directory (`revoke` and `remove` through the running agent when
+//!   there is one, so that the new revocation list spreads at once).
+//! * [`enroll`]: joining a cluster with a token (`herd agent --join`), also again
+//!   after the certificate expired.
+//! * [`renew`]: certificates renewing themselves through the CA node, both sides.
 //! * [`net`]: the QUIC endpoint: mutual TLS, per-peer connections, datagrams for
 //!   membership, bidirectional streams for requests.
 //! * [`agent`]: the main loop, one `tokio::select!` over a closed set of events.
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod net;
 pub mod polite;
 pub mod queue;
+pub mod renew;
 pub mod shell;
 pub mod state;
 pub mod task;
@@ -97,6 +101,10 @@ pub enum AgentError {
     /// A join token was refused (locally or by the cluster).
     #[error("{0}")]
     Token(String),
+    /// This node's certificate can no longer be used (it expired, or its key was
+    /// revoked): the message says what to do.
+    #[error("{0}")]
+    Certificate(String),
     /// A request needs the CA key, which this node does not hold.
     #[error(
         "this node does not hold the cluster CA: run `herd token` on the node where `herd init` ran"
@@ -140,6 +148,7 @@ impl AgentError {
             | AgentError::NoCluster { .. }
             | AgentError::AlreadyInitialized { .. }
             | AgentError::Token(_)
+            | AgentError::Certificate(_)
             | AgentError::NotCa
             | AgentError::Usage(_) => 2,
             _ => 1,

@@ -26,6 +26,12 @@
 //! node goes through [`connect_to`] (or [`reuse_or_connect`]), which checks that the
 //! peer's certificate names that node and closes the connection if not: an address
 //! taken over by another node gets nothing.
+//!
+//! **Whom a handshake admits.** A running agent's endpoint is built from a
+//! [`herd_pki::Trust`] ([`endpoint_with`]): each handshake presents the node's current
+//! certificate (renewal swaps it in for new connections) and refuses a peer whose key
+//! the CA revoked, with TLS's `certificate_revoked` alert; an expired certificate gets
+//! `certificate_expired`. [`refusal`] reads which one a failed connection got.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herd_pki::{NodeIdentity, PeerCert};
+use herd_pki::{NodeIdentity, PeerCert, Trust};
 use herd_proto::{MAX_FRAME, ProtoError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::Serialize;
@@ -103,19 +109,87 @@ pub fn enroll_client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientCon
     Ok(cfg)
 }
 
-/// Opens the agent's endpoint on `listen`, accepting and opening connections.
+/// Opens an endpoint on `listen` with `identity`, accepting and opening connections,
+/// refusing no key but what the CA check refuses (tools and tests; the agent uses
+/// [`endpoint_with`]).
 pub fn endpoint(
     identity: &NodeIdentity,
     listen: SocketAddr,
 ) -> Result<quinn::Endpoint, AgentError> {
-    let tls = identity.server_config()?;
+    endpoint_with(&Trust::new(identity)?, listen)
+}
+
+/// Opens the agent's endpoint on `listen`, accepting and opening connections, every
+/// handshake asking `trust` for the certificate to present and the keys to refuse.
+pub fn endpoint_with(trust: &Trust, listen: SocketAddr) -> Result<quinn::Endpoint, AgentError> {
+    let tls = trust.server_config()?;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| net_err("tls", e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport(false));
     let mut ep = quinn::Endpoint::server(server, listen)
         .map_err(|e| AgentError::Net(format!("cannot listen on {listen}: {e}")))?;
-    ep.set_default_client_config(client_config(identity)?);
+    let tls = trust.client_config()?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| net_err("tls", e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport(true));
+    ep.set_default_client_config(client);
     Ok(ep)
+}
+
+/// Why a handshake refused a certificate, as a failed connection says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its key was revoked (TLS alert `certificate_revoked`).
+    Revoked,
+    /// It expired (TLS alert `certificate_expired`).
+    Expired,
+    /// Another TLS alert (its code).
+    Other(u8),
+}
+
+/// TLS alert codes (RFC 8446, 6.2).
+const ALERT_CERTIFICATE_REVOKED: u8 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+
+/// The TLS refusal behind a connection's end, whichever side refused: a QUIC
+/// connection closed with a crypto error code carries the TLS alert.
+pub fn refusal(e: &quinn::ConnectionError) -> Option<Refusal> {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        _ => return None,
+    };
+    if !(0x100..0x200).contains(&code) {
+        return None;
+    }
+    Some(match (code & 0xff) as u8 {
+        ALERT_CERTIFICATE_REVOKED => Refusal::Revoked,
+        ALERT_CERTIFICATE_EXPIRED => Refusal::Expired,
+        other => Refusal::Other(other),
+    })
+}
+
+/// A connection's end in words, naming a revoked or expired certificate as such.
+pub fn explain(e: &quinn::ConnectionError) -> String {
+    match refusal(e) {
+        Some(Refusal::Revoked) => format!("the certificate was revoked ({e})"),
+        Some(Refusal::Expired) => format!("the certificate has expired ({e})"),
+        _ => e.to_string(),
+    }
+}
+
+/// The certificate the peer presented (DER), if any.
+pub fn peer_cert_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    Some(certs.first()?.to_vec())
+}
+
+/// The key fingerprint of the peer's certificate (as revocation lists name keys).
+pub fn peer_key(conn: &quinn::Connection) -> Option<String> {
+    herd_pki::key_fingerprint_of_cert(&peer_cert_der(conn)?).ok()
 }
 
 /// A client-only endpoint on an ephemeral port (for enrollment).
@@ -125,11 +199,7 @@ pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, AgentError> 
 
 /// What the peer's certificate says, if it presented one.
 pub fn peer_of(conn: &quinn::Connection) -> Option<PeerCert> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    herd_pki::peer_cert(certs.first()?).ok()
+    herd_pki::peer_cert(&peer_cert_der(conn)?).ok()
 }
 
 /// Writes one frame (length + payload) to a stream.

@@ -11,6 +11,8 @@
 //! | `ca.key`      | 0600 | the CA private key: only on the node that ran `herd init` |
 //! | `tokens.toml` | 0600 | join-token records: only beside `ca.key`                  |
 //! | `nodes.toml`  | 0600 | enrolled names and their keys: only beside `ca.key`      |
+//! | `ca.toml`     | 0600 | the lifetime of the certificates the CA signs: beside `ca.key` |
+//! | `revoked.list`| 0644 | the newest revocation list the CA signed (on every node)  |
 //! | `agent.lock`  | 0600 | held (flock) by the running agent                        |
 //! | `agent.sock`  |      | the local agent's Unix socket                            |
 //!
@@ -26,6 +28,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use herd_pki::{Ca, NodeIdentity, NodeRegistry, TokenStore};
+use herd_proto::SignedRevocations;
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
@@ -35,6 +38,36 @@ pub const NODE_FILE_VERSION: u32 = 1;
 
 /// System-wide state directory (root's agent).
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/herd";
+
+/// Current format version of `ca.toml`.
+pub const CA_FILE_VERSION: u32 = 1;
+
+/// Contents of `ca.toml`, beside `ca.key`: how the CA signs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaFile {
+    /// Format version; must be [`CA_FILE_VERSION`].
+    pub version: u32,
+    /// Lifetime of the node certificates it signs, in seconds (chosen at `herd init`:
+    /// 30 days, or `HERD_CERT_LIFETIME` for tests).
+    pub cert_lifetime_secs: u64,
+}
+
+impl Default for CaFile {
+    fn default() -> Self {
+        CaFile {
+            version: CA_FILE_VERSION,
+            cert_lifetime_secs: herd_pki::DEFAULT_CERT_LIFETIME.as_secs(),
+        }
+    }
+}
+
+impl CaFile {
+    /// The lifetime of the certificates the CA signs.
+    pub fn cert_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.cert_lifetime_secs)
+    }
+}
 
 /// Contents of `node.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,6 +247,11 @@ impl StateDir {
         Ok(id)
     }
 
+    /// Writes this node's certificate alone (a renewal: the key and CA stay).
+    pub fn save_cert(&self, cert_der: &[u8]) -> Result<(), AgentError> {
+        self.write("node.crt", cert_der, 0o644)
+    }
+
     /// Writes this node's TLS identity.
     pub fn save_identity(&self, id: &NodeIdentity) -> Result<(), AgentError> {
         self.write("ca.crt", &id.ca_der, 0o644)?;
@@ -234,6 +272,98 @@ impl StateDir {
     /// Writes the CA key.
     pub fn save_ca(&self, ca: &Ca) -> Result<(), AgentError> {
         self.write("ca.key", &ca.key_der(), 0o600)
+    }
+
+    /// Reads `ca.toml` (the defaults if absent: a cluster made before it existed).
+    pub fn ca_file(&self) -> Result<CaFile, AgentError> {
+        let p = self.path("ca.toml");
+        if !p.exists() {
+            return Ok(CaFile::default());
+        }
+        let text = String::from_utf8(self.read("ca.toml")?).map_err(|_| AgentError::Corrupt {
+            path: p.clone(),
+            why: "not UTF-8 text".into(),
+        })?;
+        let f: CaFile = toml::from_str(&text).map_err(|e| AgentError::Corrupt {
+            path: p.clone(),
+            why: e.message().to_string(),
+        })?;
+        if f.version != CA_FILE_VERSION {
+            return Err(AgentError::Corrupt {
+                path: p,
+                why: format!(
+                    "format version {} is not supported (this herd reads {CA_FILE_VERSION})",
+                    f.version
+                ),
+            });
+        }
+        Ok(f)
+    }
+
+    /// Writes `ca.toml`.
+    pub fn save_ca_file(&self, f: &CaFile) -> Result<(), AgentError> {
+        let text = toml::to_string_pretty(f).map_err(|e| AgentError::Corrupt {
+            path: self.path("ca.toml"),
+            why: e.to_string(),
+        })?;
+        self.write("ca.toml", text.as_bytes(), 0o600)
+    }
+
+    /// Reads `revoked.list`, the newest revocation list this node holds (`None` if it
+    /// holds none). Its signature is checked by whoever uses it
+    /// (`herd_pki::RevocationSync::offer`).
+    pub fn revocations(&self) -> Result<Option<SignedRevocations>, AgentError> {
+        let p = self.path("revoked.list");
+        if !p.exists() {
+            return Ok(None);
+        }
+        SignedRevocations::from_bytes(&self.read("revoked.list")?)
+            .map(Some)
+            .map_err(|e| AgentError::Corrupt {
+                path: p,
+                why: e.to_string(),
+            })
+    }
+
+    /// Writes `revoked.list` if `signed` is newer than the list there (or there is
+    /// none), under the records lock, so that `herd revoke` and an agent storing a list
+    /// it fetched never replace a newer list by an older one. `version_of` reads a
+    /// list's version (after checking its signature; an unreadable list there counts as
+    /// none). Returns whether it wrote.
+    pub fn save_revocations_if_newer(
+        &self,
+        signed: &SignedRevocations,
+        version_of: impl Fn(&SignedRevocations) -> Option<u64>,
+    ) -> Result<bool, AgentError> {
+        let _lock = self.records_lock()?;
+        let new = version_of(signed).unwrap_or(0);
+        let old = self
+            .revocations()
+            .ok()
+            .flatten()
+            .and_then(|o| version_of(&o))
+            .unwrap_or(0);
+        if new <= old {
+            return Ok(false);
+        }
+        self.save_revocations(signed)?;
+        Ok(true)
+    }
+
+    /// Writes `revoked.list` (the caller holds the records lock, see
+    /// [`update_records`](Self::update_records)).
+    pub fn save_revocations(&self, signed: &SignedRevocations) -> Result<(), AgentError> {
+        self.write("revoked.list", &signed.to_bytes(), 0o644)
+    }
+
+    /// Runs `f` under the records lock (over `tokens.toml`, `nodes.toml` and
+    /// `revoked.list`): `herd revoke` reads and writes the list and the registry in it.
+    pub fn update_records<R>(
+        &self,
+        f: impl FnOnce() -> Result<R, AgentError>,
+    ) -> Result<R, AgentError> {
+        let _lock = self.records_lock()?;
+        f()
     }
 
     /// Reads `tokens.toml` (empty store if absent).
@@ -324,7 +454,8 @@ impl StateDir {
         Ok(r)
     }
 
-    /// The exclusive lock over `tokens.toml` and `nodes.toml` (held until dropped).
+    /// The exclusive lock over `tokens.toml`, `nodes.toml` and `revoked.list` (held
+    /// until dropped).
     fn records_lock(&self) -> Result<fs::File, AgentError> {
         let p = self.path("tokens.lock");
         let file = fs::OpenOptions::new()

@@ -155,7 +155,7 @@ async fn a_name_belongs_to_one_key_until_it_is_removed() {
     let removed = admin::remove_node(&c.ws, "h1").unwrap();
     let first_key =
         herd_pki::key_fingerprint_of_cert(&dir("first").identity().unwrap().cert_der).unwrap();
-    assert_eq!(removed.key, first_key);
+    assert_eq!(removed.report.key, first_key);
     enroll::enroll(&dir("second"), &any, "h1", any_port(), &[])
         .await
         .unwrap();
@@ -405,5 +405,149 @@ async fn connections_from_one_address_are_capped() {
         }
     }
     drop(conns);
+    c.stop().await;
+}
+
+/// `PeerRequest::Renew { csr }` from `ep` to the CA node.
+async fn renew(ep: &quinn::Endpoint, c: &Cluster, csr: Vec<u8>) -> PeerResponse {
+    let conn = net::connect_to(ep, c.addr, "ws").await.unwrap();
+    net::request(&conn, &PeerRequest::Renew { csr_der: csr })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_renewal_keeps_the_key_and_is_refused_to_revoked_and_removed_nodes() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ep = member(&c, tmp.path(), "h1").await;
+    let h1 = StateDir::new(tmp.path().join("h1")).identity().unwrap();
+    let key = herd_pki::key_fingerprint_of_cert(&h1.cert_der).unwrap();
+    let csr = herd_pki::make_csr_for_key(&h1.key_der, "h1").unwrap();
+
+    // Renewed: the same name, roles and key, chained to the CA, a new certificate.
+    let started = Instant::now();
+    let PeerResponse::Renewed { cert_der } = renew(&ep, &c, csr.clone()).await else {
+        panic!("not renewed");
+    };
+    eprintln!(
+        "measured: a renewal (connection, request, signing, answer): {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_ne!(cert_der, h1.cert_der);
+    let got = herd_pki::verify_node_cert(&h1.ca_der, &cert_der, herd_agent::unix_now()).unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.roles.as_slice()),
+        ("h1", &[Role::Exec][..])
+    );
+    assert_eq!(herd_pki::key_fingerprint_of_cert(&cert_der).unwrap(), key);
+    assert!(
+        herd_pki::cert_validity(&cert_der).unwrap().1
+            >= herd_pki::cert_validity(&h1.cert_der).unwrap().1
+    );
+
+    // A request for another key is not a renewal.
+    let (_k, other) = herd_pki::make_csr("h1").unwrap();
+    let (kind, msg) = refusal(&renew(&ep, &c, other).await);
+    assert_eq!(kind, RemoteErrorKind::BadRequest, "{msg}");
+
+    // Its record gone from the registry by hand (a node removed before revocation
+    // existed): not enrolled, so not renewed.
+    c.ws.update_nodes(|n| Ok(n.remove("h1"))).unwrap();
+    let (kind, msg) = refusal(&renew(&ep, &c, csr.clone()).await);
+    assert_eq!(kind, RemoteErrorKind::NotEnrolled, "{msg}");
+    assert!(msg.contains("enroll again"), "{msg}");
+
+    // Revoked (written on disk only: the running agent has not applied the list, so
+    // the connection is still made): neither renewed nor enrolled again, under any name.
+    let h2 = member(&c, tmp.path(), "h2").await;
+    let h2_id = StateDir::new(tmp.path().join("h2")).identity().unwrap();
+    admin::revoke_node(&c.ws, "h2", false).unwrap();
+    let h2_csr = herd_pki::make_csr_for_key(&h2_id.key_der, "h2").unwrap();
+    let (kind, msg) = refusal(&renew(&h2, &c, h2_csr.clone()).await);
+    assert_eq!(kind, RemoteErrorKind::Revoked, "{msg}");
+    let any = admin::issue_token_with_uses(&c.ws, &[Role::Exec], None, None).unwrap();
+    for name in ["h2", "h9"] {
+        let csr = herd_pki::make_csr_for_key(&h2_id.key_der, name).unwrap();
+        let (kind, msg) = refusal(&raw_enroll(&c, &any, name, &csr).await);
+        assert_eq!(kind, RemoteErrorKind::Revoked, "{msg}");
+        assert!(msg.contains("herd remove"), "{msg}");
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn herd_revoke_through_the_agent_closes_and_refuses_the_nodes_connections() {
+    let c = start_cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ep = member(&c, tmp.path(), "h1").await;
+    let open = net::connect_to(&ep, c.addr, "ws").await.unwrap();
+    let pong: PeerResponse = net::request(&open, &PeerRequest::Ping).await.unwrap();
+    assert!(matches!(pong, PeerResponse::Pong { .. }));
+    // Nobody holds a list yet.
+    let none: PeerResponse = net::request(&open, &PeerRequest::Revocations)
+        .await
+        .unwrap();
+    assert_eq!(none, PeerResponse::Revocations(None));
+
+    let resp = herd_agent::local::call(
+        &c.ws,
+        &herd_proto::LocalRequest::Revoke {
+            node: "h1".into(),
+            remove: false,
+        },
+    )
+    .await
+    .unwrap();
+    let herd_proto::LocalResponse::Revoked(report) = resp else {
+        panic!("{resp:?}");
+    };
+    assert_eq!(
+        (report.version, report.already, report.removed),
+        (1, false, false)
+    );
+
+    // The open connection is closed by the agent ...
+    let closed = tokio::time::timeout(Duration::from_secs(10), open.closed())
+        .await
+        .expect("the revoked node's connection must be closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(a) if a.reason.as_ref() == b"certificate revoked"),
+        "{closed:?}"
+    );
+    // ... and a new one is refused at the handshake, saying why.
+    let refused = match net::connect_to(&ep, c.addr, "ws").await {
+        Err(e) => e.to_string(),
+        Ok(conn) => {
+            let e = net::request::<_, PeerResponse>(&conn, &PeerRequest::Ping)
+                .await
+                .unwrap_err();
+            let reason = conn.close_reason().expect("closed");
+            assert_eq!(
+                net::refusal(&reason),
+                Some(net::Refusal::Revoked),
+                "{e} {reason:?}"
+            );
+            net::explain(&reason)
+        }
+    };
+    assert!(refused.contains("revoked"), "{refused}");
+    // A node enrolling now gets the list with its certificate, in force before its
+    // first handshake; and any node gets it on asking: signed, version 1, naming h1.
+    let h2 = member(&c, tmp.path(), "h2").await;
+    let kept = StateDir::new(tmp.path().join("h2")).revocations().unwrap();
+    let ca = c.ws.identity().unwrap().ca_der;
+    let kept = herd_pki::verify_revocations(&ca, &kept.expect("kept at enrollment")).unwrap();
+    assert_eq!(kept.version, 1);
+    let conn = net::connect_to(&h2, c.addr, "ws").await.unwrap();
+    let PeerResponse::Revocations(Some(signed)) = net::request(&conn, &PeerRequest::Revocations)
+        .await
+        .unwrap()
+    else {
+        panic!("no list");
+    };
+    let list = herd_pki::verify_revocations(&ca, &signed).unwrap();
+    assert_eq!(list.version, 1);
+    assert!(list.contains_key(&report.key));
     c.stop().await;
 }

@@ -163,6 +163,12 @@ pub struct LoadReport {
     pub cache_hits: u64,
     /// Files it fetched from workstations, since it started.
     pub cache_misses: u64,
+    /// The version of the CA's revocation list the node holds (0: none). A node that
+    /// holds an older one asks it for the list (the list itself is too large for a
+    /// packet; it is signed, so whoever hands it over cannot change it).
+    pub revocations: u64,
+    /// The node holds the cluster CA key: it signs enrollments and renewals.
+    pub ca: bool,
 }
 
 /// The most cores a load report may claim (larger claims are taken as this).

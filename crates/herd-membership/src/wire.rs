@@ -31,7 +31,7 @@ pub(crate) const TAG_SYNC: u8 = 3;
 /// Bytes of framing (tag, version) before the body.
 pub(crate) const FRAME_LEN: usize = 2;
 /// Current wire version (second byte of every packet).
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Why a packet (or a piece of one) was rejected. Never caused by a local bug: these are
 /// all about the input.

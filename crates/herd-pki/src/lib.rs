@@ -18,20 +18,36 @@
 //! registry of enrolled names ([`NodeRegistry`], `nodes.toml`) binds each name to one
 //! public key, so that two nodes never hold certificates of the same name.
 //!
-//! **Architecture invariant:** this crate does no file or network I/O. It turns keys and
+//! **Lifetimes.** A node certificate lives [`DEFAULT_CERT_LIFETIME`] (30 days) unless
+//! the cluster was made with another ([`Validity`]), and its node renews it when less
+//! than half is left ([`renewal`]), over its mutually authenticated connection to the
+//! CA node, keeping its key. **Revocation.** The CA signs a versioned list of revoked
+//! keys ([`revocation`]); every node keeps the newest and refuses those keys at every
+//! handshake ([`Trust`], which also swaps in a renewed certificate for new
+//! connections).
+//!
+//! **Architecture invariant:** this crate does no file or network I/O and reads no
+//! clock: the time a certificate is made or checked is an argument. It turns keys and
 //! certificates into bytes, checks bytes, and builds rustls configurations.
 
 #![deny(missing_docs)]
 
 mod registry;
+pub mod revocation;
 mod store;
+mod trust;
 
 pub use registry::{
     Claim, NodeRecord, NodeRegistry, key_fingerprint_of_cert, key_fingerprint_of_csr,
 };
+pub use revocation::{
+    Offered, RevocationError, RevocationSync, next_list, sign_revocations, verify_revocations,
+};
 pub use store::{TokenRecord, TokenStore};
+pub use trust::Trust;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use herd_proto::Role;
 use rcgen::{
@@ -40,12 +56,116 @@ use rcgen::{
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// The DNS name every node certificate carries and every client asks for.
 pub const SERVER_NAME: &str = "node.herd";
+
+/// How long a node certificate lives unless the cluster says otherwise.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// The shortest lifetime a cluster may give its certificates (tests use seconds).
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
+/// The longest.
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+
+/// When a certificate is made (Unix seconds, read by the caller) and how long it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Now, in seconds since the Unix epoch.
+    pub now: u64,
+    /// The certificate's lifetime from now.
+    pub lifetime: Duration,
+}
+
+impl Validity {
+    /// A certificate made at `now` living `lifetime` (clamped to
+    /// [`MIN_CERT_LIFETIME`]..=[`MAX_CERT_LIFETIME`]).
+    pub fn new(now: u64, lifetime: Duration) -> Validity {
+        Validity {
+            now,
+            lifetime: lifetime.clamp(MIN_CERT_LIFETIME, MAX_CERT_LIFETIME),
+        }
+    }
+
+    /// How far `notBefore` is set back, for a peer whose clock is a little behind: an
+    /// hour, or a tenth of a lifetime shorter than ten hours.
+    pub fn backdate(&self) -> Duration {
+        (self.lifetime / 10).min(Duration::from_secs(3600))
+    }
+
+    fn not_before(&self) -> time::OffsetDateTime {
+        unix_time(self.now.saturating_sub(self.backdate().as_secs()))
+    }
+
+    fn not_after(&self) -> time::OffsetDateTime {
+        unix_time(self.now.saturating_add(self.lifetime.as_secs()))
+    }
+}
+
+fn unix_time(secs: u64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// What a node should do about its certificate at a given time (see [`renewal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Nothing until then (Unix seconds): more than half its life is left.
+    Until(u64),
+    /// Renew it: less than half its life is left.
+    Due,
+    /// It has expired: the node must enroll again with a token.
+    Expired,
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` (Unix seconds, from
+/// [`cert_validity`]) is to be renewed at `now`: from the middle of its life on.
+pub fn renewal(not_before: u64, not_after: u64, now: u64) -> Renewal {
+    let half = not_before.saturating_add(not_after.saturating_sub(not_before) / 2);
+    if now >= not_after {
+        Renewal::Expired
+    } else if now >= half {
+        Renewal::Due
+    } else {
+        Renewal::Until(half)
+    }
+}
+
+/// `(notBefore, notAfter)` of a certificate (DER), in Unix seconds.
+pub fn cert_validity(der: &[u8]) -> Result<(u64, u64), PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| PkiError::Malformed {
+        what: "certificate",
+    })?;
+    let secs = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
+    Ok((
+        secs(cert.validity().not_before),
+        secs(cert.validity().not_after),
+    ))
+}
+
+/// Checks a node certificate (DER) as a handshake would at `now` (Unix seconds):
+/// chained to the CA `ca_der`, within its validity, for herd's server name. Returns
+/// what it says.
+pub fn verify_node_cert(ca_der: &[u8], cert_der: &[u8], now: u64) -> Result<PeerCert, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_der.to_vec()))?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| PkiError::Rustls(rustls::Error::General(e.to_string())))?;
+    let name = ServerName::try_from(SERVER_NAME).map_err(|_| PkiError::Malformed {
+        what: "server name",
+    })?;
+    verifier.verify_server_cert(
+        &CertificateDer::from(cert_der),
+        &[],
+        &name,
+        &[],
+        UnixTime::since_unix_epoch(Duration::from_secs(now)),
+    )?;
+    peer_cert(cert_der)
+}
 
 /// Errors of the PKI layer.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +231,7 @@ pub struct Ca {
 }
 
 /// A node's TLS identity: its certificate, private key and the cluster CA.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
     /// The node's certificate (DER).
     pub cert_der: Vec<u8>,
@@ -139,13 +259,36 @@ impl PeerCert {
     }
 }
 
-fn now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("NodeIdentity")
+            .field("cert", &hex::encode(fingerprint(&self.cert_der)))
+            .field("ca", &hex::encode(fingerprint(&self.ca_der)))
+            .finish_non_exhaustive()
+    }
 }
 
-fn node_params(cluster: &str, name: &str, roles: &[Role]) -> Result<CertificateParams, PkiError> {
+/// A random serial number (16 bytes, positive): unique per certificate, so a renewed
+/// certificate is told from the one it replaces.
+fn random_serial() -> rcgen::SerialNumber {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+fn node_params(
+    cluster: &str,
+    name: &str,
+    roles: &[Role],
+    validity: Validity,
+) -> Result<CertificateParams, PkiError> {
     check_name(name)?;
     let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    params.serial_number = Some(random_serial());
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationName, cluster);
@@ -154,8 +297,8 @@ fn node_params(cluster: &str, name: &str, roles: &[Role]) -> Result<CertificateP
         format!("roles={}", Role::join(roles)),
     );
     params.distinguished_name = dn;
-    params.not_before = now() - time::Duration::hours(1);
-    params.not_after = now() + time::Duration::days(3650);
+    params.not_before = validity.not_before();
+    params.not_after = validity.not_after();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -166,11 +309,13 @@ fn node_params(cluster: &str, name: &str, roles: &[Role]) -> Result<CertificateP
 }
 
 impl Ca {
-    /// Creates a new cluster CA and the first node's identity (which gets `roles`).
+    /// Creates a new cluster CA (valid 20 years from `validity.now`) and the first
+    /// node's identity (which gets `roles` and `validity`).
     pub fn create(
         cluster: &str,
         node_name: &str,
         roles: &[Role],
+        validity: Validity,
     ) -> Result<(Ca, NodeIdentity), PkiError> {
         check_name(cluster)?;
         let key = KeyPair::generate()?;
@@ -181,8 +326,9 @@ impl Ca {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = now() - time::Duration::hours(1);
-        params.not_after = now() + time::Duration::days(7300);
+        params.not_before = unix_time(validity.now.saturating_sub(3600));
+        params.not_after = unix_time(validity.now.saturating_add(7300 * 86_400));
+        params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
         let ca = Ca {
             cert_der: cert.der().to_vec(),
@@ -190,8 +336,8 @@ impl Ca {
             cluster: cluster.to_string(),
         };
         let node_key = KeyPair::generate()?;
-        let node_cert =
-            node_params(cluster, node_name, roles)?.signed_by(&node_key, &ca.issuer()?)?;
+        let node_cert = node_params(cluster, node_name, roles, validity)?
+            .signed_by(&node_key, &ca.issuer()?)?;
         let identity = NodeIdentity {
             cert_der: node_cert.der().to_vec(),
             key_der: node_key.serialize_der(),
@@ -248,25 +394,47 @@ impl Ca {
         csr_der: &[u8],
         name: &str,
         roles: &[Role],
+        validity: Validity,
     ) -> Result<Vec<u8>, PkiError> {
         let csr = CertificateSigningRequestParams::from_der(&csr_der.into())?;
-        let params = node_params(&self.cluster, name, roles)?;
+        let params = node_params(&self.cluster, name, roles, validity)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.der().to_vec())
+    }
+
+    /// Signs `msg` with the CA key (ECDSA P-256 with SHA-256, DER signature).
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        if self.key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::Malformed {
+                what: "CA key (herd's CAs are ECDSA P-256)",
+            });
+        }
+        Ok(rcgen::SigningKey::sign(&self.key, msg)?)
     }
 }
 
 /// Makes a fresh node key and a certificate signing request for it. Returns the key
 /// (PKCS#8 DER) and the request (DER).
 pub fn make_csr(name: &str) -> Result<(Vec<u8>, Vec<u8>), PkiError> {
-    check_name(name)?;
     let key = KeyPair::generate()?;
+    let csr = csr_for(&key, name)?;
+    Ok((key.serialize_der(), csr))
+}
+
+/// A certificate signing request (DER) for a key the node already holds (PKCS#8 DER):
+/// renewal, and enrolling again after the certificate expired, keep the key.
+pub fn make_csr_for_key(key_der: &[u8], name: &str) -> Result<Vec<u8>, PkiError> {
+    let key = KeyPair::try_from(key_der).map_err(|_| PkiError::Malformed { what: "node key" })?;
+    csr_for(&key, name)
+}
+
+fn csr_for(key: &KeyPair, name: &str) -> Result<Vec<u8>, PkiError> {
+    check_name(name)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
-    let csr = params.serialize_request(&key)?;
-    Ok((key.serialize_der(), csr.der().to_vec()))
+    Ok(params.serialize_request(key)?.der().to_vec())
 }
 
 enum Field {
@@ -316,47 +484,18 @@ impl NodeIdentity {
         peer_cert(&self.cert_der)
     }
 
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![
-            CertificateDer::from(self.cert_der.clone()),
-            CertificateDer::from(self.ca_der.clone()),
-        ]
-    }
-
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
-    }
-
-    fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
-        let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(self.ca_der.clone()))?;
-        Ok(Arc::new(roots))
-    }
-
     /// Server side of every connection: presents this node's chain, requires a client
     /// certificate from the cluster CA *or none at all* (enrollment; the agent then
-    /// allows nothing but `Enroll`).
+    /// allows nothing but `Enroll`). Refuses no key: a running node uses a [`Trust`].
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .allow_unauthenticated()
-            .build()?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain(), self.key())?;
-        cfg.alpn_protocols = vec![herd_proto::ALPN.to_vec()];
-        Ok(cfg)
+        Trust::new(self)?.server_config()
     }
 
     /// Client side of node-to-node connections: verifies the server against the
-    /// cluster CA and presents this node's certificate.
+    /// cluster CA and presents this node's certificate. Refuses no key: a running node
+    /// uses a [`Trust`].
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain(), self.key())?;
-        cfg.alpn_protocols = vec![herd_proto::ALPN.to_vec()];
-        Ok(cfg)
+        Trust::new(self)?.client_config()
     }
 }
 
@@ -447,20 +586,29 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
+/// A validity for tests: now-ish, the default lifetime.
+#[cfg(test)]
+pub(crate) fn test_validity() -> Validity {
+    Validity::new(1_700_000_000, DEFAULT_CERT_LIFETIME)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ca_signs_node_with_roles() {
-        let (ca, first) = Ca::create("lab", "ws", &[Role::Submit, Role::Exec]).unwrap();
+        let (ca, first) =
+            Ca::create("lab", "ws", &[Role::Submit, Role::Exec], test_validity()).unwrap();
         let info = first.info().unwrap();
         assert_eq!(info.name, "ws");
         assert_eq!(info.cluster, "lab");
         assert!(info.has(Role::Submit) && info.has(Role::Exec));
 
         let (_key, csr) = make_csr("h1").unwrap();
-        let cert = ca.sign_csr(&csr, "h1", &[Role::Exec]).unwrap();
+        let cert = ca
+            .sign_csr(&csr, "h1", &[Role::Exec], test_validity())
+            .unwrap();
         let pc = peer_cert(&cert).unwrap();
         assert_eq!(pc.name, "h1");
         assert_eq!(pc.roles, vec![Role::Exec]);
@@ -473,7 +621,8 @@ mod tests {
 
     #[test]
     fn configs_build() {
-        let (ca, first) = Ca::create("lab", "ws", &[Role::Submit, Role::Exec]).unwrap();
+        let (ca, first) =
+            Ca::create("lab", "ws", &[Role::Submit, Role::Exec], test_validity()).unwrap();
         first.server_config().unwrap();
         first.client_config().unwrap();
         enroll_client_config(ca.fingerprint()).unwrap();
@@ -481,10 +630,80 @@ mod tests {
 
     #[test]
     fn garbage_csr_is_an_error() {
-        let (ca, _) = Ca::create("lab", "ws", &[Role::Exec]).unwrap();
-        assert!(ca.sign_csr(b"not a csr", "h1", &[Role::Exec]).is_err());
+        let (ca, _) = Ca::create("lab", "ws", &[Role::Exec], test_validity()).unwrap();
+        assert!(
+            ca.sign_csr(b"not a csr", "h1", &[Role::Exec], test_validity())
+                .is_err()
+        );
         assert!(peer_cert(b"junk").is_err());
         assert!(Ca::load(b"junk", b"junk").is_err());
+    }
+
+    #[test]
+    fn certificates_live_as_long_as_asked_and_renew_from_half_their_life() {
+        let day = 86_400;
+        let v = Validity::new(1_000_000, DEFAULT_CERT_LIFETIME);
+        assert_eq!(v.backdate(), Duration::from_secs(3600));
+        let (ca, ws) = Ca::create("lab", "ws", &[Role::Exec], v).unwrap();
+        assert_eq!(
+            cert_validity(&ws.cert_der).unwrap(),
+            (1_000_000 - 3600, 1_000_000 + 30 * day)
+        );
+        // A test's lifetime of 20 s is backdated 2 s; below the minimum it is clamped.
+        let short = Validity::new(1_000_000, Duration::from_secs(20));
+        assert_eq!(short.backdate(), Duration::from_secs(2));
+        assert_eq!(
+            Validity::new(5, Duration::from_secs(1)).lifetime,
+            MIN_CERT_LIFETIME
+        );
+        let (key, csr) = make_csr("h1").unwrap();
+        let cert = ca.sign_csr(&csr, "h1", &[Role::Exec], short).unwrap();
+        let (nb, na) = cert_validity(&cert).unwrap();
+        assert_eq!((nb, na), (999_998, 1_000_020));
+        // (now, what to do)
+        for (now, want) in [
+            (999_998, Renewal::Until(1_000_009)),
+            (1_000_008, Renewal::Until(1_000_009)),
+            (1_000_009, Renewal::Due),
+            (1_000_019, Renewal::Due),
+            (1_000_020, Renewal::Expired),
+            (u64::MAX, Renewal::Expired),
+        ] {
+            assert_eq!(renewal(nb, na, now), want, "at {now}");
+        }
+        // Renewal keeps the key; every certificate has its own serial.
+        let again = ca
+            .sign_csr(
+                &make_csr_for_key(&key, "h1").unwrap(),
+                "h1",
+                &[Role::Exec],
+                short,
+            )
+            .unwrap();
+        assert_eq!(
+            key_fingerprint_of_cert(&again).unwrap(),
+            key_fingerprint_of_cert(&cert).unwrap()
+        );
+        let serial = |der: &[u8]| {
+            x509_parser::parse_x509_certificate(der)
+                .unwrap()
+                .1
+                .raw_serial()
+                .to_vec()
+        };
+        assert_ne!(serial(&again), serial(&cert));
+        assert!(make_csr_for_key(b"junk", "h1").is_err());
+        // Checked as a handshake would: within its life, chained to the CA.
+        assert_eq!(
+            verify_node_cert(ca.cert_der(), &cert, 1_000_010)
+                .unwrap()
+                .name,
+            "h1"
+        );
+        assert!(verify_node_cert(ca.cert_der(), &cert, 1_000_021).is_err());
+        assert!(verify_node_cert(ca.cert_der(), &cert, 999_990).is_err());
+        let (other, _) = Ca::create("lab", "ws", &[Role::Exec], v).unwrap();
+        assert!(verify_node_cert(other.cert_der(), &cert, 1_000_010).is_err());
     }
 
     #[test]

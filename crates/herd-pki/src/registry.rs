@@ -4,8 +4,11 @@
 //! file service), so the CA signs a name for one key only. The registry is plain data,
 //! serialized as TOML (`nodes.toml`): one record per name with the SHA-256 of the
 //! node's public key ([`key_fingerprint_of_csr`], [`key_fingerprint_of_cert`]), its
-//! roles, when it enrolled and with which token. A name is free again only once its
-//! record is removed (`herd remove NODE`).
+//! roles, when it enrolled and with which token, and when its key was revoked. A
+//! revoked node's record stays (the name stays taken, `herd remove --list` shows it
+//! revoked); a name is free again only once its record is removed (`herd remove
+//! NODE`), and a revoked key never enrolls again under any name (the revocation list
+//! says so, see [`crate::revocation`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,9 @@ pub struct NodeRecord {
     /// Id of the token it enrolled with (absent for the CA's own node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Unix seconds of the revocation of its key (`herd revoke`), if revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<u64>,
 }
 
 /// Every enrolled node of a cluster.
@@ -91,6 +97,18 @@ impl NodeRegistry {
         true
     }
 
+    /// Records that `name`'s key was revoked at `at` (Unix seconds); returns whether
+    /// that changed anything (a name not enrolled, or revoked before, does not).
+    pub fn mark_revoked(&mut self, name: &str, at: u64) -> bool {
+        match self.nodes.iter_mut().find(|n| n.name == name) {
+            Some(r) if r.revoked.is_none() => {
+                r.revoked = Some(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets `name`; returns its record.
     pub fn remove(&mut self, name: &str) -> Option<NodeRecord> {
         let i = self.nodes.iter().position(|n| n.name == name)?;
@@ -130,6 +148,7 @@ mod tests {
             roles: vec![Role::Exec],
             enrolled: 5,
             token: Some("ab".into()),
+            revoked: None,
         }
     }
 
@@ -143,6 +162,17 @@ mod tests {
         assert!(!r.register(rec("h1", "k2")));
         assert_eq!(r.check("h2", "k2"), Claim::Free);
         assert_eq!(NodeRegistry::from_toml(&r.to_toml()).unwrap(), r);
+        // Revoked: the record (and so the name) stays.
+        assert!(r.mark_revoked("h1", 9));
+        assert!(!r.mark_revoked("h1", 10), "revoked once");
+        assert!(!r.mark_revoked("h9", 10));
+        assert_eq!(r.get("h1").unwrap().revoked, Some(9));
+        assert_eq!(
+            r.check("h1", "k2"),
+            Claim::Taken(r.get("h1").unwrap().clone())
+        );
+        assert_eq!(NodeRegistry::from_toml(&r.to_toml()).unwrap(), r);
+        r.nodes[0].revoked = None;
         assert_eq!(r.remove("h1"), Some(rec("h1", "k1")));
         assert_eq!(r.check("h1", "k2"), Claim::Free);
         assert_eq!(r.remove("h1"), None);
@@ -151,10 +181,13 @@ mod tests {
 
     #[test]
     fn key_fingerprints_of_request_and_certificate_agree() {
-        let (ca, first) = crate::Ca::create("lab", "ws", &[Role::Exec]).unwrap();
+        let (ca, first) =
+            crate::Ca::create("lab", "ws", &[Role::Exec], crate::test_validity()).unwrap();
         let (_k, csr) = crate::make_csr("h1").unwrap();
         let (_k2, other) = crate::make_csr("h1").unwrap();
-        let cert = ca.sign_csr(&csr, "h1", &[Role::Exec]).unwrap();
+        let cert = ca
+            .sign_csr(&csr, "h1", &[Role::Exec], crate::test_validity())
+            .unwrap();
         let a = key_fingerprint_of_csr(&csr).unwrap();
         assert_eq!(a, key_fingerprint_of_cert(&cert).unwrap());
         assert_ne!(a, key_fingerprint_of_csr(&other).unwrap());

@@ -16,7 +16,9 @@
 //! bytes: the caller closes that one connection and carries on.
 //!
 //! The join token ([`Token`]) is also defined here because it is a contract between
-//! `herd init`/`herd token` on one machine and `herd agent --join` on another.
+//! `herd init`/`herd token` on one machine and `herd agent --join` on another, and so
+//! is the CA's signed revocation list ([`revocation`]), which every node keeps and
+//! hands on.
 //!
 //! **Architecture invariant:** this crate does no I/O and knows no runtime; it only
 //! turns values into bytes and back.
@@ -24,8 +26,10 @@
 #![deny(missing_docs)]
 
 pub mod fs;
+pub mod revocation;
 mod token;
 
+pub use revocation::{RevocationList, RevokedKey, SignedRevocations};
 pub use token::{Token, TokenError};
 
 use std::net::SocketAddr;
@@ -34,7 +38,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Version byte leading every frame payload. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Largest frame payload accepted or produced, in bytes. A receiver refuses a longer
 /// announced length before allocating anything.
@@ -238,6 +242,19 @@ pub enum PeerRequest {
         /// The question.
         req: fs::FsRequest,
     },
+    /// Asks for the newest signed revocation list the peer holds (sent to a peer whose
+    /// load report announces a newer version than ours). Answered with
+    /// [`PeerResponse::Revocations`].
+    Revocations,
+    /// Asks the CA node to renew the sender's certificate: a new one for the same name,
+    /// roles and key, valid from now. The request is authenticated by the connection's
+    /// certificate, which must still be valid; `csr_der` (PKCS#10, for the key that
+    /// certificate holds) proves the key again. Answered with
+    /// [`PeerResponse::Renewed`].
+    Renew {
+        /// Certificate signing request (DER) for the node's current key.
+        csr_der: Vec<u8>,
+    },
 }
 
 /// What a task is and whom it runs as.
@@ -353,7 +370,10 @@ impl PeerRequest {
     /// diagnostics need none.
     pub fn required_role(&self) -> Option<Role> {
         match self {
-            PeerRequest::Enroll { .. } | PeerRequest::Ping => None,
+            PeerRequest::Enroll { .. }
+            | PeerRequest::Ping
+            | PeerRequest::Revocations
+            | PeerRequest::Renew { .. } => None,
             PeerRequest::Run { .. } | PeerRequest::Drain(_) => Some(Role::Submit),
             PeerRequest::Fs { .. } => Some(Role::Exec),
         }
@@ -375,6 +395,9 @@ pub enum PeerResponse {
         roles: Vec<Role>,
         /// Addresses of live members to contact.
         peers: Vec<SocketAddr>,
+        /// The cluster's revocation list, if there is one: in force before the new
+        /// node's first handshake (it checks the CA's signature first).
+        revocations: Option<SignedRevocations>,
     },
     /// Answer to [`PeerRequest::Ping`].
     Pong {
@@ -383,6 +406,13 @@ pub enum PeerResponse {
     },
     /// The request was refused.
     Error(RemoteError),
+    /// Answer to [`PeerRequest::Revocations`]: the peer's newest list, if it holds one.
+    Revocations(Option<SignedRevocations>),
+    /// Answer to [`PeerRequest::Renew`].
+    Renewed {
+        /// The node's new certificate, signed by the cluster CA (DER).
+        cert_der: Vec<u8>,
+    },
 }
 
 /// Why a peer refused a request.
@@ -416,6 +446,11 @@ pub enum RemoteErrorKind {
     Unavailable,
     /// The request was malformed.
     BadRequest,
+    /// The key of the request was revoked (`herd revoke`): it enrolls and renews no more.
+    Revoked,
+    /// The name is not enrolled (any more: `herd remove`), so its certificate is not
+    /// renewed: the node must enroll again with a token.
+    NotEnrolled,
 }
 
 /// A request from the CLI to the agent on the same host.
@@ -442,6 +477,31 @@ pub enum LocalRequest {
         /// Drain or undrain.
         drain: bool,
     },
+    /// Revoke an enrolled node's key (`herd revoke`; only on the CA node, only root or
+    /// the agent's own user): the CA signs a new revocation list, which spreads to every
+    /// node. With `remove` the name is also freed (`herd remove`). Answered with
+    /// [`LocalResponse::Revoked`].
+    Revoke {
+        /// The node.
+        node: String,
+        /// Also free the name for another key.
+        remove: bool,
+    },
+}
+
+/// What `herd revoke` or `herd remove` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeReport {
+    /// The node.
+    pub name: String,
+    /// Its key's fingerprint (lowercase hex SHA-256).
+    pub key: String,
+    /// The version of the revocation list that holds it.
+    pub version: u64,
+    /// The key was revoked before (nothing new was signed).
+    pub already: bool,
+    /// The name was freed.
+    pub removed: bool,
 }
 
 /// One task as `herd ps` shows it. Its JSON form is a documented output format.
@@ -522,6 +582,8 @@ pub enum LocalResponse {
     Ps(Vec<TaskInfo>),
     /// The request was carried out.
     Done,
+    /// Answer to [`LocalRequest::Revoke`].
+    Revoked(RevokeReport),
     /// The request failed.
     Error(String),
 }
@@ -538,6 +600,8 @@ pub enum MemberState {
     Dead,
     /// Left the cluster gracefully.
     Left,
+    /// Its certificate's key was revoked (`herd revoke`): refused at every handshake.
+    Revoked,
 }
 
 impl MemberState {
@@ -548,6 +612,7 @@ impl MemberState {
             MemberState::Suspect => "suspect",
             MemberState::Dead => "dead",
             MemberState::Left => "left",
+            MemberState::Revoked => "revoked",
         }
     }
 }
@@ -626,6 +691,10 @@ pub struct AgentStatus {
     pub mode: String,
     /// The host owner's own CPU use, in cores (averaged).
     pub owner_load: f32,
+    /// When this node's certificate expires (Unix seconds); it renews itself before.
+    pub cert_expires: u64,
+    /// The version of the revocation list this node holds (0: none).
+    pub revocations: u64,
 }
 
 #[cfg(test)]

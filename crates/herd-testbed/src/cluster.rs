@@ -55,6 +55,11 @@ impl<'a> Node<'a> {
 
     /// Runs `herd SUBCOMMAND --state STATE ARGS...` to completion.
     pub fn herd(&self, args: &[&str]) -> Output {
+        self.herd_env(&[], args)
+    }
+
+    /// [`herd`](Self::herd) with environment variables `env` set.
+    pub fn herd_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let (sub, rest) = args.split_first().expect("a subcommand");
         let st = self.state();
         let mut argv = vec![*sub, "--state", st.as_str()];
@@ -63,6 +68,7 @@ impl<'a> Node<'a> {
         self.host
             .command(bin.to_str().expect("utf-8 path"), &argv)
             .env("HERD_LOG", "info")
+            .envs(env.iter().copied())
             .output()
             .expect("run herd")
     }
@@ -96,6 +102,12 @@ impl<'a> Node<'a> {
     /// the background: the host's cgroup is what its owner's load is measured in (every
     /// testbed host shares one machine), and a testbed helper takes work at once.
     pub fn agent(&self, extra: &[&str]) -> Child {
+        self.agent_env(&[], extra).0
+    }
+
+    /// [`agent`](Self::agent) with environment variables `env` set; also returns the
+    /// log file that receives its stdout and stderr.
+    pub fn agent_env(&self, env: &[(&str, &str)], extra: &[&str]) -> (Child, PathBuf) {
         let st = self.state();
         let cg = self.host.cgroup_dir().display().to_string();
         let mut argv = vec![
@@ -111,11 +123,10 @@ impl<'a> Node<'a> {
         let bin = self.bin();
         // An outer HERD_LOG (for profiling a benchmark) wins over the default.
         let log = std::env::var("HERD_LOG").unwrap_or_else(|_| "info".into());
-        self.host
-            .command(bin.to_str().expect("utf-8 path"), &argv)
-            .env("HERD_LOG", log)
-            .spawn()
-            .expect("start agent")
+        let mut cmd = self.host.command(bin.to_str().expect("utf-8 path"), &argv);
+        cmd.env("HERD_LOG", log).envs(env.iter().copied());
+        let log_path = cmd.log_path().to_path_buf();
+        (cmd.spawn().expect("start agent"), log_path)
     }
 
     /// Starts an agent that joins with `token` under the host's name.

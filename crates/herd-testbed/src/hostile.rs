@@ -105,3 +105,38 @@ pub fn commit(code: i32, changes: Vec<(Change, Option<Vec<u8>>)>) -> Script {
     s.push(Step::Finish);
     s
 }
+
+/// The hostile helper's binary, built beside `herd_bin` (the herd binary a test was
+/// given, `CARGO_BIN_EXE_herd`), once per test process: cargo builds no binary of
+/// another package for a test, so this runs `cargo build -p herd-testbed --bin
+/// herd-hostile-helper` (a no-op when it is up to date) into the same target
+/// directory and profile. Panics, saying why, if that fails.
+pub fn helper_bin(herd_bin: &std::path::Path) -> &'static std::path::Path {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BIN.get_or_init(|| {
+        let profile_dir = herd_bin.parent().expect("herd's directory");
+        let target = profile_dir.parent().expect("the target directory");
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut cmd = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        cmd.args(["build", "--quiet", "-p", "herd-testbed"])
+            .args(["--bin", "herd-hostile-helper", "--target-dir"])
+            .arg(target)
+            .current_dir(&workspace);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(st) if st.success() => Ok(profile_dir.join("herd-hostile-helper")),
+            Ok(st) => Err(format!(
+                "`cargo build -p herd-testbed --bin herd-hostile-helper` failed ({st}): see its errors above"
+            )),
+            Err(e) => Err(format!("cannot run cargo to build the hostile helper: {e}")),
+        }
+    });
+    match built {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -168,7 +168,8 @@ enum Command {
         /// non-loopback interface address when listening on 0.0.0.0]
         #[arg(long, value_name = "ADDR:PORT")]
         advertise: Option<SocketAddr>,
-        /// Join the cluster with this token (first start only; restarts need none)
+        /// Join the cluster with this token (first start only, or again after this
+        /// node's certificate expired while it was off; restarts need none)
         #[arg(long, value_name = "TOKEN")]
         join: Option<String>,
         /// A peer to contact (repeatable); without it, the token's addresses and the
@@ -245,18 +246,31 @@ enum Command {
         #[arg(long, value_name = "ID")]
         revoke: Option<String>,
     },
-    /// Free an enrolled node's name so that another node may enroll under it (on the
-    /// node that ran `herd init`); its certificate stays valid, so remove only a node
-    /// gone for good.
+    /// Free an enrolled node's name so that another node (another key) may enroll
+    /// under it (on the node that ran `herd init`). Its key is revoked first if it was
+    /// not (see `herd revoke`): a name is never held by two working keys.
     Remove {
         #[command(flatten)]
         state: StateArg,
         /// The node's name
         #[arg(required_unless_present = "list")]
         node: Option<String>,
-        /// List the enrolled names and their keys instead
+        /// List the enrolled names, their keys and whether they are revoked instead
         #[arg(long, conflicts_with = "node")]
         list: bool,
+    },
+    /// Revoke an enrolled node's certificate (on the node that ran `herd init`): every
+    /// node refuses it at the handshake within seconds, closes its connections and
+    /// sends it no task, also after restarts.
+    ///
+    /// The CA signs a new revocation list, which the running agent spreads to every
+    /// node. The key never enrolls or renews again; the name stays taken until `herd
+    /// remove NODE`. Root or the agent's own user only.
+    Revoke {
+        #[command(flatten)]
+        state: StateArg,
+        /// The node's name
+        node: String,
     },
     /// Show the cluster's nodes as the local agent sees them.
     Nodes {
@@ -488,7 +502,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ttl = admin::parse_ttl(&ttl)?;
             let uses = admin::parse_uses(&uses)?;
             let name = name.unwrap_or_else(herd_agent::agent::default_name);
-            let token = admin::init_with_uses(
+            // A test knob (README, *Defaults*): certificates that live seconds.
+            let lifetime = match std::env::var("HERD_CERT_LIFETIME") {
+                Ok(v) if !v.is_empty() => admin::parse_cert_lifetime(&v)?,
+                _ => herd_agent::admin::default_cert_lifetime(),
+            };
+            let token = admin::init_with(
                 &dir,
                 &InitOptions {
                     cluster: cluster.clone(),
@@ -497,6 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ttl,
                 },
                 uses,
+                lifetime,
             )?;
             println!(
                 "created cluster {cluster:?} in {} (this node: {name})",
@@ -661,30 +681,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let dir = state.dir(false);
             if list {
                 println!(
-                    "{:<24} {:<12} {:<20} KEY (SHA-256)",
-                    "NAME", "ROLES", "ENROLLED"
+                    "{:<24} {:<12} {:<9} {:<20} KEY (SHA-256)",
+                    "NAME", "ROLES", "STATE", "ENROLLED"
                 );
                 let now = herd_agent::unix_now();
                 for n in admin::list_nodes(&dir)? {
                     println!(
-                        "{:<24} {:<12} {:<20} {}",
+                        "{:<24} {:<12} {:<9} {:<20} {}",
                         n.name,
                         Role::join(&n.roles),
+                        if n.revoked.is_some() {
+                            "revoked"
+                        } else {
+                            "enrolled"
+                        },
                         format!("{} ago", human_secs(now as i64 - n.enrolled as i64)),
                         n.key
                     );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let node = node.unwrap_or_default();
-            let rec = admin::remove_node(&dir, &node)?;
-            println!(
-                "removed {} (key {}): another node may now enroll under this name",
-                rec.name,
-                &rec.key[..16.min(rec.key.len())]
-            );
-            Ok(ExitCode::SUCCESS)
+            revoke(&dir, &node.unwrap_or_default(), true)
         }
+        Command::Revoke { state, node } => revoke(&state.dir(false), &node, false),
         Command::Nodes { state, json } => {
             let dir = state.dir(true);
             let nodes = match call(&dir, LocalRequest::Nodes)? {
@@ -853,10 +872,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "helper   {} (owner load {:.2} cores)",
                     st.mode, st.owner_load
                 );
+                println!(
+                    "cert     valid for {} (renews itself when half is left)",
+                    human_secs(st.cert_expires as i64 - herd_agent::unix_now() as i64)
+                );
+                if st.revocations > 0 {
+                    println!("revoked  revocation list version {}", st.revocations);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `herd revoke NODE` (`remove`: `herd remove NODE`): through the running agent, which
+/// spreads the new list at once, or on the state directory when no agent runs (the
+/// agent spreads it when it starts).
+fn revoke(dir: &StateDir, node: &str, remove: bool) -> anyhow::Result<ExitCode> {
+    // Mistakes are told here, with their exit code, before the agent is asked.
+    admin::check_revocable(dir, node)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = LocalRequest::Revoke {
+        node: node.to_string(),
+        remove,
+    };
+    let (report, spreading) = match rt.block_on(local::call(dir, &request)) {
+        Ok(LocalResponse::Revoked(r)) => (r, true),
+        Ok(LocalResponse::Error(e)) => anyhow::bail!("the agent refused: {e}"),
+        Ok(other) => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+        Err(AgentError::NotRunning { .. }) => {
+            // No agent: hold its lock meanwhile, so that none starts without the list.
+            let _lock = dir.lock()?;
+            (admin::revoke_node(dir, node, remove)?.report, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = &report.key[..16.min(report.key.len())];
+    let version = report.version;
+    if report.already {
+        println!("{node} was revoked already (key {key}…, revocation list version {version})");
+    } else {
+        println!("revoked {node} (key {key}…): revocation list version {version}");
+    }
+    if report.removed {
+        println!("removed {node}: another node may now enroll under this name");
+    } else if !report.already {
+        println!("the name stays taken until `herd remove {node}`; its key never enrolls again");
+    }
+    if !report.already {
+        if spreading {
+            println!("every node refuses it as soon as the list reaches it (seconds)");
+        } else {
+            println!(
+                "no agent runs on {}: the list spreads when it starts",
+                dir.root().display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn call(dir: &StateDir, req: LocalRequest) -> anyhow::Result<LocalResponse> {

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use herd_testbed::cluster::{Agents, Node, all_see, text, wait_for};
@@ -46,36 +45,9 @@ fn herd_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_herd"))
 }
 
-/// The hostile helper, built once per test process beside the herd binary: cargo
-/// builds no binary of another package for a test, so this runs `cargo build -p
-/// herd-testbed --bin herd-hostile-helper` (a no-op when it is up to date) into the
-/// same target directory.
+/// The hostile helper, built once per test process beside the herd binary.
 fn hostile_bin() -> &'static Path {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        let profile_dir = herd_bin().parent().expect("herd's directory");
-        let target = profile_dir.parent().expect("the target directory");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut cmd = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        cmd.args(["build", "--quiet", "-p", "herd-testbed"])
-            .args(["--bin", "herd-hostile-helper", "--target-dir"])
-            .arg(target)
-            .current_dir(&workspace);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        match cmd.status() {
-            Ok(st) if st.success() => Ok(profile_dir.join("herd-hostile-helper")),
-            Ok(st) => Err(format!(
-                "`cargo build -p herd-testbed --bin herd-hostile-helper` failed ({st}): see its errors above"
-            )),
-            Err(e) => Err(format!("cannot run cargo to build the hostile helper: {e}")),
-        }
-    });
-    match built {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
+    hostile::helper_bin(herd_bin())
 }
 
 /// A test's own home: `DIR/home/{proj,.ssh/{id_rsa,authorized_keys}}`.

@@ -13,6 +13,16 @@
 //! `--results` (default `herd_testbed::hostile::RESULTS`, or `$HERD_HOSTILE_RESULTS`).
 //! Like herd, it also serves as its own sandbox init (`__sandbox-init`), so the agent's
 //! probe passes and the node advertises itself as an exec node with cores.
+//!
+//! ```text
+//! herd-hostile-helper connect --state DIR --to ADDR:PORT
+//! ```
+//!
+//! makes one connection to the node at `ADDR:PORT` with the certificate and key in
+//! `DIR` (a node's state directory, whether or not its agent runs; a revoked or
+//! expired certificate, say) and asks it a `Ping`. It prints `accepted by NAME` and
+//! exits 0 if the node answered, or `refused: WHY` and exits 1 if the handshake or the
+//! request failed (within 8 s).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,8 +98,11 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("__sandbox-init") => herd_sandbox::init_main(),
         Some("agent") => {}
+        Some("connect") => return connect(&args[1..]),
         _ => {
-            eprintln!("usage: herd-hostile-helper agent --state DIR [--join TOKEN] ...");
+            eprintln!(
+                "usage: herd-hostile-helper agent --state DIR [--join TOKEN] ... | connect --state DIR --to ADDR:PORT"
+            );
             return ExitCode::from(2);
         }
     }
@@ -140,6 +153,75 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herd-hostile-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `connect --state DIR --to ADDR:PORT`: one connection with DIR's certificate, one
+/// `Ping`.
+fn connect(args: &[String]) -> ExitCode {
+    let (mut state, mut to) = (None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--state", Some(v)) => state = Some(PathBuf::from(v)),
+            ("--to", Some(v)) => to = v.parse::<std::net::SocketAddr>().ok(),
+            _ => {
+                eprintln!("herd-hostile-helper connect --state DIR --to ADDR:PORT");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(state), Some(to)) = (state, to) else {
+        eprintln!("herd-hostile-helper connect --state DIR --to ADDR:PORT");
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd-hostile-helper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let attempt = async {
+        let identity = StateDir::new(state).identity().map_err(|e| e.to_string())?;
+        let ep = net::endpoint(&identity, "0.0.0.0:0".parse().expect("literal"))
+            .map_err(|e| e.to_string())?;
+        let conn = ep
+            .connect(to, herd_pki::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // A server refuses a client's certificate after the client's side of the
+        // handshake is done: only an answer proves the node accepted it.
+        let answer = net::request::<_, herd_proto::PeerResponse>(&conn, &PeerRequest::Ping).await;
+        let result = match answer {
+            Ok(herd_proto::PeerResponse::Pong { name }) => Ok(name),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| e.to_string())),
+        };
+        conn.close(0u32.into(), b"probe done");
+        ep.wait_idle().await;
+        result
+    };
+    match rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(8), attempt)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 8 s".into()))
+    }) {
+        Ok(name) => {
+            println!("accepted by {name}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("refused: {why}");
             ExitCode::FAILURE
         }
     }

@@ -234,6 +234,8 @@ pub enum HostState {
     Dead,
     /// Left the cluster.
     Left,
+    /// Its certificate was revoked (`herd revoke`): refused everywhere.
+    Revoked,
 }
 
 impl HostState {
@@ -246,6 +248,7 @@ impl HostState {
             HostState::Suspect => "suspect",
             HostState::Dead => "dead",
             HostState::Left => "left",
+            HostState::Revoked => "revoked",
         }
     }
 }
@@ -588,6 +591,7 @@ impl Model {
             MemberState::Suspect => HostState::Suspect,
             MemberState::Dead => HostState::Dead,
             MemberState::Left => HostState::Left,
+            MemberState::Revoked => HostState::Revoked,
         };
         let owner = n.owner_load.max(0.0);
         HostRow {
@@ -945,6 +949,8 @@ pub(crate) mod tests {
             hosting: 0,
             mode: "running".into(),
             owner_load: 0.0,
+            cert_expires: 0,
+            revocations: 0,
         }
     }
 

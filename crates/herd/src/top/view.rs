@@ -148,7 +148,7 @@ impl Theme {
             HostState::Alive => Color::Green,
             HostState::Drained => Color::Magenta,
             HostState::Held | HostState::Suspect => Color::Yellow,
-            HostState::Dead => Color::Red,
+            HostState::Dead | HostState::Revoked => Color::Red,
             HostState::Left => Color::DarkGray,
         })
     }
