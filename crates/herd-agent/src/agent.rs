@@ -408,6 +408,19 @@ pub async fn run_agent(
     let mut hidden_everywhere = vec![dir.root().as_os_str().as_encoded_bytes().to_vec()];
     hidden_everywhere.push(crate::state::SYSTEM_STATE_DIR.as_bytes().to_vec());
     let (lists, _) = watch::channel(revocations.signed().cloned().map(Arc::new));
+    // Whether this node can run tasks, and through which network stack.
+    let probed = if info.roles.contains(&Role::Exec) {
+        let (exe, scratch) = (exe.clone(), dir.root().join("tasks"));
+        let r = tokio::task::spawn_blocking(move || task::probe(&exe, &scratch))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(why) = &r {
+            tracing::warn!("this node cannot run tasks: {why}");
+        }
+        r
+    } else {
+        Err("this node has no exec role".into())
+    };
     let shared = Arc::new(Shared {
         trust: trust.clone(),
         lists,
@@ -427,18 +440,8 @@ pub async fn run_agent(
             tasks_dir: dir.root().join("tasks"),
             grant: grant.clone(),
             exec: info.roles.contains(&Role::Exec),
-            ready: if info.roles.contains(&Role::Exec) {
-                let (exe, scratch) = (exe.clone(), dir.root().join("tasks"));
-                let r = tokio::task::spawn_blocking(move || task::probe(&exe, &scratch))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                if let Err(why) = &r {
-                    tracing::warn!("this node cannot run tasks: {why}");
-                }
-                r
-            } else {
-                Err("this node has no exec role".into())
-            },
+            ready: probed.as_ref().map(|_| ()).map_err(Clone::clone),
+            stack: probed.ok().flatten(),
             cgroup_parent: match herd_sandbox::prepare_agent_cgroup("agent") {
                 Ok(p) => p,
                 Err(e) => {

@@ -43,6 +43,8 @@ pub struct RunOptions {
     /// More directories the task may write under, besides its working directory
     /// (`--writes`, `[run] writable`; relative ones from the working directory).
     pub writes: Vec<std::path::PathBuf>,
+    /// `--net`: the network the task asks for.
+    pub net: herd_proto::NetMode,
 }
 
 const RLIMITS: &[i32] = &[
@@ -129,13 +131,15 @@ pub fn describe(argv: &[std::ffi::OsString], opts: &RunOptions) -> std::io::Resu
         },
         on: opts.on.clone(),
         retries: opts.retries,
-        local_ok: opts.local_ok,
+        // The workstation runs its own share without a sandbox: no network of its own.
+        local_ok: opts.local_ok && opts.net != herd_proto::NetMode::Loopback,
         hide: opts
             .hide
             .iter()
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .collect(),
         exe,
+        net: opts.net,
     })
 }
 

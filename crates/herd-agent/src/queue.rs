@@ -390,6 +390,7 @@ mod tests {
                 hide: vec![],
                 writes: vec![],
                 exe: None,
+                net: herd_proto::NetMode::Default,
             },
             caller: Caller {
                 uid: 1000,

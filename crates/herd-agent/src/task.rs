@@ -670,6 +670,9 @@ pub struct HelperCtx {
     pub cgroup_parent: Option<PathBuf>,
     /// Whether this host can run sandboxes and mount views, or why not.
     pub ready: Result<(), String>,
+    /// The user-mode network stack tasks reach outward through (found by [`probe`]);
+    /// `None`: tasks get loopback only.
+    pub stack: Option<herd_sandbox::NetStack>,
     /// Tasks running here, for the polite policy (suspend, resume, evict).
     pub running: Mutex<HashMap<u64, HelperTask>>,
     /// The owner is busy: tasks are frozen, and a task starting now starts frozen.
@@ -688,6 +691,33 @@ pub struct HelperTask {
 }
 
 impl HelperCtx {
+    /// The network of a task asking for `mode`: loopback only when it asks for that or
+    /// this helper has no stack, outward otherwise.
+    fn task_net(&self, mode: herd_proto::NetMode) -> herd_sandbox::Net {
+        match (mode, &self.stack) {
+            (herd_proto::NetMode::Loopback, _) | (_, None) => herd_sandbox::Net::Loopback,
+            (_, Some(stack)) => herd_sandbox::Net::Outward(stack.clone()),
+        }
+    }
+
+    /// The network sandboxes prepared ahead are made with: the widest a task may ask
+    /// for here (a task asking for loopback only gets a namespace of its own in one
+    /// from its pid 1, off the agent's way).
+    fn prepared_net(&self) -> herd_sandbox::Net {
+        self.task_net(herd_proto::NetMode::Default)
+    }
+
+    /// The line a task asking explicitly for an outward network gets on its stderr
+    /// where there is none.
+    fn net_notice(&self, mode: herd_proto::NetMode) -> Option<String> {
+        (mode == herd_proto::NetMode::Outward && self.stack.is_none()).then(|| {
+            format!(
+                "herd: {} has no user-mode network stack (pasta or slirp4netns): the task has loopback only\n",
+                self.name
+            )
+        })
+    }
+
     /// The cgroup a task gets: the granted CPUs and memory.
     fn task_cgroup(&self) -> herd_sandbox::CgroupSpec {
         herd_sandbox::CgroupSpec {
@@ -824,7 +854,8 @@ impl HelperCtx {
             self.preparing.fetch_add(1, SeqCst);
             let ctx = self.clone();
             tokio::task::spawn_blocking(move || {
-                let p = herd_sandbox::prepare(&ctx.exe, Some(ctx.task_cgroup()));
+                let p =
+                    herd_sandbox::prepare(&ctx.exe, Some(ctx.task_cgroup()), &ctx.prepared_net());
                 match p {
                     Ok(p) => {
                         if let Ok(mut slot) = ctx.prepared.lock()
@@ -970,9 +1001,12 @@ pub fn clean_task_dirs(tasks_dir: &Path) {
 }
 
 /// Checks that this host can run tasks (in `scratch`, made by [`make_tasks_dir`]): a
-/// throwaway sandbox and a throwaway FUSE view.
-pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
-    let mode = herd_sandbox::probe(exe, scratch).map_err(|e| e.to_string())?;
+/// throwaway sandbox and a throwaway FUSE view; returns the network stack tasks reach
+/// outward through, `None` when none works here (tasks then get loopback only, which
+/// the log says once, here).
+pub fn probe(exe: &Path, scratch: &Path) -> Result<Option<herd_sandbox::NetStack>, String> {
+    let probed = herd_sandbox::probe(exe, scratch).map_err(|e| e.to_string())?;
+    let mode = probed.mode;
     let empty = scratch.join(format!("probe-src-{}", std::process::id()));
     let mnt = scratch.join(format!("probe-mnt-{}", std::process::id()));
     let res = (|| {
@@ -988,8 +1022,14 @@ pub fn probe(exe: &Path, scratch: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir(&mnt);
     let _ = std::fs::remove_dir(&empty);
     res?;
-    tracing::info!(mode = ?mode, "this node can run tasks");
-    Ok(())
+    match &probed.net {
+        Ok(stack) => tracing::info!(mode = ?mode, net = %stack, "this node can run tasks"),
+        Err(why) => tracing::warn!(
+            mode = ?mode,
+            "this node can run tasks, but no user-mode network stack works here ({why}): tasks get loopback only; install pasta (Debian package passt) or slirp4netns for an outward network"
+        ),
+    }
+    Ok(probed.net.ok())
 }
 
 /// Why a running task was stopped for its writes.
@@ -1218,6 +1258,7 @@ async fn run_here(
     sb.hidden = spec.hidden.iter().map(|h| PathBuf::from(os(h))).collect();
     sb.idle = true;
     sb.cgroup = Some(ctx.task_cgroup());
+    sb.net = ctx.task_net(run.net);
 
     // stdio: a terminal from the task's own devpts (its master comes back from the
     // sandbox), or three pipes.
@@ -1371,6 +1412,9 @@ async fn run_here(
         },
     )
     .await?;
+    if let Some(line) = ctx.net_notice(run.net) {
+        out(send, &TaskOutput::Stderr(line.into_bytes())).await?;
+    }
 
     let mut waiter = tokio::task::spawn_blocking(move || sandbox.wait_ended());
     let tty_fd = if run.tty.is_some() {

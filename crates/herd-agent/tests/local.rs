@@ -117,6 +117,7 @@ fn spec(argv: &[&str]) -> RunSpec {
         hide: vec![],
         writes: vec![],
         exe: None,
+        net: herd_proto::NetMode::Default,
     }
 }
 

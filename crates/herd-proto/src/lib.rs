@@ -307,6 +307,25 @@ pub struct RunSpec {
     /// without a `/`: a hint the sandbox tries first, saving the search's misses; a
     /// miss on the hint falls back to the search.
     pub exe: Option<Vec<u8>>,
+    /// The network the task asks for (`--net`). Whatever it asks, a task on a helper
+    /// has a network namespace of its own and never reaches the helper's loopback.
+    pub net: NetMode,
+}
+
+/// The network a task asks for (`herd run --net`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetMode {
+    /// Nothing asked: outward (the LAN and beyond) where the helper has a user-mode
+    /// network stack, loopback only where it has none, without a word on the task's
+    /// stderr (which a compiler's `configure` check may read).
+    #[default]
+    Default,
+    /// `--net outward`: outward; on a helper without a stack the task runs with
+    /// loopback only and one line on its stderr says so.
+    Outward,
+    /// `--net none`: loopback only. Never run on the workstation itself (that has no
+    /// sandbox).
+    Loopback,
 }
 
 /// Workstation to helper, on a task's stream.

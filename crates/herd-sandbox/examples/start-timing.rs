@@ -82,6 +82,7 @@ fn start_timing() {
                 cpus: Some(1.0),
                 memory: Some(1 << 30),
             }),
+            &herd_sandbox::Net::Loopback,
         )
         .unwrap();
         let parked = prepared

@@ -106,7 +106,7 @@ fn block_signals() {
 
 /// Restores default dispositions (Rust's runtime ignores SIGPIPE, and ignored signals
 /// survive exec) and an empty mask, right before exec.
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // SAFETY: plain libc calls on valid arguments; single-threaded.
     unsafe {
         for s in 1..libc::SIGRTMIN() {
@@ -261,12 +261,21 @@ fn prepared_main() -> ! {
         cgroup::remove(&groups);
         status.fail(&e);
     }
+    // The task's network namespace (and, rootless, the user namespace owning it), with
+    // its stack attached, before any task comes. In the cgroup: the stack's work for
+    // the task is charged to it.
+    // SAFETY: geteuid has no preconditions.
+    let rootless = unsafe { libc::geteuid() } != 0;
+    if let Err(e) = crate::netns::make(template.net.as_ref(), rootless) {
+        status.fail(&e);
+    }
     status.send("ready");
     let (data, fds) = match receive_task(sock) {
         Some(t) => t,
         None => {
             // Nobody will give us a task: leave the cgroups (a group holding a process
             // cannot be removed), remove them and go.
+            crate::netns::end_stack();
             let parents: Vec<cgroup::Group> = groups
                 .iter()
                 .filter_map(|g| {
@@ -408,9 +417,7 @@ fn supervisor(
     // Detach from the agent's session: its terminal's signals are not the task's.
     // SAFETY: setsid has no preconditions.
     unsafe { libc::setsid() };
-    // SAFETY: geteuid/getegid have no preconditions.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let rootless = euid != 0;
+    let rootless = rootless();
 
     let inside = prepared.is_some();
     let groups = match (prepared, &spec.cgroup) {
@@ -433,24 +440,9 @@ fn supervisor(
         status.fail(&msg)
     };
 
-    if rootless {
-        if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
-            fail(format!(
-                "rootless: create a user namespace: {}{}",
-                errno_str(e),
-                crate::userns_hint()
-            ));
-        }
-        let maps = [
-            ("/proc/self/uid_map", format!("0 {euid} 1")),
-            ("/proc/self/setgroups", "deny".to_owned()),
-            ("/proc/self/gid_map", format!("0 {egid} 1")),
-        ];
-        for (file, value) in maps {
-            if let Err(e) = fs::write(file, &value) {
-                fail(format!("rootless: write {value:?} to {file}: {e}"));
-            }
-        }
+    // A prepared init made them before it was ready.
+    if !inside && let Err(e) = crate::netns::make(spec.net.as_ref(), rootless) {
+        fail(e);
     }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         fail(format!("unshare pid namespace: {}", errno_str(e)));
@@ -526,11 +518,54 @@ fn supervisor(
             // pid 1 is reaped, so its namespace is empty: the whole tree is gone (pid 1
             // said so already when its task ended by itself).
             status.send("ended");
+            crate::netns::end_stack();
             if let Some(e) = cgroup::remove(own) {
                 status.send(&format!("warn {e}"));
             }
             exit(code)
         }
+    }
+}
+
+/// This init runs rootless: as a plain user, or in the user namespace it made for that
+/// ([`enter_user_namespace`]; a prepared init enters it before its task comes).
+fn rootless() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    euid != 0 || IN_OWN_USERNS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Set once this init has entered its own user namespace.
+static IN_OWN_USERNS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Rootless: enters a new user namespace mapping root to this user (and group), in
+/// which the sandbox may mount and own its network namespace.
+pub(crate) fn enter_user_namespace() -> Result<(), String> {
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        format!(
+            "rootless: create a user namespace: {}{}",
+            errno_str(e),
+            crate::userns_hint()
+        )
+    })?;
+    IN_OWN_USERNS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let maps = [
+        ("/proc/self/uid_map", format!("0 {euid} 1")),
+        ("/proc/self/setgroups", "deny".to_owned()),
+        ("/proc/self/gid_map", format!("0 {egid} 1")),
+    ];
+    for (file, value) in maps {
+        fs::write(file, &value).map_err(|e| format!("rootless: write {value:?} to {file}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Pid 1, its task known: the task's network namespace (see [`crate::netns::narrow`]).
+fn task_net(spec: &WireSpec, status: Status) {
+    if let Err(e) = crate::netns::narrow(spec.net.is_some()) {
+        status.fail(&e);
     }
 }
 
@@ -1098,6 +1133,7 @@ fn pid1(
         }
         None => (spec, console),
     };
+    task_net(spec, status);
     if let Some(p) = &pids
         && spec.pids_max != p.made
         && let Err(e) = cgroup::set_pids_max(&p.max, spec.pids_max)

@@ -26,17 +26,21 @@
 //!    `memory.limit_in_bytes` (v1, nested under the agent's own group of each
 //!    hierarchy, plus the v1 `freezer` hierarchy or the v2 mount for
 //!    [`SandboxHandle::freeze`]); when not root, enters a new user namespace (see *Rootless* below);
+//!    makes the task's network namespace and attaches its stack (see *Network* below);
 //!    unshares the pid namespace and forks **pid 1**, which it moves into the cgroup
-//!    before letting it continue. It forwards signals to pid 1, waits for it, removes
-//!    the cgroup and exits with the task's status.
+//!    before letting it continue. It forwards signals to pid 1, waits for it, ends the
+//!    network stack, removes the cgroup and exits with the task's status.
 //!
 //!    **Prepared ahead** ([`prepare`], then [`Prepared::start`]): the init is started
-//!    before its task with only the cgroup to make; it moves *itself* into the cgroup
-//!    and waits on a socket for the spec and the task's stdin, stdout and stderr (or
-//!    its console socket), passed with `SCM_RIGHTS`. Pid 1 then inherits the cgroup,
-//!    and the spawner removes it after the supervisor exits. The fork and exec of the
-//!    init and the making and joining of the cgroup (a cgroup v1 attach can wait for
-//!    an RCU grace period) are then off the task's critical path.
+//!    before its task with only the cgroup and the network to make; it moves *itself*
+//!    into the cgroup, enters its user namespace (rootless), makes the network
+//!    namespace with its stack, and waits on a socket for the spec and the task's
+//!    stdin, stdout and stderr (or its console socket), passed with `SCM_RIGHTS`. Pid 1
+//!    then inherits the cgroup and the namespaces, and the spawner removes the cgroup
+//!    after the supervisor exits. The fork and exec of the init, the making and
+//!    joining of the cgroup (a cgroup v1 attach can wait for an RCU grace period) and
+//!    the network's setup (pasta takes about 20 ms) are then off the task's critical
+//!    path.
 //!    [`Prepared::start_gated`] hands the task over but lets pid 1 build the root and
 //!    then wait at a *gate* until [`Starting::go`]: the helper checks that its kept
 //!    view is still current meanwhile, and only then lets the task start.
@@ -80,8 +84,9 @@
 //!   rootless), `pts` (a new devpts
 //!   instance), `ptmx` (→ `pts/ptmx`), `shm` (a private tmpfs) and the symlinks `fd`,
 //!   `stdin`, `stdout`, `stderr` into `/proc/self/fd` ([`DEV_ENTRIES`]).
-//! * The helper's network (there is no network namespace), its own IPC namespace and
-//!   hostname ([`SandboxSpec::hostname`]).
+//! * A network namespace of its own ([`SandboxSpec::net`]): loopback only, or outward
+//!   through a user-mode stack (see *Network*); its own IPC namespace and hostname
+//!   ([`SandboxSpec::hostname`]).
 //!
 //! # What a task cannot see or do
 //!
@@ -116,12 +121,49 @@
 //! * Hold more than [`SandboxSpec::pids_max`] processes: a task that reaches it is
 //!   ended, with a message on its stderr.
 //! * Reach pid 1's status pipe or gate through `/proc/1/fd`: pid 1 is not dumpable.
+//! * Reach the helper's loopback (its listeners on 127.0.0.1 and `::1`) or its abstract
+//!   Unix sockets (X11's, a desktop's D-Bus): they belong to the helper's network
+//!   namespace. Change its own network namespace (addresses, routes, interfaces,
+//!   firewall, its sysctls): it holds no capability in the user namespace that owns it.
+//!
+//! # Network
+//!
+//! The init makes the task's network namespace, in the user namespace the sandbox
+//! already uses (none of its own as root; the supervisor's when rootless), never the
+//! task. With [`Net::Loopback`] it holds only `lo`. With [`Net::Outward`] a user-mode
+//! stack attaches to it, started by the init before it enters any namespace (so as
+//! the agent's user, in the helper's namespaces) and opening the task's from
+//! `/proc/<init>/ns`: [`StackKind::Pasta`] (preferred; the task's connections become
+//! the helper's own sockets, with the helper's address) or [`StackKind::Slirp4netns`]
+//! (NAT behind 10.0.2.0/24). Neither forwards a port either way nor maps the helper's
+//! loopback (pasta: `-t none -u none -T none -U none --no-map-gw -D none`;
+//! slirp4netns: `--disable-host-loopback --disable-dns`). The stack dies with the init
+//! (`PR_SET_PDEATHSIG`) and is killed and reaped by the supervisor once the task's tree
+//! is gone. [`NetStack::find`] finds the installed ones; [`probe`] tries them. The
+//! `netns` module (`src/netns.rs`) has the details.
+//!
+//! What the stack cannot keep from a task: the helper's services on its *other*
+//! addresses (a second interface, a bridge such as `docker0`; with slirp4netns also its
+//! LAN address) are reached as from the LAN, and the helper's own firewall rules for
+//! LAN traffic do not apply to them (the stack's connections are local).
+//!
+//! Costs: the namespace and pasta take milliseconds to set up, which a sandbox
+//! prepared ahead pays before its task comes. A task that asks for [`Net::Loopback`]
+//! in a sandbox prepared with a stack gets a fresh loopback-only namespace from pid 1
+//! (a fraction of a millisecond). pasta holds 20-30 MB of memory (its packet buffers),
+//! charged to the task's cgroup when prepared ahead. As root, pasta keeps uid 0 with
+//! only `CAP_NET_BIND_SERVICE` and `CAP_SYS_ADMIN` under its own seccomp filter: this
+//! pasta opens its namespace after it would have become nobody, who may not join a
+//! namespace of the helper's user namespace. A rootless stack needs `/dev/net/tun`
+//! open to the agent's user (mode 0666, as distributions set it up); a rootless
+//! slirp4netns runs without its own sandbox (a plain user's cannot make one there).
 //!
 //! # Rootless mode
 //!
 //! An agent running as a plain user (uid `U`) needs unprivileged user namespaces. The
-//! supervisor enters a user namespace mapping root to `U` (that is what allows mounting
-//! the overlay, procfs, tmpfs and devpts, with overlayfs' `userxattr`), and the task
+//! supervisor (a prepared init: before its task comes) enters a user namespace mapping
+//! root to `U` (that is what allows mounting the overlay, procfs, tmpfs and devpts,
+//! with overlayfs' `userxattr`, and owning the task's network namespace), and the task
 //! enters a second, nested one mapping the task's uid and gid to that root, so the task
 //! sees itself as the submitter while every file it creates belongs to `U` on the helper.
 //! The limits of this mode:
@@ -148,7 +190,7 @@
 //!   `Delegate=yes`); without [`SandboxSpec::cgroup`] the task runs in the agent's group.
 //!
 //! [`probe`] runs a throwaway sandbox to find out whether this agent can run tasks, and
-//! says why not.
+//! says why not, and which network stack works.
 //!
 //! # Exit codes
 //!
@@ -223,6 +265,7 @@ mod error;
 pub mod fuzzing;
 mod harden;
 mod init;
+mod netns;
 mod spawn;
 mod spec;
 
@@ -231,6 +274,7 @@ use std::path::Path;
 pub use cgroups::unescape as unescape_mountinfo;
 pub use error::SandboxError;
 pub use harden::{ALLOWED_RLIMITS, MASKED_PROC, READ_ONLY_PROC};
+pub use netns::{Net, NetStack, StackKind};
 pub use spawn::{Parked, Prepared, Sandbox, SandboxHandle, Starting, TaskExit, prepare, spawn};
 pub use spec::{CgroupSpec, SandboxSpec, StdioFd, TaskStdio};
 
@@ -347,30 +391,101 @@ pub(crate) fn userns_hint() -> String {
     }
 }
 
+/// What [`probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// How sandboxes run here.
+    pub mode: Mode,
+    /// The first user-mode network stack that attached to a throwaway sandbox's
+    /// namespace (for [`Net::Outward`]), or why none did: then tasks get loopback only.
+    pub net: Result<NetStack, String>,
+}
+
 /// Finds out whether this process can run sandboxes, by running a throwaway one: an
 /// empty lower directory, a command that does not exist, everything else as for a real
-/// task. `scratch` is a directory on the helper's disk where the probe may create (and
-/// then removes) a few directories.
+/// task; then which network stack works, by running one more with each found in
+/// `PATH` ([`NetStack::find`]) until one does. `scratch` is a directory on the
+/// helper's disk where the probe may create (and then removes) a few directories.
 ///
-/// Returns the [`Mode`] when a sandbox comes up, or [`SandboxError::Unsupported`] with
+/// Returns the [`Probe`] when a sandbox comes up, or [`SandboxError::Unsupported`] with
 /// the step that failed and, in rootless mode, hints about what blocks user namespaces.
-pub fn probe(helper_exe: &Path, scratch: &Path) -> Result<Mode, SandboxError> {
+pub fn probe(helper_exe: &Path, scratch: &Path) -> Result<Probe, SandboxError> {
     let mode = Mode::current();
+    let what = match mode {
+        Mode::Root => "as root",
+        Mode::Rootless => "rootless",
+    };
     let dir = scratch.join(format!("herd-sandbox-probe-{}", std::process::id()));
+    let result = probe_in(helper_exe, &dir, &Net::Loopback);
+    if let Err(e) = result {
+        remove_tree(&dir);
+        let hint = match (&e, mode) {
+            (ProbeError::Sandbox(_), Mode::Rootless) => userns_hint(),
+            _ => String::new(),
+        };
+        return Err(SandboxError::Unsupported(format!("{what}: {e}{hint}")));
+    }
+    let stacks = NetStack::find(std::env::var_os("PATH").as_deref());
+    let mut why = Vec::new();
+    let mut net = None;
+    for stack in stacks {
+        match probe_in(helper_exe, &dir, &Net::Outward(stack.clone())) {
+            Ok(()) => {
+                net = Some(stack);
+                break;
+            }
+            Err(e) => why.push(format!("{}: {e}", stack.kind.program_name())),
+        }
+    }
+    remove_tree(&dir);
+    let net = net.ok_or_else(|| {
+        if why.is_empty() {
+            "neither pasta (package passt) nor slirp4netns is installed".to_owned()
+        } else {
+            why.join("; ")
+        }
+    });
+    Ok(Probe { mode, net })
+}
+
+/// Why a throwaway sandbox failed.
+#[derive(Debug)]
+enum ProbeError {
+    Dirs(SandboxError),
+    Sandbox(SandboxError),
+    Status(i32),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Dirs(e) | ProbeError::Sandbox(e) => write!(f, "{e}"),
+            ProbeError::Status(code) => write!(
+                f,
+                "the probe task ended with status {code} instead of {EXIT_NOT_FOUND}"
+            ),
+        }
+    }
+}
+
+/// Runs one throwaway sandbox with `net` in fresh layers under `dir`.
+fn probe_in(helper_exe: &Path, dir: &Path, net: &Net) -> Result<(), ProbeError> {
+    let run = dir.join(match net {
+        Net::Loopback => "loopback",
+        Net::Outward(_) => "outward",
+    });
+    remove_tree(&run);
     let made = (|| -> std::io::Result<()> {
         for d in ["lower/proc", "lower/dev", "lower/tmp", "upper", "work"] {
-            std::fs::create_dir_all(dir.join(d))?;
+            std::fs::create_dir_all(run.join(d))?;
         }
         Ok(())
     })();
-    if let Err(e) = made {
-        remove_tree(&dir);
-        return Err(SandboxError::io("create", &dir, e));
-    }
+    made.map_err(|e| ProbeError::Dirs(SandboxError::io("create", &run, e)))?;
     let mut spec = SandboxSpec::new(
-        dir.join("lower"),
-        dir.join("upper"),
-        dir.join("work"),
+        run.join("lower"),
+        run.join("upper"),
+        run.join("work"),
         vec!["/herd-sandbox-probe".into()],
     );
     spec.stdio = TaskStdio {
@@ -378,30 +493,17 @@ pub fn probe(helper_exe: &Path, scratch: &Path) -> Result<Mode, SandboxError> {
         stdout: StdioFd::Null,
         stderr: StdioFd::Null,
     };
-    if mode == Mode::Rootless {
+    spec.net = net.clone();
+    if Mode::current() == Mode::Rootless {
         // SAFETY: geteuid/getegid have no preconditions.
         (spec.uid, spec.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     }
-    let what = match mode {
-        Mode::Root => "as root",
-        Mode::Rootless => "rootless",
-    };
     let result = spawn(helper_exe, &spec).and_then(Sandbox::wait);
-    remove_tree(&dir);
+    remove_tree(&run);
     match result {
-        Ok(TaskExit::Exited(EXIT_NOT_FOUND)) => Ok(mode),
-        Ok(other) => Err(SandboxError::Unsupported(format!(
-            "{what}: the probe task ended with status {} instead of {EXIT_NOT_FOUND}",
-            other.code()
-        ))),
-        Err(e) => {
-            let hint = if mode == Mode::Rootless {
-                userns_hint()
-            } else {
-                String::new()
-            };
-            Err(SandboxError::Unsupported(format!("{what}: {e}{hint}")))
-        }
+        Ok(TaskExit::Exited(EXIT_NOT_FOUND)) => Ok(()),
+        Ok(other) => Err(ProbeError::Status(other.code())),
+        Err(e) => Err(ProbeError::Sandbox(e)),
     }
 }
 

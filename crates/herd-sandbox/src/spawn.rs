@@ -447,18 +447,25 @@ pub struct Prepared {
     status: Option<BufReader<File>>,
     cgroups: Vec<PathBuf>,
     lifeline: Option<OwnedFd>,
+    /// Its network namespace reaches outward (a stack is attached).
+    outward: bool,
 }
 
 /// Starts a sandbox init for a task to come, with `cgroup` made (see
-/// [`crate::SandboxSpec::cgroup`]) and the init already in it: the fork and exec of
-/// the init and the making and joining of the cgroup happen now, off the task's
-/// critical path. Errors as for [`spawn`].
+/// [`crate::SandboxSpec::cgroup`]) and the init already in it, and its network
+/// namespace made as `net` says (a stack attached to it for [`crate::Net::Outward`]):
+/// the fork and exec of the init, the making and joining of the cgroup and the
+/// network's setup happen now, off the task's critical path. A task with
+/// [`crate::Net::Loopback`] may still be started in one made outward (pid 1 gives it
+/// a namespace of its own then), not the reverse. Errors as for [`spawn`].
 pub fn prepare(
     helper_exe: &Path,
     cgroup: Option<crate::CgroupSpec>,
+    net: &crate::Net,
 ) -> Result<Prepared, SandboxError> {
     let mut template = SandboxSpec::new("/", "/", "/", vec!["prepared".into()]);
     template.cgroup = cgroup;
+    template.net = net.clone();
     let data = WireSpec::from_spec(&template).encode()?;
     let (status_r, status_w) = cloexec_pipe()?;
     let (life_r, life_w) = cloexec_pipe()?;
@@ -491,6 +498,7 @@ pub fn prepare(
         status: None,
         cgroups: Vec::new(),
         lifeline: Some(life_w),
+        outward: matches!(net, crate::Net::Outward(_)),
     };
     loop {
         let Some(line) = next_line(&mut status) else {
@@ -509,6 +517,11 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// The pid of the waiting init (the sandbox's supervisor-to-be).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The cgroup directories made for the task to come.
     pub fn cgroups(&self) -> &[PathBuf] {
         &self.cgroups
@@ -524,9 +537,7 @@ impl Prepared {
     /// its pid 1 builds the task's root meanwhile and then waits for [`Starting::go`]
     /// before it starts the task. Dropping the [`Starting`] instead calls the task off.
     pub fn start_gated(mut self, spec: &SandboxSpec) -> Result<Starting, SandboxError> {
-        if spec.argv.is_empty() {
-            return Err(SandboxError::Spec("empty command line".into()));
-        }
+        check_task(spec, self.outward)?;
         let mut wire = WireSpec::from_spec(spec);
         wire.cgroup = None;
         let console = send_task(&self.sock, spec, &wire)?;
@@ -569,6 +580,7 @@ impl Prepared {
         Ok(Parked {
             following,
             gate,
+            outward: self.outward,
             lower: lower.to_path_buf(),
             upper: upper.to_path_buf(),
             work: work.to_path_buf(),
@@ -598,6 +610,20 @@ impl Prepared {
             exiting: false,
         })
     }
+}
+
+/// Whether `spec` may run in a sandbox prepared ahead whose network namespace reaches
+/// outward (`outward`) or not.
+fn check_task(spec: &SandboxSpec, outward: bool) -> Result<(), SandboxError> {
+    if spec.argv.is_empty() {
+        return Err(SandboxError::Spec("empty command line".into()));
+    }
+    if matches!(spec.net, crate::Net::Outward(_)) && !outward {
+        return Err(SandboxError::Spec(
+            "an outward network was asked of a sandbox prepared with loopback only".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Sends a task (`wire`, made from `spec`) with its descriptors on a prepared init's
@@ -658,6 +684,7 @@ fn send_task(
 pub struct Parked {
     following: Following,
     gate: OwnedFd,
+    outward: bool,
     lower: PathBuf,
     upper: PathBuf,
     work: PathBuf,
@@ -673,9 +700,7 @@ impl Parked {
     /// the task starts at [`Starting::go`]. The root's lower, upper and work layers
     /// stay those it was parked with (`spec`'s are ignored), and so does its cgroup.
     pub fn start_gated(mut self, spec: &SandboxSpec) -> Result<Starting, SandboxError> {
-        if spec.argv.is_empty() {
-            return Err(SandboxError::Spec("empty command line".into()));
-        }
+        check_task(spec, self.outward)?;
         let mut wire = WireSpec::from_spec(spec);
         wire.cgroup = None;
         wire.lower = self.lower.as_os_str().as_encoded_bytes().to_vec();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::SandboxError;
+use crate::netns::{Net, StackKind};
 
 /// Everything needed to run one task in a sandbox.
 ///
@@ -91,12 +92,17 @@ pub struct SandboxSpec {
     /// Defaults to [`crate::DEFAULT_PIDS_MAX`]. A prepared init's group gets the
     /// default when it is made, and the task's own value when it starts.
     pub pids_max: Option<u64>,
+    /// The task's network: always a namespace of its own, made by the init; with only
+    /// loopback ([`Net::Loopback`], the default) or reaching outward through a
+    /// user-mode stack ([`Net::Outward`]). See the crate docs, *Network*.
+    pub net: Net,
 }
 
 impl SandboxSpec {
     /// A spec with the given layers and command and everything else neutral: cwd `/`,
     /// uid/gid 65534 (nobody), no groups, umask 022, no limits, nothing hidden, no
-    /// cgroup, normal priority, stdio inherited from the spawner, no terminal, no console.
+    /// cgroup, normal priority, stdio inherited from the spawner, no terminal, no
+    /// console, loopback only.
     pub fn new(
         lower: impl Into<PathBuf>,
         upper: impl Into<PathBuf>,
@@ -124,6 +130,7 @@ impl SandboxSpec {
             tty: false,
             console: None,
             pids_max: Some(crate::DEFAULT_PIDS_MAX),
+            net: Net::Loopback,
         }
     }
 }
@@ -220,6 +227,17 @@ pub struct WireSpec {
     /// Only the root (`lower`, `upper`, `work`) is given: build it and park pid 1 until
     /// the task comes (see `Prepared::park`).
     pub parked: bool,
+    /// The user-mode network stack to attach, or none (loopback only).
+    pub net: Option<WireStack>,
+}
+
+/// The wire form of [`crate::NetStack`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStack {
+    /// Which stack.
+    pub kind: StackKind,
+    /// Its program, as bytes.
+    pub program: Vec<u8>,
 }
 
 /// The wire form of [`CgroupSpec`] (each field that of the same name, paths as bytes).
@@ -271,6 +289,13 @@ impl WireSpec {
             console: spec.console,
             pids_max: spec.pids_max,
             parked: false,
+            net: match &spec.net {
+                Net::Loopback => None,
+                Net::Outward(stack) => Some(WireStack {
+                    kind: stack.kind,
+                    program: bytes(&stack.program),
+                }),
+            },
         }
     }
 

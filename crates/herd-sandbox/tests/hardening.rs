@@ -613,6 +613,7 @@ fn a_task_cgroup_gets_the_default_pids_limit() {
             cpus: None,
             memory: None,
         }),
+        &herd_sandbox::Net::Loopback,
     )
     .unwrap();
     let dir = pids_dir(prepared.cgroups()).expect("a cgroup with pids.max");

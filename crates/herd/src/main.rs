@@ -69,6 +69,52 @@ impl WritesArg {
     }
 }
 
+/// `--net MODE`, shared by `herd run`, `herd map` and `herd shell`.
+#[derive(Args, Debug, Default, Clone, Copy)]
+struct NetArg {
+    /// The task's network on a helper: `outward` (the default) reaches the LAN and
+    /// beyond through the helper's user-mode network stack (pasta or slirp4netns),
+    /// never the helper's own loopback services; `none` gives it loopback only (and
+    /// never runs it on this machine, which has no sandbox)
+    #[arg(long = "net", value_name = "MODE", value_enum)]
+    net: Option<NetChoice>,
+}
+
+/// The values of `--net`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum NetChoice {
+    /// The LAN and beyond, through the helper's user-mode network stack
+    Outward,
+    /// Loopback only
+    None,
+}
+
+impl NetChoice {
+    /// Its name on the command line (and in `HERD_NET` for `herd shell`'s programs).
+    fn name(self) -> &'static str {
+        match self {
+            NetChoice::Outward => "outward",
+            NetChoice::None => "none",
+        }
+    }
+
+    /// The value named `name`, as on the command line.
+    fn parse(name: &str) -> Option<NetChoice> {
+        <NetChoice as clap::ValueEnum>::from_str(name, false).ok()
+    }
+}
+
+impl NetArg {
+    /// What the task asks for: nothing said is [`herd_proto::NetMode::Default`].
+    fn mode(self) -> herd_proto::NetMode {
+        match self.net {
+            None => herd_proto::NetMode::Default,
+            Some(NetChoice::Outward) => herd_proto::NetMode::Outward,
+            Some(NetChoice::None) => herd_proto::NetMode::Loopback,
+        }
+    }
+}
+
 // The arguments of `herd run`. (A plain comment: clap would take a doc comment here for
 // the subcommand's description instead of the variant's.)
 #[derive(Args, Debug)]
@@ -96,6 +142,8 @@ struct RunArgs {
     remote: bool,
     #[command(flatten)]
     writes: WritesArg,
+    #[command(flatten)]
+    net: NetArg,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
@@ -320,6 +368,8 @@ enum Command {
         bar: bool,
         #[command(flatten)]
         writes: WritesArg,
+        #[command(flatten)]
+        net: NetArg,
         /// The command template, then `:::` and the arguments
         #[arg(
             trailing_var_arg = true,
@@ -372,6 +422,8 @@ enum Command {
         state: StateArg,
         #[command(flatten)]
         writes: WritesArg,
+        #[command(flatten)]
+        net: NetArg,
         /// The command to run instead of $SHELL
         #[arg(last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -726,6 +778,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retries,
             remote,
             writes,
+            net,
             command,
         }) => {
             let config = herd_agent::config::load_env()?;
@@ -733,6 +786,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 on,
                 retries,
                 local_ok: !remote,
+                net: net.mode(),
                 writes: writes.with_config(&config.run),
                 hide: config.run.hide,
                 tty: if tty {
@@ -777,8 +831,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shell {
             state,
             writes,
+            net,
             command,
-        } => offload::shell(&state.dir(true), &writes.writes, &command),
+        } => offload::shell(&state.dir(true), &writes.writes, net.net, &command),
         Command::Completions { shell } => clidoc::completions(shell),
         Command::Man { dir } => clidoc::man(dir.as_deref()),
         Command::Ps { state, json } => {
@@ -829,6 +884,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_order,
             bar,
             writes,
+            net,
             words,
         } => {
             let writes = writes.with_config(&herd_agent::config::load_env()?.run);
@@ -843,6 +899,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     keep_order,
                     bar,
                     writes,
+                    net: net.mode(),
                     words,
                 },
             )

@@ -41,6 +41,8 @@ pub struct MapArgs {
     pub bar: bool,
     /// `--writes` and `[run] writable`.
     pub writes: Vec<PathBuf>,
+    /// `--net`.
+    pub net: herd_proto::NetMode,
     /// The template and the `:::` groups.
     pub words: Vec<String>,
 }
@@ -51,6 +53,7 @@ pub struct AgentRunner {
     rt: tokio::runtime::Handle,
     hide: Vec<PathBuf>,
     writes: Vec<PathBuf>,
+    net: herd_proto::NetMode,
 }
 
 impl Runner for AgentRunner {
@@ -62,6 +65,7 @@ impl Runner for AgentRunner {
             local_ok: true,
             hide: self.hide.clone(),
             writes: self.writes.clone(),
+            net: self.net,
             ..RunOptions::default()
         };
         let spec = client::describe(&argv, &opts)
@@ -176,6 +180,7 @@ pub fn map(dir: &StateDir, args: MapArgs) -> anyhow::Result<ExitCode> {
         rt: rt.handle().clone(),
         hide: herd_agent::config::load_env()?.run.hide,
         writes: args.writes.clone(),
+        net: args.net,
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();

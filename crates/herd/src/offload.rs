@@ -67,6 +67,7 @@ pub fn masquerade(name: &str) -> ! {
     let opts = RunOptions {
         // A build runs many of these at once on one terminal: none gets a terminal.
         tty: Some(false),
+        net: shell_net(),
         retries: config.shell.retries,
         local_ok: true,
         hide: config.run.hide.clone(),
@@ -97,6 +98,18 @@ pub fn masquerade(name: &str) -> ! {
 /// directories, one per line.
 const WRITES_ENV: &str = "HERD_WRITES";
 
+/// Where `herd shell` tells the programs it offloads what network they get: a `--net`
+/// value (`outward`, `none`).
+const NET_ENV: &str = "HERD_NET";
+
+/// What the enclosing `herd shell` asked for its programs' network.
+fn shell_net() -> herd_proto::NetMode {
+    let choice = std::env::var(NET_ENV)
+        .ok()
+        .and_then(|v| crate::NetChoice::parse(&v));
+    crate::NetArg { net: choice }.mode()
+}
+
 /// The directories the enclosing `herd shell` lets its offloaded programs write.
 fn shell_writes() -> Vec<PathBuf> {
     std::env::var_os(WRITES_ENV)
@@ -110,10 +123,16 @@ fn shell_writes() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// `herd shell [--writes DIR]... [-- CMD]`. The programs it offloads may write under
-/// the directory it started in (a build's commands run in subdirectories and write
-/// beside them) and under each `--writes DIR`, besides their own working directory.
-pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow::Result<ExitCode> {
+/// `herd shell [--writes DIR]... [--net MODE] [-- CMD]`. The programs it offloads may
+/// write under the directory it started in (a build's commands run in subdirectories
+/// and write beside them) and under each `--writes DIR`, besides their own working
+/// directory; they get the network `--net` says (an enclosing shell's otherwise).
+pub fn shell(
+    dir: &StateDir,
+    writes: &[PathBuf],
+    net: Option<crate::NetChoice>,
+    command: &[OsString],
+) -> anyhow::Result<ExitCode> {
     let config = herd_agent::config::load_env()?;
     if std::os::unix::net::UnixStream::connect(dir.socket_path()).is_err() {
         anyhow::bail!(
@@ -171,7 +190,11 @@ pub fn shell(dir: &StateDir, writes: &[PathBuf], command: &[OsString]) -> anyhow
         std::env::var_os("MAKEFLAGS").as_ref(),
         crate::jobserver::make_takes_fifo(&path),
     );
-    let status = std::process::Command::new(&program)
+    let mut cmd = std::process::Command::new(&program);
+    if let Some(net) = net {
+        cmd.env(NET_ENV, net.name());
+    }
+    let status = cmd
         .args(&args)
         .env("MAKEFLAGS", &makeflags)
         .env(WRITES_ENV, std::ffi::OsStr::from_bytes(&writes_env))

@@ -21,8 +21,12 @@
 //!
 //! ```sh
 //! cargo build --release -p herd -p herd-bench
-//! target/release/run-bench [--runs 15] [--link-mbit 200] [--herd PATH] [--outrun PATH] [--json PATH]
+//! target/release/run-bench [--runs 15] [--link-mbit 200] [--herd PATH] [--outrun PATH] [--json PATH] [--real-fs-helper]
 //! ```
+//!
+//! `--real-fs-helper` gives `h1` the machine's files instead of a minimal root: its
+//! agent then finds the machine's pasta, and its tasks reach outward through it (a
+//! minimal helper has no network stack, so its tasks get loopback only).
 //!
 //! `--herd` defaults to the `herd` beside this program (the dynamic development
 //! build). The README's figures are of the static binary that is shipped:
@@ -99,7 +103,13 @@ fn main() -> anyhow::Result<()> {
 
     let mut bed = Testbed::new()?;
     bed.add_host(HostSpec::real_fs("ws"))?;
-    bed.add_host(HostSpec::minimal("h1", &herd))?;
+    // `--real-fs-helper`: h1 has the machine's files, so its tasks reach outward
+    // through the machine's pasta; a minimal h1 has no network stack (loopback only).
+    if args.iter().any(|a| a == "--real-fs-helper") {
+        bed.add_host(HostSpec::real_fs("h1"))?;
+    } else {
+        bed.add_host(HostSpec::minimal("h1", &herd))?;
+    }
     bed.add_host(HostSpec::minimal("h2", &herd).bandwidth_mbit(mbit))?;
     if with_ssh {
         bed.add_host(HostSpec::real_fs("sshd"))?;

@@ -1,12 +1,14 @@
 //! Runs one command in a sandbox, for tests (as a non-root spawner) and by hand:
 //!
 //! ```text
-//! herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]
+//! herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]
 //! herd-sandbox-run --probe SCRATCH_DIR
 //! ```
 //!
-//! `--probe` prints `root` or `rootless` when this user can run sandboxes, or the reason
-//! why not on stderr (exit 1).
+//! `--probe` prints `root` or `rootless` when this user can run sandboxes, then `net
+//! STACK` or `net loopback only: WHY`; or the reason why not on stderr (exit 1).
+//! `--net outward` gives the task the first network stack found in `PATH` (the usual
+//! system directories without one); without it the task has loopback only.
 //!
 //! The command's streams are this program's; it exits with the task's status (128 + N
 //! for signal N), or prints `herd-sandbox-run: ...` and exits 125 when the sandbox
@@ -19,15 +21,26 @@ use std::process::exit;
 use herd_sandbox::{SandboxSpec, spawn};
 
 fn main() {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let helper = std::env::current_exe()
         .ok()
         .and_then(|p| Some(p.parent()?.join("herd-sandbox-init")))
         .unwrap_or_else(|| PathBuf::from("herd-sandbox-init"));
     if args.len() == 2 && args[0] == "--probe" {
         match herd_sandbox::probe(&helper, std::path::Path::new(&args[1])) {
-            Ok(herd_sandbox::Mode::Root) => println!("root"),
-            Ok(herd_sandbox::Mode::Rootless) => println!("rootless"),
+            Ok(p) => {
+                println!(
+                    "{}",
+                    match p.mode {
+                        herd_sandbox::Mode::Root => "root",
+                        herd_sandbox::Mode::Rootless => "rootless",
+                    }
+                );
+                match p.net {
+                    Ok(stack) => println!("net {}", stack.kind.program_name()),
+                    Err(why) => println!("net loopback only: {why}"),
+                }
+            }
             Err(e) => {
                 eprintln!("herd-sandbox-run: {e}");
                 exit(1)
@@ -35,12 +48,27 @@ fn main() {
         }
         return;
     }
+    let mut net = herd_sandbox::Net::Loopback;
+    if args.first().is_some_and(|a| a == "--net") && args.get(1).is_some_and(|a| a == "outward") {
+        args.drain(..2);
+        match herd_sandbox::NetStack::find(std::env::var_os("PATH").as_deref()).first() {
+            Some(stack) => net = herd_sandbox::Net::Outward(stack.clone()),
+            None => {
+                eprintln!("herd-sandbox-run: no network stack (pasta, slirp4netns) found");
+                exit(2);
+            }
+        }
+    }
     let Some(sep) = args.iter().position(|a| a == "--") else {
-        eprintln!("usage: herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]");
+        eprintln!(
+            "usage: herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
+        );
         exit(2);
     };
     if sep != 6 || sep + 1 >= args.len() {
-        eprintln!("usage: herd-sandbox-run LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]");
+        eprintln!(
+            "usage: herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
+        );
         exit(2);
     }
     let num = |i: usize| -> u32 {
@@ -57,6 +85,7 @@ fn main() {
     spec.gid = num(4);
     spec.cwd = PathBuf::from(&args[5]);
     spec.env.push(("HOME".into(), "/".into()));
+    spec.net = net;
     let result = spawn(&helper, &spec).and_then(|s| s.wait());
     match result {
         Ok(status) => exit(status.code()),
