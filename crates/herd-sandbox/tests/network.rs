@@ -292,6 +292,17 @@ fn no_stack_outlives_its_sandbox() {
         let p = prepared("unused", &net);
         let stacks = stacks_of(p.pid());
         assert_eq!(stacks.len(), 1, "one stack per sandbox: {stacks:?}");
+        // Configured, it runs at idle priority, as the tasks do (field 41: the policy).
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", stacks[0])).unwrap();
+        let after = stat.rsplit_once(") ").unwrap().1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        assert_eq!(
+            fields[41 - 3],
+            libc::SCHED_IDLE.to_string(),
+            "{}",
+            what("policy")
+        );
+        assert_eq!(fields[19 - 3], "19", "{}", what("nice"));
         drop(p);
         wait_gone(&stacks, &what("a prepared sandbox dropped"));
 
@@ -435,9 +446,15 @@ impl NetPair {
         ]
     }
 
-    /// `herd-sandbox-run [--net outward] ARGS` in `b` (as `user`, `PATH` set to
-    /// `path`); its stdout, after checking it exited 0.
-    fn run_in_b(&self, user: Option<u32>, path: &str, outward: bool, args: &[OsString]) -> String {
+    /// `herd-sandbox-run [--prepared] [--net outward] ARGS` in `b` (as `user`, `PATH`
+    /// set to `path`); its stdout, after checking it exited 0.
+    fn run_in_b(
+        &self,
+        user: Option<u32>,
+        path: &str,
+        (prepared, outward): (bool, bool),
+        args: &[OsString],
+    ) -> String {
         let mut cmd = nsenter(&self.holders[1]);
         if let Some(uid) = user {
             cmd.args([
@@ -448,6 +465,9 @@ impl NetPair {
             .arg("--clear-groups");
         }
         cmd.args(["env", "-i", &format!("PATH={path}"), RUN]);
+        if prepared {
+            cmd.arg("--prepared");
+        }
         if outward {
             cmd.args(["--net", "outward"]);
         }
@@ -504,7 +524,7 @@ fn an_outward_task_reaches_the_lan_and_nothing_of_its_helper() {
         .map(OsString::from)
         .collect();
         let name = stack.kind.program_name();
-        let out = pair.run_in_b(None, &path, true, &args);
+        let out = pair.run_in_b(None, &path, (false, true), &args);
         assert_eq!(
             out, "lan hello\ntcp ECONNREFUSED\nunix ECONNREFUSED\n",
             "{name}"
@@ -513,7 +533,7 @@ fn an_outward_task_reaches_the_lan_and_nothing_of_its_helper() {
         let mut args = args;
         args[1] = l.upper().into();
         args[2] = l.work().into();
-        let out = pair.run_in_b(None, &path, false, &args);
+        let out = pair.run_in_b(None, &path, (false, false), &args);
         assert_eq!(
             out, "lan ENETUNREACH\ntcp ECONNREFUSED\nunix ECONNREFUSED\n",
             "{name}"
@@ -576,7 +596,9 @@ fn a_rootless_task_reaches_the_lan_and_nothing_of_its_helper() {
                   else echo ${t%%:*} refused; fi; done 2>/dev/null";
     for stack in [pasta(), slirp4netns()] {
         let name = stack.kind.program_name();
-        for outward in [true, false] {
+        // Spawned at once, and prepared ahead as the agent does (the prepared init
+        // enters its user namespace and makes the network before its task comes).
+        for (prepared, outward) in [(false, true), (true, true), (false, false), (true, false)] {
             let l = Layers::new_in("herd-sbx-net");
             let lower = bash_root(l.dir.path(), 65534);
             let path = path_with_only(&stack, l.dir.path());
@@ -595,12 +617,12 @@ fn a_rootless_task_reaches_the_lan_and_nothing_of_its_helper() {
             .iter()
             .map(OsString::from)
             .collect();
-            let out = pair.run_in_b(Some(65534), &path, outward, &args);
+            let out = pair.run_in_b(Some(65534), &path, (prepared, outward), &args);
             let lan = if outward { "lan hello" } else { "lan refused" };
             assert_eq!(
                 out,
                 format!("{lan}\ntcp refused\n"),
-                "{name}, outward {outward}"
+                "{name}, prepared {prepared}, outward {outward}"
             );
         }
     }

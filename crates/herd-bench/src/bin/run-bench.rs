@@ -21,8 +21,12 @@
 //!
 //! ```sh
 //! cargo build --release -p herd -p herd-bench
-//! target/release/run-bench [--runs 15] [--link-mbit 200] [--herd PATH] [--outrun PATH] [--json PATH] [--real-fs-helper]
+//! target/release/run-bench [--runs 15] [--link-mbit 200] [--herd PATH] [--outrun PATH] [--json PATH] [--real-fs-helper] [--pause-ms 0]
 //! ```
+//!
+//! `--pause-ms N` waits N ms before each `herd run` of `true` and `python3 -c pass`
+//! (a helper then has time to prepare the next sandboxes, as between interactive
+//! runs; idle CPUs wake more slowly, which makes every run a little slower).
 //!
 //! `--real-fs-helper` gives `h1` the machine's files instead of a minimal root: its
 //! agent then finds the machine's pasta, and its tasks reach outward through it (a
@@ -94,6 +98,7 @@ fn main() -> anyhow::Result<()> {
     let herd = herd_binary(&args)?;
     let runs: usize = arg(&args, "--runs", 15);
     let mbit: u32 = arg(&args, "--link-mbit", 200);
+    let pause = Duration::from_millis(arg(&args, "--pause-ms", 0));
     let with_ssh = Path::new("/usr/sbin/sshd").exists();
     let outrun = outrun_binary(&args)?;
     anyhow::ensure!(
@@ -234,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(o.status.success(), "local {label} failed");
             local.push(t);
             let before = status_fs(&ws);
+            std::thread::sleep(pause);
             let (t, o) = timed(run_cmd("h1", &cmd));
             anyhow::ensure!(
                 o.status.success(),

@@ -1,7 +1,7 @@
 //! Runs one command in a sandbox, for tests (as a non-root spawner) and by hand:
 //!
 //! ```text
-//! herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]
+//! herd-sandbox-run [--prepared] [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]
 //! herd-sandbox-run --probe SCRATCH_DIR
 //! ```
 //!
@@ -9,6 +9,8 @@
 //! STACK` or `net loopback only: WHY`; or the reason why not on stderr (exit 1).
 //! `--net outward` gives the task the first network stack found in `PATH` (the usual
 //! system directories without one); without it the task has loopback only.
+//! `--prepared` starts the sandbox as the agent does, through an init prepared ahead
+//! (`herd_sandbox::prepare`, then `Prepared::start`).
 //!
 //! The command's streams are this program's; it exits with the task's status (128 + N
 //! for signal N), or prints `herd-sandbox-run: ...` and exits 125 when the sandbox
@@ -48,6 +50,10 @@ fn main() {
         }
         return;
     }
+    let prepared = args.first().is_some_and(|a| a == "--prepared");
+    if prepared {
+        args.remove(0);
+    }
     let mut net = herd_sandbox::Net::Loopback;
     if args.first().is_some_and(|a| a == "--net") && args.get(1).is_some_and(|a| a == "outward") {
         args.drain(..2);
@@ -61,13 +67,13 @@ fn main() {
     }
     let Some(sep) = args.iter().position(|a| a == "--") else {
         eprintln!(
-            "usage: herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
+            "usage: herd-sandbox-run [--prepared] [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
         );
         exit(2);
     };
     if sep != 6 || sep + 1 >= args.len() {
         eprintln!(
-            "usage: herd-sandbox-run [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
+            "usage: herd-sandbox-run [--prepared] [--net outward] LOWER UPPER WORK UID GID CWD -- CMD [ARGS...]"
         );
         exit(2);
     }
@@ -85,8 +91,16 @@ fn main() {
     spec.gid = num(4);
     spec.cwd = PathBuf::from(&args[5]);
     spec.env.push(("HOME".into(), "/".into()));
-    spec.net = net;
-    let result = spawn(&helper, &spec).and_then(|s| s.wait());
+    let result = if prepared {
+        herd_sandbox::prepare(&helper, None, &net).and_then(|p| {
+            spec.net = net;
+            p.start(&spec)
+        })
+    } else {
+        spec.net = net;
+        spawn(&helper, &spec)
+    }
+    .and_then(|s| s.wait());
     match result {
         Ok(status) => exit(status.code()),
         Err(e) => {
