@@ -25,19 +25,6 @@ pub fn online_cpus() -> f32 {
         .unwrap_or(1.0)
 }
 
-/// The CPU quota of the cgroup this process runs in (the tightest of its group's and
-/// its ancestors'), in cores, if any.
-pub fn cgroup_cpu_quota() -> Option<f32> {
-    let all = herd_sandbox::cgroups::detect().ok()?;
-    herd_sandbox::cgroups::own_cpu_quota(&all).map(|q| q as f32)
-}
-
-/// The memory limit of this process's cgroup, if any (the tightest of its ancestors').
-pub fn cgroup_memory_limit() -> Option<u64> {
-    let all = herd_sandbox::cgroups::detect().ok()?;
-    herd_sandbox::cgroups::own_memory_limit(&all)
-}
-
 /// `MemAvailable` in bytes.
 pub fn mem_available() -> u64 {
     procfs::Meminfo::current()
@@ -95,12 +82,16 @@ pub struct Grant {
 impl Grant {
     /// The grant from explicit settings or the documented defaults.
     pub fn resolve(cpus: Option<f32>, memory: Option<u64>) -> Grant {
-        let max_cpus = cgroup_cpu_quota()
+        // This process's cgroups, read once for both limits.
+        let groups = herd_sandbox::cgroups::detect().unwrap_or_default();
+        let max_cpus = herd_sandbox::cgroups::own_cpu_quota(&groups)
+            .map(|q| q as f32)
             .map(|q| q.min(online_cpus()))
             .unwrap_or_else(online_cpus);
         let cpus = cpus.map(|c| c.min(max_cpus)).unwrap_or(max_cpus);
         let avail = mem_available();
-        let avail = cgroup_memory_limit().map_or(avail, |l| l.min(avail));
+        let avail =
+            herd_sandbox::cgroups::own_memory_limit(&groups).map_or(avail, |l| l.min(avail));
         let memory = memory.unwrap_or(avail / 10 * 8);
         Grant {
             cpus,
