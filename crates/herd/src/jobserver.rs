@@ -6,7 +6,7 @@
 //! and fills it with `herd_sched::jobserver_width(...) - 1` tokens (each client has one
 //! job of its own). Every child gets `MAKEFLAGS` naming it: the `fifo:PATH` form for make
 //! 4.4 and later, the descriptor form (`R,W`, two descriptors of that same FIFO left
-//! open across exec) for older makes; cargo reads either. So plain `make`, and `cargo
+//! open across exec) for older makes (cargo reads `MAKEFLAGS` too; untested). So plain `make`, and `cargo
 //! build`, take their width from the cluster.
 //!
 //! A thread asks the agent for the width every second and follows it: tokens are
